@@ -1,0 +1,202 @@
+//! The wire formats of the two example device protocols, written once and used by
+//! both ends: the vendor plugins (compiled to wasm32-wasip2) speak the client side,
+//! the reference device (`certline device-sim`) speaks the device side.
+//!
+//! - [`xml`]: an image-forming device's request/response XML envelope (a header,
+//!   an action, the pack's parts), length-prefixed on a TCP link.
+//! - [`tlv`]: a meter's binary frames (kind, sequence, length, payload, CRC-16)
+//!   with acknowledgements and retries on a bad CRC, for a serial link.
+//!
+//! Both map onto the same [`Request`]/[`Answer`] messages, so the client flows in
+//! [`client`] (read the identity, write a pack, prove possession) exist once.
+//! Both run over a [`Transport`]: the host's mutually authenticated link.
+
+pub mod client;
+pub mod hex;
+pub mod tlv;
+pub mod xml;
+
+use std::fmt;
+
+/// The bytes a device signs to prove it holds its key: this context, a zero byte,
+/// then the host's challenge. The context keeps a device from being used as a
+/// signing oracle for anything else.
+pub const POP_CONTEXT: &[u8] = b"certline-proof-of-possession-v1";
+
+/// Longest challenge a host may send.
+pub const MAX_CHALLENGE: usize = 256;
+
+/// The message a device signs for `challenge`.
+pub fn pop_message(challenge: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(POP_CONTEXT.len() + 1 + challenge.len());
+    msg.extend_from_slice(POP_CONTEXT);
+    msg.push(0);
+    msg.extend_from_slice(challenge);
+    msg
+}
+
+/// How a transport read or write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkFailure {
+    Timeout,
+    Closed,
+    Io(String),
+}
+
+impl fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkFailure::Timeout => f.write_str("timed out waiting for the other side"),
+            LinkFailure::Closed => f.write_str("link closed by the other side"),
+            LinkFailure::Io(e) => write!(f, "link error: {e}"),
+        }
+    }
+}
+
+/// A byte stream to the other side (the host's link resource in a plugin; a TLS
+/// stream in the device simulator).
+pub trait Transport {
+    /// At least one byte, at most `max`; `Timeout` if nothing came in `timeout_ms`.
+    fn read(&mut self, max: usize, timeout_ms: u32) -> Result<Vec<u8>, LinkFailure>;
+    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure>;
+}
+
+impl<T: Transport + ?Sized> Transport for &mut T {
+    fn read(&mut self, max: usize, timeout_ms: u32) -> Result<Vec<u8>, LinkFailure> {
+        (**self).read(max, timeout_ms)
+    }
+    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure> {
+        (**self).write(data)
+    }
+}
+
+/// Why an exchange failed (mirrors the WIT `error` variant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The transport failed.
+    Link(LinkFailure),
+    /// The other side sent something that does not parse or does not fit.
+    Protocol(String),
+    /// The device understood and refused, with its reason.
+    Device(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Link(e) => e.fmt(f),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::Device(e) => write!(f, "device refused: {e}"),
+        }
+    }
+}
+
+impl From<LinkFailure> for Error {
+    fn from(e: LinkFailure) -> Self {
+        Error::Link(e)
+    }
+}
+
+/// Bytes read from the transport but not yet consumed.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Inbox {
+    /// Reads until `buf` holds at least `n` bytes.
+    pub(crate) fn fill(
+        &mut self,
+        t: &mut impl Transport,
+        n: usize,
+        timeout_ms: u32,
+    ) -> Result<(), LinkFailure> {
+        while self.buf.len() < n {
+            let got = t.read(n - self.buf.len(), timeout_ms)?;
+            self.buf.extend_from_slice(&got);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn protocol<T>(msg: impl Into<String>) -> Result<T, Error> {
+    Err(Error::Protocol(msg.into()))
+}
+
+/// An identity to write, all PEM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pack {
+    pub device_id: String,
+    pub root_pem: String,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// What a device reports it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub device_id: String,
+    /// SHA-256 hex of the identity certificate's DER, if the flash holds one.
+    pub fingerprint: Option<String>,
+}
+
+/// What the host side asks a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    ReadIdentity,
+    Write(Pack),
+    Sign(Vec<u8>),
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::ReadIdentity => "read-identity",
+            Request::Write(_) => "write",
+            Request::Sign(_) => "sign",
+        }
+    }
+}
+
+/// What a device answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Identity(Identity),
+    /// The pack arrived whole and is for this device; flash not written yet.
+    Received,
+    /// Flash written.
+    Written,
+    /// The write failed or was refused, with the device's reason.
+    Failed(String),
+    Signature(Vec<u8>),
+    /// The device could not serve the request at all (did not parse, no key to
+    /// sign with), with its reason.
+    Fault(String),
+}
+
+impl Answer {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Answer::Identity(_) => "identity",
+            Answer::Received => "received",
+            Answer::Written => "written",
+            Answer::Failed(_) => "failed",
+            Answer::Signature(_) => "signature",
+            Answer::Fault(_) => "fault",
+        }
+    }
+}
+
+/// The host's end of a protocol.
+pub trait ClientSide {
+    fn send_request(&mut self, req: &Request) -> Result<(), Error>;
+    fn recv_answer(&mut self, timeout_ms: u32) -> Result<Answer, Error>;
+}
+
+/// The device's end of a protocol.
+pub trait DeviceSide {
+    /// Waits up to `timeout_ms` for the next request. A request that does not
+    /// parse is `Err(Protocol)`; the device should answer it with a fault.
+    fn recv_request(&mut self, timeout_ms: u32) -> Result<Request, Error>;
+    fn send_answer(&mut self, answer: &Answer) -> Result<(), Error>;
+}
