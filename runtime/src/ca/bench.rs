@@ -1,0 +1,166 @@
+//! `certline ca bench`: batch issuance against the raw rate of the crypto
+//! library in the same run (one P-256 key generation plus one signature).
+
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use clap::Args;
+use serde::Serialize;
+
+use super::authority::CertAuthority;
+use super::dir::{CaConfig, DEFAULT_PEN};
+use super::serve::{router, CaState};
+use crate::pki::authority::Authority;
+use crate::pki::keys::raw_keygen_and_sign;
+use crate::pki::role::Role;
+use crate::service::client::ServiceClient;
+use crate::service::tls::{server_config, ClientAuth};
+use crate::store::ledger::Ledger;
+use crate::wire::ca::{self as api, BatchItem, BatchRequest, PackBatch};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Packs per batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// Skip the over-the-wire measurement.
+    #[arg(long)]
+    pub no_wire: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    what: String,
+    threads: usize,
+    per_second: f64,
+    of_raw: f64,
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+fn fresh_ca(dir: &std::path::Path, name: &str, count: usize) -> anyhow::Result<CertAuthority> {
+    let (authority, _) = Authority::create("certline Bench", DEFAULT_PEN)?;
+    let ledger = Ledger::open(&dir.join(format!("{name}.db")), true)?;
+    let config = CaConfig {
+        organization: "certline Bench".into(),
+        pen: DEFAULT_PEN,
+        max_batch: count,
+        listen: "127.0.0.1:0".into(),
+        crl_validity_hours: 24,
+        default_profile: Default::default(),
+        models: Default::default(),
+    };
+    Ok(CertAuthority::new(authority, ledger, config))
+}
+
+fn batch(prefix: &str, count: usize) -> BatchRequest {
+    BatchRequest {
+        items: (0..count)
+            .map(|n| BatchItem {
+                id: format!("{prefix}-{n:08}"),
+                replaces: None,
+            })
+            .collect(),
+        profiles: Default::default(),
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let count = args.count.max(1);
+    let tmp = tempfile::tempdir()?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut figures = Vec::new();
+
+    // The yardstick, single-threaded.
+    let signer = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+        .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    let message = [0x5au8; 400];
+    let start = Instant::now();
+    for _ in 0..count {
+        raw_keygen_and_sign(&signer, &message)?;
+    }
+    let raw = rate(count, start.elapsed());
+    figures.push(Figure {
+        what: "raw P-256 keygen + 1 signature".into(),
+        threads: 1,
+        per_second: raw,
+        of_raw: 1.0,
+    });
+
+    // In process: profile, encoding, PEM, ledger reserve + commit.
+    let mut ca = fresh_ca(tmp.path(), "inproc", count)?;
+    let start = Instant::now();
+    let issued = ca.issue_batch(&batch("BENCH", count), "bench", 1)?;
+    let inproc = rate(issued.packs.len(), start.elapsed());
+    figures.push(Figure {
+        what: "packs in process (ledger committed)".into(),
+        threads: 1,
+        per_second: inproc,
+        of_raw: inproc / raw,
+    });
+
+    if !args.no_wire {
+        for threads in [1, cores] {
+            let per_second = over_the_wire(tmp.path(), count, threads)?;
+            figures.push(Figure {
+                what: "packs over mTLS (ledger committed)".into(),
+                threads,
+                per_second,
+                of_raw: per_second / raw,
+            });
+            if cores == 1 {
+                break;
+            }
+        }
+    }
+
+    crate::cli::emit(args.json, &figures, || {
+        println!("batch issuance, {count} packs per batch, P-256");
+        for f in &figures {
+            println!(
+                "  {:<40} {:>2} thread(s) {:>9.0}/s  {:>5.1}% of raw",
+                f.what,
+                f.threads,
+                f.per_second,
+                f.of_raw * 100.0
+            );
+        }
+    })
+}
+
+fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow::Result<f64> {
+    let mut ca = fresh_ca(dir, &format!("wire{threads}"), count)?;
+    let hosts = ["127.0.0.1".to_string()];
+    let server_cred = ca.enroll(Role::Ca, "ca", &hosts, "bench")?;
+    let station = ca.enroll(Role::Station, "bench-station", &hosts, "bench")?;
+    let tls = server_config(&server_cred, ClientAuth::Optional)?;
+    let request = batch("WIRE", count);
+    crate::cli::runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let state = CaState::new(ca, threads);
+        let server = tokio::spawn(crate::service::server::serve(
+            listener,
+            tls,
+            router(state),
+            std::future::pending(),
+        ));
+        let client = ServiceClient::new(&url, &station, Duration::from_secs(600))?;
+        let start = Instant::now();
+        let batch: PackBatch = client.post(api::PACKS, &request).await?;
+        let elapsed = start.elapsed();
+        server.abort();
+        anyhow::ensure!(
+            batch.packs.len() == count,
+            "the CA returned {} packs, not {count}",
+            batch.packs.len()
+        );
+        Ok(rate(count, elapsed))
+    })
+}

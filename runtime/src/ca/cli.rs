@@ -1,0 +1,499 @@
+//! `certline ca …`
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::dir::{self, InitOptions, DEFAULT_PEN};
+use super::serve::{revoke_target, router, CaState};
+use crate::cli::{emit, runtime};
+use crate::pki::credential::Credential;
+use crate::pki::crl::Reason;
+use crate::pki::role::Role;
+use crate::pki::seal::read_passphrase;
+use crate::pki::to_pem;
+use crate::service::client::ServiceClient;
+use crate::service::server::{bind, serve, shutdown_signal};
+use crate::service::tls::{server_config, ClientAuth};
+use crate::wire::ca::{BatchItem, BatchRequest};
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create a root and an issuing CA and an empty ledger in a new directory.
+    Init(InitArgs),
+    /// Serve the CA's HTTPS API (mutual TLS) until stopped.
+    Serve(ServeArgs),
+    /// Issue a service credential (station, line, center, device link) as one PEM file.
+    Enroll(EnrollArgs),
+    /// Issue packs locally, without a server, into pack folders (root.pem, chain.pem, key.pem).
+    Issue(IssueArgs),
+    /// Ask a running CA for the packs of a list of ids and write them as pack folders.
+    Request(RequestArgs),
+    /// Revoke a certificate by serial or by device id; publishes a new CRL.
+    Revoke(RevokeArgs),
+    /// Write the current CRLs (issuing CA's, then root's) as PEM.
+    Crl(CrlArgs),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Ledger counts, or the certificate history of one id.
+    Status(StatusArgs),
+    /// Measure issuance: raw crypto rate, pack rate in process, pack rate over mTLS.
+    Bench(super::bench::BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DirArgs {
+    /// The CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// File holding the key-encryption passphrase (else CERTLINE_PASSPHRASE).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl DirArgs {
+    fn open(&self) -> anyhow::Result<dir::OpenCa> {
+        // Say "not a CA" before asking for a passphrase it would not need.
+        dir::read_config(&self.dir)?;
+        let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
+        dir::open(&self.dir, &passphrase)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Organisation (the vendor) named in every certificate.
+    #[arg(long, default_value = "certline Example Vendor")]
+    pub org: String,
+    /// The vendor's IANA private enterprise number, used in device URIs.
+    #[arg(long, default_value_t = DEFAULT_PEN)]
+    pub pen: u32,
+    /// Extra host names or IP addresses the CA server is reached at (localhost is always in).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Most ids one batch request may ask for.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Address to listen on (port 0 picks a free port; the URL is printed).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Signing threads per batch (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// The service's name (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub name: String,
+    /// Where to write the credential (PEM: chain, root, key; mode 0600).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Host names or IP addresses a server of this role is reached at (default: localhost, 127.0.0.1, ::1).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct IssueArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// File with one device id a line.
+    #[arg(long)]
+    pub ids: PathBuf,
+    /// Folder to write one pack folder per id into.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    /// The CA's URL, e.g. https://127.0.0.1:8443
+    #[arg(long)]
+    pub url: String,
+    /// A station credential (from `certline ca enroll --role station`).
+    #[arg(long)]
+    pub credential: PathBuf,
+    /// File with one device id a line.
+    #[arg(long)]
+    pub ids: PathBuf,
+    /// Folder to write one pack folder per id into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Ids per request (each request is all-or-nothing).
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Certificate serial number (hex).
+    #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+    pub serial: Option<String>,
+    /// Device id whose valid certificate to revoke.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long, value_enum, default_value_t = Reason::Unspecified)]
+    pub reason: Reason,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CrlArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the whole hash chain; exits non-zero naming the first broken entry.
+    Verify(AuditArgs),
+    /// Show the newest entries.
+    Show(AuditShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// The CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditShowArgs {
+    #[command(flatten)]
+    pub audit: AuditArgs,
+    /// How many entries.
+    #[arg(long, default_value_t = 20)]
+    pub last: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Show the certificate history of this device id (or role:name).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(command: CaCommand) -> anyhow::Result<()> {
+    match command {
+        CaCommand::Init(args) => init(args),
+        CaCommand::Serve(args) => serve_ca(args),
+        CaCommand::Enroll(args) => enroll(args),
+        CaCommand::Issue(args) => issue(args),
+        CaCommand::Request(args) => request(args),
+        CaCommand::Revoke(args) => revoke(args),
+        CaCommand::Crl(args) => crl(args),
+        CaCommand::Audit(cmd) => audit(cmd),
+        CaCommand::Status(args) => status(args),
+        CaCommand::Bench(args) => super::bench::run(args),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    let passphrase = read_passphrase(args.dir.passphrase_file.as_deref())?;
+    let report = dir::init(
+        &args.dir.dir,
+        &InitOptions {
+            organization: args.org,
+            pen: args.pen,
+            hosts: args.hosts,
+            max_batch: args.max_batch,
+        },
+        &passphrase,
+    )?;
+    emit(args.json, &report, || {
+        println!("CA initialised in {}", report.dir.display());
+        println!("  organisation      {}", report.organization);
+        println!("  enterprise number {}", report.pen);
+        println!("  root CA           sha256 {}", report.root_fingerprint);
+        println!("  issuing CA        sha256 {}", report.issuing_fingerprint);
+        println!();
+        println!(
+            "The root, issuing and TLS keys are sealed in {} under a key derived",
+            report.dir.join(dir::KEYS_FILE).display()
+        );
+        println!(
+            "(Argon2id) from the passphrase you gave via {}.",
+            if args.dir.passphrase_file.is_some() {
+                "--passphrase-file"
+            } else {
+                "CERTLINE_PASSPHRASE"
+            }
+        );
+        println!("That passphrase is stored nowhere. Keep it safe: without it this CA can never");
+        println!(
+            "sign again (no new packs, no revocations, no CRLs); devices already written keep"
+        );
+        println!("working, but every future device would need a new CA and a new trust anchor.");
+        println!();
+        println!(
+            "Next: certline ca serve --dir {} (listens on {})",
+            report.dir.display(),
+            report.listen
+        );
+    })
+}
+
+fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
+    let opened = args.dir.open()?;
+    let listen = args
+        .listen
+        .unwrap_or_else(|| opened.ca.config().listen.clone());
+    let tls = server_config(&opened.tls, ClientAuth::Optional)?;
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let state = CaState::new(opened.ca, threads);
+    runtime()?.block_on(async move {
+        let listener = bind(&listen, "CA").await?;
+        serve(listener, tls, router(state), shutdown_signal()).await
+    })
+}
+
+fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
+    if args.out.exists() {
+        anyhow::bail!(
+            "{} already exists; refusing to overwrite a credential",
+            args.out.display()
+        );
+    }
+    let mut opened = args.dir.open()?;
+    let hosts = if args.hosts.is_empty() {
+        vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
+    } else {
+        args.hosts
+    };
+    let cred = opened
+        .ca
+        .enroll(args.role, &args.name, &hosts, "ca enroll")?;
+    cred.save(&args.out)?;
+    let serial = x509_parser::parse_x509_certificate(cred.leaf())
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .unwrap_or_default();
+    let report = serde_json::json!({
+        "role": args.role.name(), "name": args.name, "serial": serial, "out": args.out,
+    });
+    emit(args.json, &report, || {
+        println!(
+            "{} credential {} (serial {serial}) written to {}",
+            args.role,
+            args.name,
+            args.out.display()
+        );
+    })
+}
+
+fn issue(args: IssueArgs) -> anyhow::Result<()> {
+    let ids = super::request::read_ids(&args.ids)?;
+    super::request::check_out_dir(&ids, &args.out)?;
+    let mut opened = args.dir.open()?;
+    let request = BatchRequest {
+        items: ids
+            .iter()
+            .map(|id| BatchItem {
+                id: id.clone(),
+                replaces: None,
+            })
+            .collect(),
+        profiles: Default::default(),
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let batch = opened.ca.issue_batch(&request, "ca issue", threads)?;
+    let written = super::request::write_batch(&batch, &args.out)?;
+    emit(args.json, &written, || {
+        for pack in &written {
+            println!(
+                "{}  serial {}  {}",
+                pack.id,
+                pack.serial,
+                pack.dir.display()
+            );
+        }
+        println!(
+            "{} pack(s) written to {}",
+            written.len(),
+            args.out.display()
+        );
+    })
+}
+
+fn request(args: RequestArgs) -> anyhow::Result<()> {
+    let ids = super::request::read_ids(&args.ids)?;
+    let cred = Credential::load(&args.credential)?;
+    let client = ServiceClient::new(&args.url, &cred, Duration::from_secs(600))?;
+    let json = args.json;
+    let written = runtime()?.block_on(super::request::request_packs(
+        &client,
+        &ids,
+        &args.out,
+        args.chunk,
+        |done, total| {
+            if !json {
+                eprintln!("  {done}/{total} packs received");
+            }
+        },
+    ))?;
+    emit(json, &written, || {
+        println!(
+            "{} pack(s) written to {}",
+            written.len(),
+            args.out.display()
+        );
+    })
+}
+
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    let target =
+        revoke_target(args.serial.as_deref(), args.id.as_deref()).map_err(anyhow::Error::msg)?;
+    let mut opened = args.dir.open()?;
+    let revoked = opened.ca.revoke(&target, args.reason, "ca revoke")?;
+    emit(args.json, &revoked, || {
+        println!(
+            "revoked {} ({}) at {}: {}",
+            revoked.serial, revoked.subject, revoked.revoked_at, revoked.reason
+        );
+    })
+}
+
+fn crl(args: CrlArgs) -> anyhow::Result<()> {
+    let mut opened = args.dir.open()?;
+    let mut pem = to_pem("X509 CRL", &opened.ca.crl(super::authority::SCOPE_ISSUING)?);
+    pem.push_str(&to_pem(
+        "X509 CRL",
+        &opened.ca.crl(super::authority::SCOPE_ROOT)?,
+    ));
+    match args.out {
+        Some(path) => {
+            std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            print!("{pem}");
+            Ok(())
+        }
+    }
+}
+
+fn open_ledger_read_only(dir: &Path) -> anyhow::Result<crate::store::ledger::Ledger> {
+    dir::read_config(dir)?;
+    crate::store::ledger::Ledger::open(&dir.join(dir::LEDGER_FILE), false)
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::Verify(args) => {
+            let ledger = open_ledger_read_only(&args.dir)?;
+            let verified = crate::store::audit::verify(ledger.connection())?;
+            let referenced = ledger.max_audit_seq()?;
+            if referenced > verified.entries {
+                anyhow::bail!(
+                    "the audit log ends at entry {} but the ledger refers to entry {referenced}: entries were cut from its end",
+                    verified.entries
+                );
+            }
+            emit(args.json, &verified, || {
+                println!(
+                    "audit log intact: {} entries, head {}",
+                    verified.entries, verified.head
+                );
+            })
+        }
+        AuditCommand::Show(args) => {
+            let ledger = open_ledger_read_only(&args.audit.dir)?;
+            let entries = crate::store::audit::tail(ledger.connection(), args.last)?;
+            emit(args.audit.json, &entries, || {
+                for e in &entries {
+                    let mut detail = e.detail.to_string();
+                    if detail.len() > 160 {
+                        detail.truncate(157);
+                        detail.push_str("...");
+                    }
+                    println!(
+                        "{:>6}  {}  {:<14} {:<10} {detail}",
+                        e.seq, e.at, e.actor, e.action
+                    );
+                }
+            })
+        }
+    }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let ledger = open_ledger_read_only(&args.dir)?;
+    match args.id {
+        Some(id) => {
+            let history = ledger.history(&id)?;
+            if history.is_empty() {
+                anyhow::bail!("the ledger has no certificate for {id}");
+            }
+            emit(args.json, &history, || {
+                for r in &history {
+                    println!(
+                        "{}  {:<8} requested {} by {}{}",
+                        r.serial,
+                        r.status,
+                        r.requested_at,
+                        r.requester,
+                        r.reason
+                            .as_ref()
+                            .map(|x| format!(", revoked: {x}"))
+                            .unwrap_or_default()
+                    );
+                }
+            })
+        }
+        None => {
+            let counts = ledger.counts()?;
+            let report: Vec<_> = counts
+                .iter()
+                .map(|(kind, status, n)| serde_json::json!({"kind": kind, "status": status, "count": n}))
+                .collect();
+            emit(args.json, &report, || {
+                for (kind, status, n) in &counts {
+                    println!("{kind:<8} {status:<9} {n}");
+                }
+            })
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The `certline` command line: one subcommand per role. Each role owns its own
+//! argument types (`<role>::cli`); this file only dispatches.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "certline",
+    version,
+    about = "Per-device identity certificates for factory production lines"
+)]
+pub struct Cli {
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The certificate authority: issues device identities, keeps the ledger, revokes.
+    #[command(subcommand)]
+    Ca(crate::ca::cli::CaCommand),
+    /// A reference device (flash and NVRAM as files) speaking the example protocols.
+    DeviceSim(crate::device_sim::cli::DeviceSimArgs),
+    /// A device vendor's tools: check a plugin, try it against a device.
+    #[command(subcommand)]
+    Plugin(crate::plugin::cli::PluginCommand),
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CERTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ca(cmd) => crate::ca::cli::run(cmd),
+        Command::DeviceSim(args) => crate::device_sim::cli::run(args),
+        Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
+    }
+}
+
+/// Prints a report: as one JSON document with `--json`, otherwise as the
+/// human-readable text `human` writes.
+pub fn emit<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    human: impl FnOnce(),
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human();
+    }
+    Ok(())
+}
+
+/// A multi-threaded tokio runtime for the commands that talk over the network.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

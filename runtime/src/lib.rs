@@ -1,0 +1,17 @@
+//! certline: per-device identity certificates for factory production lines.
+//!
+//! Primitives (used by roles, never reaching into them): [`pki`], [`store`],
+//! [`service`] (mTLS HTTPS for the roles' APIs), [`link`], [`plugin`].
+//! Roles (talking to each other only over the wire): [`ca`], [`device_sim`].
+//! [`wire`] holds the one definition of every request and response type that a
+//! client and a server share.
+
+pub mod ca;
+pub mod cli;
+pub mod device_sim;
+pub mod link;
+pub mod pki;
+pub mod plugin;
+pub mod service;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,13 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = certline::cli::Cli::parse();
+    certline::cli::init_logging(cli.verbose);
+    match certline::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

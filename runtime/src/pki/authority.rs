@@ -1,0 +1,305 @@
+//! The CA hierarchy in memory: a root (signs the issuing CA and its CRL) and an
+//! issuing CA (signs device identities, service credentials and their CRL).
+//!
+//! Creating and loading build the CA names from the same functions, and loading
+//! checks the result against the stored certificates, so signatures made after a
+//! restart chain exactly as before.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType,
+};
+use x509_parser::prelude::*;
+use zeroize::Zeroizing;
+
+use super::crl::RevokedEntry;
+use super::device_cert::device_params;
+use super::id::DeviceId;
+use super::keys::{signing_key_from_pkcs8, DeviceKey};
+use super::profile::{ResolvedProfile, FOREVER};
+use super::role::Role;
+use super::serial::Serial;
+use super::to_pem;
+
+/// How long service credentials (station, line, center, device link) live.
+pub const SERVICE_VALIDITY: ::time::Duration = ::time::Duration::days(5 * 365);
+
+/// The private keys of a CA, as PKCS#8 DER (wiped on drop). The caller seals
+/// them before they touch a disk.
+pub struct CaKeys {
+    pub root: Zeroizing<Vec<u8>>,
+    pub issuing: Zeroizing<Vec<u8>>,
+}
+
+pub struct Authority {
+    org: String,
+    pen: u32,
+    root: Issuer<'static, KeyPair>,
+    issuing: Issuer<'static, KeyPair>,
+    root_der: Vec<u8>,
+    issuing_der: Vec<u8>,
+    root_pem: String,
+    issuing_pem: String,
+}
+
+fn ca_name(org: &str, which: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, org);
+    dn.push(DnType::CommonName, format!("{org} {which}"));
+    dn
+}
+
+fn ca_params(org: &str, which: &str, path_len: u8) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = ca_name(org, which);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = true;
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    params.not_after = FOREVER;
+    params
+}
+
+fn now_seconds() -> ::time::OffsetDateTime {
+    let now = ::time::OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+impl Authority {
+    /// A new root (P-384) and issuing CA (P-256, the one that signs on the hot path).
+    pub fn create(org: &str, pen: u32) -> anyhow::Result<(Authority, CaKeys)> {
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
+        let issuing_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let keys = CaKeys {
+            root: Zeroizing::new(root_key.serialize_der()),
+            issuing: Zeroizing::new(issuing_key.serialize_der()),
+        };
+
+        let mut root_params = ca_params(org, "Root CA", 1);
+        root_params.not_before = now_seconds();
+        root_params.serial_number = Some(Serial::random().to_rcgen());
+        let root_cert = root_params.self_signed(&root_key)?;
+        let root = Issuer::new(root_params, root_key);
+
+        let mut issuing_params = ca_params(org, "Issuing CA", 0);
+        issuing_params.not_before = now_seconds();
+        issuing_params.serial_number = Some(Serial::random().to_rcgen());
+        let issuing_cert = issuing_params.signed_by(&issuing_key, &root)?;
+        let issuing = Issuer::new(issuing_params, issuing_key);
+
+        let authority = Authority::assemble(
+            org,
+            pen,
+            root,
+            issuing,
+            root_cert.der().to_vec(),
+            issuing_cert.der().to_vec(),
+        );
+        Ok((authority, keys))
+    }
+
+    /// The CA as it was created, from its stored certificates and unsealed keys.
+    pub fn load(
+        org: &str,
+        pen: u32,
+        root_der: Vec<u8>,
+        issuing_der: Vec<u8>,
+        keys: &CaKeys,
+    ) -> anyhow::Result<Authority> {
+        let root_key = signing_key_from_pkcs8(&keys.root)?;
+        let issuing_key = signing_key_from_pkcs8(&keys.issuing)?;
+        check_matches(&root_der, &ca_name(org, "Root CA"), &root_key, "root")?;
+        check_matches(
+            &issuing_der,
+            &ca_name(org, "Issuing CA"),
+            &issuing_key,
+            "issuing",
+        )?;
+        let root = Issuer::new(ca_params(org, "Root CA", 1), root_key);
+        let issuing = Issuer::new(ca_params(org, "Issuing CA", 0), issuing_key);
+        Ok(Authority::assemble(
+            org,
+            pen,
+            root,
+            issuing,
+            root_der,
+            issuing_der,
+        ))
+    }
+
+    fn assemble(
+        org: &str,
+        pen: u32,
+        root: Issuer<'static, KeyPair>,
+        issuing: Issuer<'static, KeyPair>,
+        root_der: Vec<u8>,
+        issuing_der: Vec<u8>,
+    ) -> Authority {
+        Authority {
+            org: org.to_string(),
+            pen,
+            root,
+            issuing,
+            root_pem: to_pem("CERTIFICATE", &root_der),
+            issuing_pem: to_pem("CERTIFICATE", &issuing_der),
+            root_der,
+            issuing_der,
+        }
+    }
+
+    pub fn org(&self) -> &str {
+        &self.org
+    }
+
+    pub fn pen(&self) -> u32 {
+        self.pen
+    }
+
+    pub fn root_der(&self) -> &[u8] {
+        &self.root_der
+    }
+
+    pub fn issuing_der(&self) -> &[u8] {
+        &self.issuing_der
+    }
+
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    pub fn issuing_pem(&self) -> &str {
+        &self.issuing_pem
+    }
+
+    /// Signs one device identity certificate for a key generated by the caller.
+    pub fn sign_device(
+        &self,
+        id: &DeviceId,
+        profile: &ResolvedProfile,
+        serial: &Serial,
+        key: &DeviceKey,
+        not_before: ::time::OffsetDateTime,
+    ) -> anyhow::Result<Vec<u8>> {
+        let params = device_params(&self.org, self.pen, id, profile, serial, not_before);
+        let cert = params.signed_by(key, &self.issuing)?;
+        Ok(cert.der().to_vec())
+    }
+
+    /// Signs a service credential: role in the SAN URI and OU, usable as a TLS
+    /// client and (for the hosts named) as a TLS server.
+    pub fn sign_service(
+        &self,
+        role: Role,
+        name: &str,
+        hosts: &[String],
+        serial: &Serial,
+        key: &DeviceKey,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, self.org.as_str());
+        dn.push(DnType::OrganizationalUnitName, role.name());
+        dn.push(DnType::CommonName, name);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn;
+        params.serial_number = Some(serial.to_rcgen());
+        params.not_before = now_seconds();
+        params.not_after = now_seconds() + SERVICE_VALIDITY;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let mut sans = vec![SanType::URI(role.uri(name).try_into()?)];
+        for host in hosts {
+            sans.push(match host.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => {
+                    SanType::DnsName(host.clone().try_into().map_err(|_| {
+                        anyhow::anyhow!("host name {host:?} is not a valid DNS name")
+                    })?)
+                }
+            });
+        }
+        params.subject_alt_names = sans;
+        Ok(params.signed_by(key, &self.issuing)?.der().to_vec())
+    }
+
+    /// The issuing CA's CRL: every revoked device and service certificate.
+    pub fn issuing_crl(
+        &self,
+        number: u64,
+        revoked: &[RevokedEntry],
+        next_update: ::time::Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        sign_crl(&self.issuing, number, revoked, next_update)
+    }
+
+    /// The root's CRL (an ARL): it would list a revoked issuing CA.
+    pub fn root_crl(
+        &self,
+        number: u64,
+        revoked: &[RevokedEntry],
+        next_update: ::time::Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        sign_crl(&self.root, number, revoked, next_update)
+    }
+}
+
+fn sign_crl(
+    issuer: &Issuer<'static, KeyPair>,
+    number: u64,
+    revoked: &[RevokedEntry],
+    next_update: ::time::Duration,
+) -> anyhow::Result<Vec<u8>> {
+    let this_update = now_seconds();
+    let params = CertificateRevocationListParams {
+        this_update,
+        next_update: this_update + next_update,
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: revoked
+            .iter()
+            .map(|entry| RevokedCertParams {
+                serial_number: entry.serial.to_rcgen(),
+                revocation_time: entry.revoked_at,
+                reason_code: Some(entry.reason.to_rcgen()),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    Ok(params.signed_by(issuer)?.der().to_vec())
+}
+
+/// Refuses a stored CA certificate whose subject or key differs from what this
+/// CA would sign with: issuing from a mismatched pair makes unverifiable chains.
+fn check_matches(
+    der: &[u8],
+    expected: &DistinguishedName,
+    key: &KeyPair,
+    which: &str,
+) -> anyhow::Result<()> {
+    use rcgen::PublicKeyData;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| anyhow::anyhow!("the stored {which} CA certificate is unreadable: {e}"))?;
+    let mut probe = CertificateParams::default();
+    probe.distinguished_name = expected.clone();
+    let probe_cert = probe.self_signed(key)?;
+    let (_, probe_parsed) = X509Certificate::from_der(probe_cert.der())
+        .map_err(|e| anyhow::anyhow!("internal: {e}"))?;
+    if cert.subject().as_raw() != probe_parsed.subject().as_raw() {
+        anyhow::bail!(
+            "the stored {which} CA certificate's subject ({}) does not match the configured organisation",
+            cert.subject()
+        );
+    }
+    if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+        anyhow::bail!("the stored {which} CA certificate does not belong to its sealed key");
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The append-only audit log, hash-chained: each entry's hash covers the
+//! previous entry's hash, so an edited or deleted entry breaks the chain and
+//! `verify` names the first entry where it breaks.
+//!
+//! Entries are written inside the caller's transaction: if the audit entry
+//! cannot be written, the state change it describes does not happen either.
+
+use aws_lc_rs::digest;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+/// Schema for a database that carries an audit log (include in a migration).
+pub const SCHEMA: &str = "
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub detail: serde_json::Value,
+    pub hash: String,
+}
+
+fn entry_hash(prev: &str, seq: i64, at: &str, actor: &str, action: &str, detail: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    // Length-prefixed fields, so no two different entries hash alike.
+    for field in [prev, &seq.to_string(), at, actor, action, detail] {
+        ctx.update(&(field.len() as u64).to_be_bytes());
+        ctx.update(field.as_bytes());
+    }
+    hex::encode(ctx.finish())
+}
+
+/// Appends one entry in the caller's transaction and returns its sequence number.
+pub fn append(
+    tx: &Transaction<'_>,
+    actor: &str,
+    action: &str,
+    detail: &serde_json::Value,
+) -> anyhow::Result<i64> {
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_string()),
+    };
+    let at = super::db::now_text();
+    let detail = detail.to_string();
+    let hash = entry_hash(&prev, seq, &at, actor, action, &detail);
+    tx.execute(
+        "INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![seq, at, actor, action, detail, prev, hash],
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
+    Ok(seq)
+}
+
+/// What a verification found: the number of entries and the head hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verified {
+    pub entries: i64,
+    pub head: String,
+}
+
+/// Walks the whole chain; the error names the first entry that is wrong.
+pub fn verify(conn: &Connection) -> anyhow::Result<Verified> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut expected_seq = 1i64;
+    let mut prev = GENESIS.to_string();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let (at, actor, action, detail, prev_hash, hash): (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+        ) = (
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+        );
+        if seq != expected_seq {
+            anyhow::bail!(
+                "audit entry {expected_seq} is missing (the log jumps from {} to {seq}): an entry was deleted",
+                expected_seq - 1
+            );
+        }
+        if prev_hash != prev {
+            anyhow::bail!(
+                "audit entry {seq} does not chain to entry {}: an entry was deleted or replaced",
+                seq - 1
+            );
+        }
+        if entry_hash(&prev, seq, &at, &actor, &action, &detail) != hash {
+            anyhow::bail!("audit entry {seq} ({action} at {at}) was edited: its hash does not match its content");
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    Ok(Verified {
+        entries: expected_seq - 1,
+        head: prev,
+    })
+}
+
+/// The newest `limit` entries, oldest first.
+pub fn tail(conn: &Connection, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq DESC LIMIT ?1",
+    )?;
+    let mut entries = stmt
+        .query_map([limit], |r| {
+            let detail: String = r.get(4)?;
+            Ok(Entry {
+                seq: r.get(0)?,
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                hash: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.reverse();
+    Ok(entries)
+}

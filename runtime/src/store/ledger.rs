@@ -1,0 +1,458 @@
+//! The CA's issuance ledger: every certificate it ever signed (device
+//! identities and service credentials), who asked, when, and its status.
+//!
+//! Issuance is two transactions: `reserve` records serial and id (and the
+//! audit entry) before anything is signed, `commit_issued` records the signed
+//! certificate. A crash in between leaves `reserved` rows that `abandon_reserved`
+//! revokes at the next start, so no certificate can exist that the ledger does
+//! not know. A partial unique index keeps one live certificate per device id.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{audit, db};
+use crate::pki::crl::{Reason, RevokedEntry};
+use crate::pki::serial::Serial;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE certs (
+    serial TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('device', 'service')),
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'valid', 'revoked')),
+    requester TEXT NOT NULL,
+    requested_at TEXT NOT NULL,
+    issued_at TEXT,
+    fingerprint TEXT,
+    cert_der BLOB,
+    replaces TEXT,
+    revoked_at TEXT,
+    reason TEXT,
+    audit_seq INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX one_live_cert_per_device ON certs(subject)
+    WHERE kind = 'device' AND status IN ('reserved', 'valid');
+CREATE INDEX certs_by_subject ON certs(subject);
+CREATE INDEX certs_by_status ON certs(status);
+CREATE TABLE crl_state (
+    scope TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    der BLOB,
+    next_update TEXT
+);
+";
+
+pub fn migrations() -> Vec<&'static str> {
+    vec![audit::SCHEMA, SCHEMA_V1]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    Device,
+    Service,
+}
+
+impl CertKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertKind::Device => "device",
+            CertKind::Service => "service",
+        }
+    }
+}
+
+pub struct Reservation {
+    pub serial: Serial,
+    /// The device id, or `<role>:<name>` for a service credential.
+    pub subject: String,
+    pub kind: CertKind,
+    /// The live certificate of the same device id that this one replaces.
+    pub replaces: Option<Serial>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CertRecord {
+    pub serial: String,
+    pub subject: String,
+    pub kind: String,
+    pub status: String,
+    pub requester: String,
+    pub requested_at: String,
+    pub issued_at: Option<String>,
+    pub fingerprint: Option<String>,
+    pub replaces: Option<String>,
+    pub revoked_at: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("device {id} already has a valid certificate (serial {serial}); name it as the one replaced to get a new one")]
+    AlreadyCertified { id: String, serial: String },
+    #[error(
+        "device {id}: the certificate to replace, {named}, is not its valid certificate ({actual})"
+    )]
+    ReplaceMismatch {
+        id: String,
+        named: String,
+        actual: String,
+    },
+    #[error("no certificate with serial {0} in the ledger")]
+    UnknownSerial(String),
+    #[error("device {0} has no valid certificate to revoke")]
+    NoLiveCert(String),
+    #[error("certificate {serial} is already revoked ({reason})")]
+    AlreadyRevoked { serial: String, reason: String },
+}
+
+pub enum RevokeTarget {
+    Serial(Serial),
+    DeviceId(String),
+}
+
+pub struct Ledger {
+    conn: Connection,
+}
+
+const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason";
+
+fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    Ok(CertRecord {
+        serial: row.get(0)?,
+        subject: row.get(1)?,
+        kind: row.get(2)?,
+        status: row.get(3)?,
+        requester: row.get(4)?,
+        requested_at: row.get(5)?,
+        issued_at: row.get(6)?,
+        fingerprint: row.get(7)?,
+        replaces: row.get(8)?,
+        revoked_at: row.get(9)?,
+        reason: row.get(10)?,
+    })
+}
+
+impl Ledger {
+    pub fn open(path: &Path, create: bool) -> anyhow::Result<Ledger> {
+        Ok(Ledger {
+            conn: db::open(path, create, &migrations())?,
+        })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM certs WHERE serial = ?1"),
+                [serial],
+                record,
+            )
+            .optional()?)
+    }
+
+    /// The reserved or valid certificate of a device id, if any.
+    pub fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')"
+                ),
+                [id],
+                record,
+            )
+            .optional()?)
+    }
+
+    /// Every certificate ever recorded for a subject, oldest first.
+    pub fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 ORDER BY requested_at, rowid"
+        ))?;
+        let rows = stmt.query_map([subject], record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records serials and ids before signing, revoking (superseded) the
+    /// certificates that the reservations replace, all in one transaction with
+    /// its audit entry.
+    pub fn reserve(&mut self, items: &[Reservation], requester: &str) -> anyhow::Result<i64> {
+        let tx = self.conn.transaction()?;
+        let now = db::now_text();
+        for item in items {
+            let live: Option<String> = tx
+                .query_row(
+                    "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')",
+                    [&item.subject],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match (&item.replaces, live) {
+                (None, Some(serial)) if item.kind == CertKind::Device => {
+                    return Err(LedgerError::AlreadyCertified {
+                        id: item.subject.clone(),
+                        serial,
+                    }
+                    .into())
+                }
+                (Some(named), actual) if actual.as_deref() != Some(named.to_hex().as_str()) => {
+                    return Err(LedgerError::ReplaceMismatch {
+                        id: item.subject.clone(),
+                        named: named.to_hex(),
+                        actual: actual
+                            .map(|s| format!("its valid one is {s}"))
+                            .unwrap_or_else(|| "it has none".into()),
+                    }
+                    .into());
+                }
+                (Some(named), _) => {
+                    tx.execute(
+                        "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+                        params![named.to_hex(), now, Reason::Superseded.name()],
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        let detail = serde_json::json!({
+            "count": items.len(),
+            "certs": items.iter().map(|i| serde_json::json!({
+                "serial": i.serial.to_hex(),
+                "subject": i.subject,
+                "replaces": i.replaces.as_ref().map(Serial::to_hex),
+            })).collect::<Vec<_>>(),
+        });
+        let seq = audit::append(&tx, requester, "reserve", &detail)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, replaces, audit_seq)
+                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
+            )?;
+            for item in items {
+                insert.execute(params![
+                    item.serial.to_hex(),
+                    item.subject,
+                    item.kind.as_str(),
+                    requester,
+                    now,
+                    item.replaces.as_ref().map(Serial::to_hex),
+                    seq
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Marks reserved certificates as issued, with their fingerprints and DER.
+    pub fn commit_issued(
+        &mut self,
+        issued: &[(Serial, String, Vec<u8>)],
+        requester: &str,
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let now = db::now_text();
+        audit::append(
+            &tx,
+            requester,
+            "issue",
+            &serde_json::json!({
+                "count": issued.len(),
+                "certs": issued.iter().map(|(s, fp, _)| serde_json::json!({"serial": s.to_hex(), "fingerprint": fp})).collect::<Vec<_>>(),
+            }),
+        )?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3, cert_der = ?4
+                 WHERE serial = ?1 AND status = 'reserved'",
+            )?;
+            for (serial, fingerprint, der) in issued {
+                if update.execute(params![serial.to_hex(), now, fingerprint, der])? != 1 {
+                    anyhow::bail!(
+                        "serial {serial} was not reserved when its certificate was committed"
+                    );
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Revokes reservations that were never completed (a failed batch, or a
+    /// crash between reserve and commit found at start-up). Returns how many.
+    pub fn abandon_reserved(
+        &mut self,
+        only: Option<&[Serial]>,
+        why: &str,
+    ) -> anyhow::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let serials: Vec<String> = match only {
+            Some(list) => list.iter().map(Serial::to_hex).collect(),
+            None => {
+                let mut stmt = tx.prepare("SELECT serial FROM certs WHERE status = 'reserved'")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            }
+        };
+        if serials.is_empty() {
+            return Ok(0);
+        }
+        audit::append(
+            &tx,
+            "ca",
+            "abandon",
+            &serde_json::json!({"why": why, "serials": serials}),
+        )?;
+        let now = db::now_text();
+        let mut count = 0;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status = 'reserved'",
+            )?;
+            for serial in &serials {
+                count +=
+                    update.execute(params![serial, now, Reason::CessationOfOperation.name()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(count)
+    }
+
+    /// Revokes one valid certificate, by serial or by the device id it belongs to.
+    pub fn revoke(
+        &mut self,
+        target: &RevokeTarget,
+        reason: Reason,
+        actor: &str,
+    ) -> anyhow::Result<CertRecord> {
+        let found = match target {
+            RevokeTarget::Serial(serial) => self
+                .by_serial(&serial.to_hex())?
+                .ok_or_else(|| LedgerError::UnknownSerial(serial.to_hex()))?,
+            RevokeTarget::DeviceId(id) => self
+                .live_device_cert(id)?
+                .ok_or_else(|| LedgerError::NoLiveCert(id.clone()))?,
+        };
+        if found.status == "revoked" {
+            return Err(LedgerError::AlreadyRevoked {
+                serial: found.serial,
+                reason: found.reason.unwrap_or_default(),
+            }
+            .into());
+        }
+        let tx = self.conn.transaction()?;
+        audit::append(
+            &tx,
+            actor,
+            "revoke",
+            &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
+        )?;
+        tx.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+            params![found.serial, db::now_text(), reason.name()],
+        )?;
+        tx.commit()?;
+        Ok(self.by_serial(&found.serial)?.expect("just updated"))
+    }
+
+    /// Every revoked certificate: a CRL never drops a serial once listed, since
+    /// certline certificates do not expire.
+    pub fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT serial, revoked_at, reason FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (serial, at, reason) = row?;
+            out.push(RevokedEntry {
+                serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
+                revoked_at: db::parse_time(&at)?,
+                reason: Reason::parse(&reason).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Takes the next CRL number of a scope (strictly increasing, never reused).
+    pub fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO crl_state (scope, number) VALUES (?1, 1)
+             ON CONFLICT(scope) DO UPDATE SET number = number + 1",
+            [scope],
+        )?;
+        let number: i64 = tx.query_row(
+            "SELECT number FROM crl_state WHERE scope = ?1",
+            [scope],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(number as u64)
+    }
+
+    pub fn store_crl(
+        &mut self,
+        scope: &str,
+        number: u64,
+        der: &[u8],
+        next_update: &str,
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        audit::append(
+            &tx,
+            "ca",
+            "crl",
+            &serde_json::json!({"scope": scope, "number": number}),
+        )?;
+        tx.execute(
+            "UPDATE crl_state SET der = ?2, next_update = ?3 WHERE scope = ?1 AND number = ?4",
+            params![scope, der, next_update, number as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The last CRL published for a scope: (number, DER, next update).
+    pub fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT number, der, next_update FROM crl_state WHERE scope = ?1 AND der IS NOT NULL",
+                [scope],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    /// Audit sequence numbers that ledger rows point at but the log lacks:
+    /// the tail of the log was cut.
+    pub fn max_audit_seq(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(audit_seq), 0) FROM certs", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    pub fn counts(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT kind, status, COUNT(*) FROM certs GROUP BY kind, status ORDER BY kind, status",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
