@@ -1,0 +1,203 @@
+//! `certline device-sim`: runs one reference device on TCP or a pseudo-terminal.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{Device, Faults, Protocol, SessionEnd};
+use crate::link::{self, ByteStream, DeviceLink};
+use crate::pki::credential::Credential;
+use crate::pki::id::DeviceId;
+
+/// How long a line has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("transport").required(true).args(["listen", "pty"]))]
+pub struct DeviceSimArgs {
+    /// The device's folder: nvram/ (id, link credential) and flash/ (identity).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Model code, as on the rating plate (e.g. 3012).
+    #[arg(long)]
+    pub model: String,
+    /// Serial number, as on the rating plate (e.g. 123456).
+    #[arg(long)]
+    pub serial: String,
+    /// Listen on this TCP address (port 0 picks one); prints the bound address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Listen on a new pseudo-terminal (a serial link); prints its path.
+    #[arg(long)]
+    pub pty: bool,
+    /// Install this device-link credential into NVRAM (made by `certline ca
+    /// enroll --role device-link`); without it, the one already in NVRAM is used.
+    #[arg(long)]
+    pub credential: Option<PathBuf>,
+    /// Wire protocol [default: xml with --listen, tlv with --pty].
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// Serve one link session, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Fault: refuse every write after "received", with this reason.
+    #[arg(long, value_name = "REASON")]
+    pub fail_write: Option<String>,
+    /// Fault: drop the link right after reporting "received".
+    #[arg(long)]
+    pub drop_after_received: bool,
+    /// Fault: report a wrong certificate fingerprint on read-back.
+    #[arg(long)]
+    pub corrupt_readback: bool,
+    /// Fault: wait this many milliseconds before every answer.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub delay_ms: u64,
+    /// Fault: claim this id when asked (NVRAM keeps the real one).
+    #[arg(long, value_name = "ID")]
+    pub report_id: Option<String>,
+    /// Fault: send this many frames with a wrong CRC (tlv only).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bad_crc: u32,
+    /// Fault: answer the first request of every session with garbage.
+    #[arg(long)]
+    pub garble: bool,
+    /// Print where it listens as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
+    let id = DeviceId::new(&args.model, &args.serial)?;
+    let device = Device::open(&args.dir, &id)?;
+    if let Some(cred) = &args.credential {
+        device.install_link_credential(cred)?;
+    }
+    let cred_path = Device::link_credential_path(&args.dir);
+    if !cred_path.exists() {
+        anyhow::bail!(
+            "device {id} has no link credential in {}; give one with --credential",
+            cred_path.display()
+        );
+    }
+    let cred = Credential::load(&cred_path)?;
+    let tls = link::device_config(&cred)?;
+    let protocol = args.protocol.unwrap_or(if args.pty {
+        Protocol::Tlv
+    } else {
+        Protocol::Xml
+    });
+    if args.bad_crc > 0 && protocol != Protocol::Tlv {
+        anyhow::bail!("--bad-crc needs the tlv protocol (frames with a CRC)");
+    }
+    let faults = Faults {
+        fail_write: args.fail_write.clone(),
+        drop_after_received: args.drop_after_received,
+        corrupt_readback: args.corrupt_readback,
+        delay: Duration::from_millis(args.delay_ms),
+        report_id: args.report_id.clone(),
+        bad_crc: args.bad_crc,
+        garble: args.garble,
+    };
+    let mut bad_crc = faults.bad_crc;
+    let mut events = |e: &str| eprintln!("device-sim {id}: {e}");
+
+    let announce = |key: &str, value: &str| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            let v = serde_json::json!({ key: value, "device_id": id.to_string(), "protocol": protocol });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out, "{value}")?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+
+    if let Some(addr) = &args.listen {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        announce("listen", &listener.local_addr()?.to_string())?;
+        for conn in listener.incoming() {
+            let sock = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    events(&format!("accept failed: {e}"));
+                    continue;
+                }
+            };
+            let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let _ = sock.set_nodelay(true);
+            let mut link =
+                match link::accept(Box::new(sock), peer.clone(), tls.clone(), HANDSHAKE_TIMEOUT) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        events(&format!("refused a link from {peer}: {e:#}"));
+                        continue;
+                    }
+                };
+            events(&format!("link from {}", link.describe()));
+            match device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events) {
+                SessionEnd::Closed => link.close(),
+                // Dropping the socket without close_notify: a pulled cable.
+                SessionEnd::Dropped => link.abort(),
+            }
+            if args.once {
+                break;
+            }
+        }
+        return Ok(());
+    }
+
+    // A pseudo-terminal stands in for the serial port. The simulator keeps the
+    // controlling side and closes its copy of the device side, so that a line
+    // hanging up shows here as end of input.
+    let (master, slave) = serialport::TTYPort::pair().context("cannot create a pseudo-terminal")?;
+    let path = serialport::SerialPort::name(&slave).context("the pseudo-terminal has no path")?;
+    drop(slave);
+    announce("pty", &path)?;
+    loop {
+        let mut sock = master
+            .try_clone_native()
+            .context("cannot use the pseudo-terminal")?;
+        // Nobody on the other end yet: reads fail at once; wait for a line.
+        if !line_present(&mut sock) {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let mut link =
+            match link::accept(Box::new(sock), path.clone(), tls.clone(), HANDSHAKE_TIMEOUT) {
+                Ok(l) => l,
+                Err(e) => {
+                    events(&format!("refused a link on {path}: {e:#}"));
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+        events(&format!("link from {}", link.describe()));
+        match device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events) {
+            SessionEnd::Closed => link.close(),
+            SessionEnd::Dropped => {
+                // A serial line cannot be hung up from this side and reopened
+                // at the same path: the device goes away instead.
+                link.abort();
+                events("link dropped; exiting");
+                return Ok(());
+            }
+        }
+        if args.once {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether someone holds the other end of the pseudo-terminal: with nobody
+/// there, a read fails at once (hang-up) instead of timing out.
+fn line_present(sock: &mut serialport::TTYPort) -> bool {
+    let _ = ByteStream::set_timeout(sock, Duration::from_millis(1));
+    let mut probe = [0u8; 0];
+    !matches!(std::io::Read::read(sock, &mut probe), Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+}

@@ -1,0 +1,430 @@
+//! The reference device simulator (`certline device-sim`).
+//!
+//! Its state is files under its folder, as a real device keeps it in memory
+//! chips:
+//!
+//! ```text
+//! DIR/nvram/id         its own id, MODEL-SERIAL, set when its board was built
+//! DIR/nvram/link.pem   its device-link credential (the vendor's common certificate)
+//! DIR/flash/root.pem   the identity written on the line: root certificate,
+//! DIR/flash/chain.pem  device certificate + issuing CA,
+//! DIR/flash/key.pem    device key (0600)
+//! ```
+//!
+//! It speaks one protocol of `certline_device_protocol` (the same code the
+//! plugins use) over the device side of the link, checks that a pack is for its
+//! own id and hangs together before writing, writes flash atomically (never half
+//! an identity), answers read-back and signs challenges with its flash key. The
+//! fault knobs ([`Faults`]) make it misbehave the ways real devices do.
+
+pub mod cli;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use certline_device_protocol::tlv::TlvEndpoint;
+use certline_device_protocol::xml::XmlEndpoint;
+use certline_device_protocol::{Answer, DeviceSide, Error, Identity, LinkFailure, Request};
+
+use crate::link::{AsTransport, DeviceLink};
+use crate::pki::id::DeviceId;
+use crate::pki::pack::{Pack, CHAIN_FILE, KEY_FILE, ROOT_FILE};
+
+/// How long a session may sit idle before the device hangs up.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which wire format the device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// The image-forming device's XML envelopes (acme-imaging).
+    Xml,
+    /// The meter's TLV frames with CRC (acme-meter).
+    Tlv,
+}
+
+/// Ways to make the device misbehave.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Refuse every write after "received" with this reason.
+    pub fail_write: Option<String>,
+    /// Drop the link right after reporting "received" (before touching flash).
+    pub drop_after_received: bool,
+    /// Report a wrong fingerprint on read-back.
+    pub corrupt_readback: bool,
+    /// Wait this long before every answer.
+    pub delay: Duration,
+    /// Claim this id when asked who it is (its NVRAM id stays what it is).
+    pub report_id: Option<String>,
+    /// Send this many frames with a wrong CRC (TLV only), then good ones.
+    pub bad_crc: u32,
+    /// Send garbage instead of the first answer of every session.
+    pub garble: bool,
+}
+
+/// A device's state: its NVRAM and its flash, as files.
+pub struct Device {
+    dir: PathBuf,
+    id: DeviceId,
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The line closed the link, or went quiet.
+    Closed,
+    /// The device dropped the link on purpose (fault knob).
+    Dropped,
+}
+
+impl Device {
+    pub fn nvram(dir: &Path) -> PathBuf {
+        dir.join("nvram")
+    }
+
+    pub fn flash(dir: &Path) -> PathBuf {
+        dir.join("flash")
+    }
+
+    pub fn link_credential_path(dir: &Path) -> PathBuf {
+        Self::nvram(dir).join("link.pem")
+    }
+
+    /// Opens (or, the first time, builds) the device in `dir` with id `id`. A
+    /// device's id never changes: an NVRAM that says otherwise is an error.
+    pub fn open(dir: &Path, id: &DeviceId) -> anyhow::Result<Device> {
+        let nvram = Self::nvram(dir);
+        std::fs::create_dir_all(&nvram)
+            .with_context(|| format!("cannot create {}", nvram.display()))?;
+        let id_file = nvram.join("id");
+        match std::fs::read_to_string(&id_file) {
+            Ok(text) => {
+                let stored = DeviceId::parse(text.trim())
+                    .with_context(|| format!("{} is corrupt", id_file.display()))?;
+                if &stored != id {
+                    anyhow::bail!(
+                        "the device in {} is {stored} (its NVRAM says so); --model/--serial say {id}",
+                        dir.display()
+                    );
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                write_atomic(&id_file, format!("{id}\n").as_bytes(), 0o644)?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", id_file.display())),
+        }
+        let device = Device {
+            dir: dir.to_path_buf(),
+            id: id.clone(),
+        };
+        device.recover_flash()?;
+        Ok(device)
+    }
+
+    pub fn id(&self) -> &DeviceId {
+        &self.id
+    }
+
+    /// Installs the device-link credential into NVRAM.
+    pub fn install_link_credential(&self, source: &Path) -> anyhow::Result<()> {
+        let pem =
+            std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
+        crate::pki::credential::Credential::from_pem(&String::from_utf8_lossy(&pem))
+            .with_context(|| format!("link credential {}", source.display()))?;
+        write_atomic(&Self::link_credential_path(&self.dir), &pem, 0o600)
+    }
+
+    fn old_flash(&self) -> PathBuf {
+        self.dir.join(".flash.old")
+    }
+
+    fn new_flash(&self) -> PathBuf {
+        self.dir.join(".flash.new")
+    }
+
+    /// Finishes or undoes a flash swap that a power cut interrupted.
+    fn recover_flash(&self) -> anyhow::Result<()> {
+        let flash = Self::flash(&self.dir);
+        if !flash.exists() && self.old_flash().exists() {
+            std::fs::rename(self.old_flash(), &flash)
+                .context("cannot restore the previous flash")?;
+        }
+        let _ = std::fs::remove_dir_all(self.old_flash());
+        let _ = std::fs::remove_dir_all(self.new_flash());
+        Ok(())
+    }
+
+    /// The identity in flash, if any.
+    pub fn flash_pack(&self) -> anyhow::Result<Option<Pack>> {
+        let flash = Self::flash(&self.dir);
+        if !flash.join(CHAIN_FILE).exists() {
+            return Ok(None);
+        }
+        Pack::read_dir(&flash).map(Some)
+    }
+
+    /// Checks a pack the way the device's firmware would before writing it.
+    pub fn check_pack(&self, pack: &certline_device_protocol::Pack) -> Result<Pack, String> {
+        if pack.device_id != self.id.to_string() {
+            return Err(format!(
+                "pack is for {}, this device is {}",
+                pack.device_id, self.id
+            ));
+        }
+        let parsed = Pack {
+            root_pem: pack.root_pem.clone(),
+            chain_pem: pack.chain_pem.clone(),
+            key_pem: zeroize::Zeroizing::new(pack.key_pem.clone()),
+        };
+        let identity = parsed
+            .identity()
+            .map_err(|e| format!("the pack's certificate is unusable: {e:#}"))?;
+        if identity.id != self.id {
+            return Err(format!(
+                "the pack's certificate names {}, this device is {}",
+                identity.id, self.id
+            ));
+        }
+        let key = parsed
+            .key_pkcs8_der()
+            .map_err(|e| format!("the pack's key is unusable: {e:#}"))?;
+        let cert = parsed.device_cert_der().map_err(|e| format!("{e:#}"))?;
+        let probe = b"self-test";
+        crate::link::pop::sign(&key, probe)
+            .and_then(|sig| crate::link::pop::verify(&cert, probe, &sig))
+            .map_err(|_| "the pack's key does not belong to its certificate".to_string())?;
+        Ok(parsed)
+    }
+
+    /// Writes the identity into flash: a complete new folder, synced, swapped in
+    /// by renames; [`Self::recover_flash`] repairs a swap cut short.
+    pub fn write_flash(&self, pack: &Pack) -> anyhow::Result<()> {
+        let flash = Self::flash(&self.dir);
+        let new = self.new_flash();
+        let _ = std::fs::remove_dir_all(&new);
+        std::fs::create_dir(&new).with_context(|| format!("cannot create {}", new.display()))?;
+        write_synced(&new.join(ROOT_FILE), pack.root_pem.as_bytes(), 0o644)?;
+        write_synced(&new.join(CHAIN_FILE), pack.chain_pem.as_bytes(), 0o644)?;
+        write_synced(&new.join(KEY_FILE), pack.key_pem.as_bytes(), 0o600)?;
+        sync_dir(&new)?;
+        if flash.exists() {
+            std::fs::rename(&flash, self.old_flash()).context("cannot move the old flash aside")?;
+        }
+        std::fs::rename(&new, &flash).context("cannot swap in the new flash")?;
+        sync_dir(&self.dir)?;
+        let _ = std::fs::remove_dir_all(self.old_flash());
+        Ok(())
+    }
+
+    fn identity(&self, faults: &Faults) -> Result<Identity, String> {
+        let fingerprint = match self.flash_pack() {
+            Ok(Some(p)) => Some(
+                p.fingerprint()
+                    .map_err(|e| format!("flash is unreadable: {e:#}"))?,
+            ),
+            Ok(None) => None,
+            Err(e) => return Err(format!("flash is unreadable: {e:#}")),
+        };
+        let fingerprint = fingerprint.map(|f| {
+            if faults.corrupt_readback {
+                corrupt(&f)
+            } else {
+                f
+            }
+        });
+        Ok(Identity {
+            device_id: faults
+                .report_id
+                .clone()
+                .unwrap_or_else(|| self.id.to_string()),
+            fingerprint,
+        })
+    }
+
+    fn sign(&self, challenge: &[u8]) -> Result<Vec<u8>, String> {
+        if challenge.len() > certline_device_protocol::MAX_CHALLENGE {
+            return Err(format!(
+                "challenge of {} bytes is too long",
+                challenge.len()
+            ));
+        }
+        let pack = self
+            .flash_pack()
+            .map_err(|e| format!("flash is unreadable: {e:#}"))?
+            .ok_or_else(|| "no identity in flash to sign with".to_string())?;
+        let key = pack.key_pkcs8_der().map_err(|e| format!("{e:#}"))?;
+        crate::link::pop::sign(&key, challenge).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Serves one link session until the line closes it. `bad_crc` is the
+    /// number of corrupt frames still to send (it counts down across sessions).
+    pub fn serve(
+        &self,
+        link: &mut dyn DeviceLink,
+        protocol: Protocol,
+        faults: &Faults,
+        bad_crc: &mut u32,
+        events: &mut dyn FnMut(&str),
+    ) -> SessionEnd {
+        match protocol {
+            Protocol::Xml => {
+                self.serve_on(&mut XmlEndpoint::new(AsTransport(link)), faults, events)
+            }
+            Protocol::Tlv => {
+                let mut ep = TlvEndpoint::new(AsTransport(link));
+                ep.corrupt_crcs = *bad_crc;
+                let end = self.serve_on(&mut ep, faults, events);
+                *bad_crc = ep.corrupt_crcs;
+                end
+            }
+        }
+    }
+
+    fn serve_on<E: DeviceSide + RawWrite>(
+        &self,
+        ep: &mut E,
+        faults: &Faults,
+        events: &mut dyn FnMut(&str),
+    ) -> SessionEnd {
+        let mut garble = faults.garble;
+        loop {
+            let request = match ep.recv_request(IDLE_TIMEOUT.as_millis() as u32) {
+                Ok(r) => r,
+                Err(Error::Link(LinkFailure::Closed | LinkFailure::Timeout)) => {
+                    return SessionEnd::Closed
+                }
+                Err(Error::Link(LinkFailure::Io(e))) => {
+                    events(&format!("link error: {e}"));
+                    return SessionEnd::Closed;
+                }
+                Err(e) => {
+                    events(&format!("bad request: {e}"));
+                    if ep.send_answer(&Answer::Fault(e.to_string())).is_err() {
+                        return SessionEnd::Closed;
+                    }
+                    continue;
+                }
+            };
+            std::thread::sleep(faults.delay);
+            if garble {
+                garble = false;
+                events("sent a garbled answer (fault knob)");
+                let _ = ep.raw_write(b"\xde\xad\xbe\xef garbled\r\n\r\n");
+                continue;
+            }
+            let answers = match request {
+                Request::ReadIdentity => match self.identity(faults) {
+                    Ok(id) => {
+                        events(&format!(
+                            "read-identity: {} {}",
+                            id.device_id,
+                            id.fingerprint.as_deref().unwrap_or("(no identity)")
+                        ));
+                        vec![Answer::Identity(id)]
+                    }
+                    Err(e) => vec![Answer::Fault(e)],
+                },
+                Request::Sign(challenge) => match self.sign(&challenge) {
+                    Ok(sig) => vec![Answer::Signature(sig)],
+                    Err(e) => vec![Answer::Fault(e)],
+                },
+                Request::Write(pack) => {
+                    match self.check_pack(&pack) {
+                        Err(reason) => {
+                            events(&format!("write refused: {reason}"));
+                            vec![Answer::Failed(reason)]
+                        }
+                        Ok(pack) => {
+                            if ep.send_answer(&Answer::Received).is_err() {
+                                return SessionEnd::Closed;
+                            }
+                            events("received");
+                            if faults.drop_after_received {
+                                events("dropping the link after received (fault knob); flash untouched");
+                                return SessionEnd::Dropped;
+                            }
+                            if let Some(reason) = &faults.fail_write {
+                                events(&format!("write failed (fault knob): {reason}"));
+                                vec![Answer::Failed(reason.clone())]
+                            } else {
+                                match self.write_flash(&pack) {
+                                    Ok(()) => {
+                                        events(&format!(
+                                            "written: {}",
+                                            pack.fingerprint().unwrap_or_default()
+                                        ));
+                                        vec![Answer::Written]
+                                    }
+                                    Err(e) => {
+                                        vec![Answer::Failed(format!("flash write failed: {e:#}"))]
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            for a in answers {
+                if ep.send_answer(&a).is_err() {
+                    return SessionEnd::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// Writing bytes past the protocol (the garble knob).
+trait RawWrite {
+    fn raw_write(&mut self, bytes: &[u8]) -> Result<(), LinkFailure>;
+}
+
+impl RawWrite for XmlEndpoint<AsTransport<'_>> {
+    fn raw_write(&mut self, bytes: &[u8]) -> Result<(), LinkFailure> {
+        certline_device_protocol::Transport::write(self.transport(), bytes)
+    }
+}
+
+impl RawWrite for TlvEndpoint<AsTransport<'_>> {
+    fn raw_write(&mut self, bytes: &[u8]) -> Result<(), LinkFailure> {
+        certline_device_protocol::Transport::write(self.transport(), bytes)
+    }
+}
+
+/// A fingerprint with its first digit changed.
+fn corrupt(fingerprint: &str) -> String {
+    let mut chars: Vec<char> = fingerprint.chars().collect();
+    if let Some(c) = chars.first_mut() {
+        *c = if *c == '0' { '1' } else { '0' };
+    }
+    chars.into_iter().collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// Replaces one file atomically: a synced temporary file renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_synced(&tmp, bytes, mode)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}

@@ -1,0 +1,709 @@
+//! The device-plugin host (wasmtime, component model).
+//!
+//! A vendor's plugin is a WebAssembly component of the `certline:device` world
+//! (`wit/`). The host checks the file before wasmtime sees it, reads the
+//! interface version from the component's type and refuses one it cannot run,
+//! compiles it once and pre-instantiates it once ([`Plugin`]). Every device
+//! operation then gets a fresh [`wasmtime::Store`] with a fuel budget per call, a
+//! memory cap and a deadline, so a plugin that traps, loops, hoards memory or
+//! answers nonsense fails that one operation with an error naming the plugin
+//! and the cause ([`OpError`]), and the next operation starts clean.
+//! [`folder::PluginFolder`] maps model codes to plugins and hot-reloads them.
+
+mod bindings;
+pub mod cli;
+pub mod folder;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, Trap};
+
+use bindings::{Bindings, HostState, Instance};
+pub use bindings::{Version, SUPPORTED};
+
+use crate::link::{DeviceLink, LinkFailure};
+use crate::pki::id::{check_model, DeviceId};
+use crate::pki::pack::Pack;
+
+/// Largest plugin file the host reads.
+pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
+
+/// What one device operation may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Fuel (about one unit per wasm instruction) for each call into the plugin.
+    pub fuel: u64,
+    /// Cap on the plugin's linear memory, bytes.
+    pub memory: usize,
+    /// Wall-clock limit of one device operation (all its calls and link waits).
+    pub deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // A write through the example plugins takes a few million units; a
+        // thousand times that is still well under a second of CPU.
+        Limits {
+            fuel: 2_000_000_000,
+            memory: 64 << 20,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The wasmtime engine and linker shared by every plugin of a host.
+pub struct PluginEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: Limits,
+}
+
+impl PluginEngine {
+    pub fn new(limits: Limits) -> anyhow::Result<Arc<PluginEngine>> {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        let mut linker = Linker::new(&engine);
+        bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        Ok(Arc::new(PluginEngine {
+            engine,
+            linker,
+            limits,
+        }))
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Loads a plugin file: checks it, compiles it, checks its interface
+    /// version, pre-instantiates it and asks it who it is.
+    pub fn load(self: &Arc<Self>, path: &Path) -> anyhow::Result<Plugin> {
+        let bytes = read_limited(path)?;
+        self.load_bytes(path, &bytes)
+            .with_context(|| format!("plugin {} refused", path.display()))
+    }
+
+    fn load_bytes(self: &Arc<Self>, path: &Path, bytes: &[u8]) -> anyhow::Result<Plugin> {
+        check_header(bytes)?;
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            anyhow::anyhow!("not a valid WebAssembly component: {}", e.root_cause())
+        })?;
+        let compile_time = started.elapsed();
+
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let interface = interface_version(&exports)?;
+        bindings::check_version(interface).map_err(anyhow::Error::msg)?;
+
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "it imports something this host does not grant: {}",
+                e.root_cause()
+            )
+        })?;
+        let bindings =
+            Bindings::V0_1(bindings::since_v0_1_0::PluginPre::new(pre).map_err(|e| {
+                anyhow::anyhow!(
+                    "it does not implement the {} world: {}",
+                    bindings::EXPORT,
+                    e.root_cause()
+                )
+            })?);
+        let mut plugin = Plugin {
+            engine: self.clone(),
+            path: path.to_path_buf(),
+            sha256: crate::pki::fingerprint(bytes),
+            size: bytes.len(),
+            interface,
+            exports,
+            imports,
+            compile_time,
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                models: Vec::new(),
+            },
+            bindings,
+        };
+        let label = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut session = plugin.session(&label, None)?;
+        let info = session.call("info", |inst, store| inst.info(store))?;
+        plugin.info = validate_info(info)?;
+        Ok(plugin)
+    }
+}
+
+fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read plugin {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("plugin {} is not a file", path.display());
+    }
+    if meta.len() > MAX_PLUGIN_BYTES as u64 {
+        anyhow::bail!(
+            "plugin {} is {} bytes, over the limit of {MAX_PLUGIN_BYTES}",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read(path).with_context(|| format!("cannot read plugin {}", path.display()))
+}
+
+/// Looks at the preamble before wasmtime does, to say plainly what the file is.
+fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE: [u8; 4] = [1, 0, 0, 0];
+    const COMPONENT: [u8; 4] = [0x0d, 0, 0x01, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        anyhow::bail!("not a WebAssembly file (it does not start with \\0asm)");
+    }
+    match bytes[4..8].try_into().unwrap() {
+        COMPONENT => Ok(()),
+        CORE => anyhow::bail!(
+            "a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target"
+        ),
+        other => anyhow::bail!("unknown WebAssembly version/layer {other:02x?}"),
+    }
+}
+
+/// The version of the `certline:device/device` interface a component exports.
+fn interface_version(exports: &[String]) -> anyhow::Result<Version> {
+    let prefix = format!("{}@", bindings::EXPORT);
+    let Some(name) = exports
+        .iter()
+        .find(|e| e.starts_with(&prefix) || *e == bindings::EXPORT)
+    else {
+        anyhow::bail!(
+            "it does not export {} (it exports: {}); it is not a certline device plugin (wrong world)",
+            bindings::EXPORT,
+            if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        );
+    };
+    let text = name.strip_prefix(&prefix).unwrap_or("");
+    Version::parse(text).with_context(|| {
+        format!("export {name} has no usable version (expected {prefix}MAJOR.MINOR.PATCH)")
+    })
+}
+
+/// Who a plugin says it is, checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub models: Vec<String>,
+}
+
+fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
+    let name_ok = !info.name.is_empty()
+        && info.name.chars().count() <= 64
+        && info.name.chars().all(|c| !c.is_control());
+    if !name_ok {
+        anyhow::bail!(
+            "malformed answer from info: plugin name {:?} must be 1-64 printable characters",
+            info.name
+        );
+    }
+    if info.version.is_empty()
+        || info.version.len() > 64
+        || info.version.chars().any(|c| c.is_control())
+    {
+        anyhow::bail!(
+            "malformed answer from info: plugin version {:?} must be 1-64 printable characters",
+            info.version
+        );
+    }
+    if info.models.is_empty() {
+        anyhow::bail!(
+            "malformed answer from info: plugin {} serves no model code",
+            info.name
+        );
+    }
+    for (i, m) in info.models.iter().enumerate() {
+        check_model(m).map_err(|e| anyhow::anyhow!("malformed answer from info: {e}"))?;
+        if info.models[..i].contains(m) {
+            anyhow::bail!(
+                "malformed answer from info: plugin {} claims model code {m} twice",
+                info.name
+            );
+        }
+    }
+    Ok(PluginInfo {
+        name: info.name,
+        version: info.version,
+        models: info.models,
+    })
+}
+
+/// A loaded, pre-instantiated plugin.
+pub struct Plugin {
+    engine: Arc<PluginEngine>,
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    pub size: usize,
+    /// The `certline:device` version it was built against.
+    pub interface: Version,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    pub compile_time: Duration,
+    pub info: PluginInfo,
+    bindings: Bindings,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("info", &self.info)
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a device operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("trapped in {call}: {detail}")]
+    Trap { call: &'static str, detail: String },
+    #[error("used up its fuel budget of {fuel} in {call} (is it looping?)")]
+    OutOfFuel { call: &'static str, fuel: u64 },
+    #[error("went over its memory cap of {cap} MiB in {call} (it asked for {asked} MiB)")]
+    Memory {
+        call: &'static str,
+        cap: usize,
+        asked: usize,
+    },
+    #[error("malformed answer from {call}: {detail}")]
+    Malformed { call: &'static str, detail: String },
+    #[error("link failure in {call}: {failure}")]
+    Link {
+        call: &'static str,
+        failure: LinkFailure,
+    },
+    #[error("device protocol error in {call}: {detail}")]
+    Protocol { call: &'static str, detail: String },
+    #[error("the device refused in {call}: {reason}")]
+    Device { call: &'static str, reason: String },
+    #[error("the device is {found}, but the pack is for {expected} (wrong rating plate scanned?)")]
+    WrongDevice { found: String, expected: String },
+    #[error("read-back mismatch: {detail}")]
+    ReadBack { detail: String },
+    #[error("proof of possession failed: {detail}")]
+    Possession { detail: String },
+    #[error("host error: {0}")]
+    Host(String),
+}
+
+/// A failed device operation: which plugin, what went wrong, and whether the
+/// device had confirmed it received the pack (the station needs to know).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin}: {fault}")]
+pub struct OpError {
+    pub plugin: String,
+    pub fault: Fault,
+    pub received: bool,
+}
+
+/// What a device holds, as its plugin reported it (checked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub fingerprint: Option<String>,
+}
+
+/// A pack ready to write: the PEMs plus what the host checks against.
+pub struct WriteJob {
+    pub device_id: DeviceId,
+    pub fingerprint: String,
+    cert_der: Vec<u8>,
+    pack: bindings::Pack,
+}
+
+impl WriteJob {
+    pub fn new(pack: &Pack) -> anyhow::Result<WriteJob> {
+        let cert_der = pack.device_cert_der()?;
+        let identity = pack.identity()?;
+        Ok(WriteJob {
+            device_id: identity.id.clone(),
+            fingerprint: crate::pki::fingerprint(&cert_der),
+            cert_der,
+            pack: bindings::Pack {
+                device_id: identity.id.to_string(),
+                root_pem: pack.root_pem.clone(),
+                chain_pem: pack.chain_pem.clone(),
+                key_pem: pack.key_pem.to_string(),
+            },
+        })
+    }
+}
+
+/// How a write went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WriteReport {
+    pub plugin: String,
+    pub device_id: String,
+    /// What the device held before (when the identity was checked first).
+    pub before: Option<DeviceIdentity>,
+    pub received: bool,
+    pub written: bool,
+    /// What the device reported after the write; matches the pack.
+    pub read_back: DeviceIdentity,
+    /// The device signed the host's challenge with the new key.
+    pub possession_proved: bool,
+    /// Time spent creating the store and instantiating the plugin.
+    #[serde(serialize_with = "micros")]
+    pub instantiate: Duration,
+    #[serde(serialize_with = "micros")]
+    pub total: Duration,
+}
+
+fn micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(d.as_micros())
+}
+
+/// Whether to ask the device who it is before writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precheck {
+    /// Read the identity first and refuse to write to another device.
+    CheckId,
+    /// Send the pack regardless (to test the device's own id check).
+    Skip,
+}
+
+/// One store with one instance: the calls of one device operation.
+struct Session<'p> {
+    plugin: &'p Plugin,
+    label: String,
+    store: Store<HostState>,
+    instance: Instance,
+    instantiate: Duration,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.info.models.iter().any(|m| m == model)
+    }
+
+    fn session(
+        &self,
+        label: &str,
+        link: Option<Box<dyn DeviceLink>>,
+    ) -> Result<Session<'_>, OpError> {
+        let limits = self.engine.limits;
+        let started = Instant::now();
+        let state = HostState::new(label, link, started + limits.deadline, limits.memory);
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let mut session_err = |e: wasmtime::Error| OpError {
+            plugin: label.to_string(),
+            fault: Fault::Trap {
+                call: "instantiate",
+                detail: e.root_cause().to_string(),
+            },
+            received: false,
+        };
+        store.set_fuel(limits.fuel).map_err(&mut session_err)?;
+        let instance = self
+            .bindings
+            .instantiate(&mut store)
+            .map_err(&mut session_err)?;
+        Ok(Session {
+            plugin: self,
+            label: label.to_string(),
+            store,
+            instance,
+            instantiate: started.elapsed(),
+        })
+    }
+
+    /// Asks the device which identity it holds. `link` is lent to the plugin and
+    /// put back afterwards.
+    pub fn read_identity(&self, link: &mut Box<dyn DeviceLink>) -> Result<DeviceIdentity, OpError> {
+        let mut s = self.session(self.name(), Some(take(link)))?;
+        let result = s.read_identity();
+        *link = s.give_back();
+        result
+    }
+
+    /// Writes `job` to the device in one store: (optionally) checks the device's
+    /// id, writes the pack, reads the identity back and compares it with the
+    /// pack, and has the device prove it holds the new key.
+    pub fn write(
+        &self,
+        link: &mut Box<dyn DeviceLink>,
+        job: &WriteJob,
+        precheck: Precheck,
+    ) -> Result<WriteReport, OpError> {
+        let started = Instant::now();
+        let mut s = self.session(self.name(), Some(take(link)))?;
+        let result = s.write(job, precheck, started);
+        *link = s.give_back();
+        result
+    }
+
+    /// Store creation, instantiation and one trivial call, without a device:
+    /// the host's own cost per operation (for the benchmark).
+    pub fn overhead_probe(&self) -> Result<(Duration, Duration), OpError> {
+        let started = Instant::now();
+        let mut s = self.session(self.name(), None)?;
+        let instantiated = started.elapsed();
+        s.call("info", |inst, store| inst.info(store))?;
+        Ok((instantiated, started.elapsed()))
+    }
+}
+
+fn take(link: &mut Box<dyn DeviceLink>) -> Box<dyn DeviceLink> {
+    std::mem::replace(link, Box::new(Detached))
+}
+
+/// Stands in for a link while the plugin's store holds the real one.
+struct Detached;
+
+impl DeviceLink for Detached {
+    fn read(&mut self, _: usize, _: Duration) -> Result<Vec<u8>, LinkFailure> {
+        Err(LinkFailure::Closed)
+    }
+    fn write(&mut self, _: &[u8]) -> Result<(), LinkFailure> {
+        Err(LinkFailure::Closed)
+    }
+    fn close(&mut self) {}
+    fn describe(&self) -> String {
+        "detached link".into()
+    }
+}
+
+impl Session<'_> {
+    fn give_back(mut self) -> Box<dyn DeviceLink> {
+        self.store
+            .data_mut()
+            .link
+            .take()
+            .unwrap_or_else(|| Box::new(Detached))
+    }
+
+    fn fail(&self, fault: Fault) -> OpError {
+        OpError {
+            plugin: self.label.clone(),
+            fault,
+            received: self.store.data().received,
+        }
+    }
+
+    /// One call into the plugin with a full fuel budget; a trap becomes the
+    /// fault that caused it.
+    fn call<R>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, OpError> {
+        let fuel = self.plugin.engine.limits.fuel;
+        if let Err(e) = self.store.set_fuel(fuel) {
+            return Err(self.fail(Fault::Host(e.to_string())));
+        }
+        match f(&self.instance, &mut self.store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let fault = if let Some(asked) = self.store.data().limiter.memory_hit {
+                    Fault::Memory {
+                        call,
+                        cap: self.store.data().limiter.memory_cap >> 20,
+                        asked: asked >> 20,
+                    }
+                } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
+                    Fault::OutOfFuel { call, fuel }
+                } else {
+                    Fault::Trap {
+                        call,
+                        detail: e.root_cause().to_string(),
+                    }
+                };
+                Err(self.fail(fault))
+            }
+        }
+    }
+
+    /// A call that returns the WIT `result<T, error>`.
+    fn device_call<R>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(
+            &Instance,
+            &mut Store<HostState>,
+            wasmtime::component::Resource<bindings::LinkHandle>,
+        ) -> wasmtime::Result<Result<R, bindings::PluginError>>,
+    ) -> Result<R, OpError> {
+        let link = match self.store.data_mut().link_resource() {
+            Ok(l) => l,
+            Err(e) => return Err(self.fail(Fault::Host(e.to_string()))),
+        };
+        match self.call(call, |inst, store| f(inst, store, link))? {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(match e {
+                bindings::PluginError::Link(l) => Fault::Link {
+                    call,
+                    failure: match l {
+                        bindings::LinkError::Timeout => LinkFailure::Timeout,
+                        bindings::LinkError::Closed => LinkFailure::Closed,
+                        bindings::LinkError::Io(m) => LinkFailure::Io(m),
+                    },
+                },
+                bindings::PluginError::Protocol(detail) => Fault::Protocol { call, detail },
+                bindings::PluginError::Device(reason) => Fault::Device { call, reason },
+            })),
+        }
+    }
+
+    fn read_identity(&mut self) -> Result<DeviceIdentity, OpError> {
+        let id = self.device_call("read-identity", |inst, store, link| {
+            inst.read_identity(store, link)
+        })?;
+        let malformed = |detail: String| Fault::Malformed {
+            call: "read-identity",
+            detail,
+        };
+        if let Err(e) = DeviceId::parse(&id.device_id) {
+            return Err(self.fail(malformed(e.to_string())));
+        }
+        if let Some(f) = &id.fingerprint {
+            if !certline_device_protocol::hex::is_fingerprint(f) {
+                return Err(self.fail(malformed(format!(
+                    "fingerprint {f:?} is not 64 lowercase hex digits"
+                ))));
+            }
+        }
+        Ok(DeviceIdentity {
+            device_id: id.device_id,
+            fingerprint: id.fingerprint,
+        })
+    }
+
+    fn write(
+        &mut self,
+        job: &WriteJob,
+        precheck: Precheck,
+        started: Instant,
+    ) -> Result<WriteReport, OpError> {
+        let expected = job.device_id.to_string();
+        let before = match precheck {
+            Precheck::CheckId => {
+                let before = self.read_identity()?;
+                if before.device_id != expected {
+                    return Err(self.fail(Fault::WrongDevice {
+                        found: before.device_id,
+                        expected,
+                    }));
+                }
+                Some(before)
+            }
+            Precheck::Skip => None,
+        };
+        self.device_call("write-pack", |inst, store, link| {
+            inst.write_pack(store, link, &job.pack)
+        })?;
+        if !self.store.data().received {
+            return Err(self.fail(Fault::Malformed {
+                call: "write-pack",
+                detail: "it returned ok without reporting that the device received the pack".into(),
+            }));
+        }
+        let read_back = self.read_identity()?;
+        if read_back.device_id != expected {
+            return Err(self.fail(Fault::ReadBack {
+                detail: format!(
+                    "the device now reports id {}, the pack is for {expected}",
+                    read_back.device_id
+                ),
+            }));
+        }
+        if read_back.fingerprint.as_deref() != Some(job.fingerprint.as_str()) {
+            return Err(self.fail(Fault::ReadBack {
+                detail: format!(
+                    "the device reports certificate {}, the pack's certificate is {}",
+                    read_back.fingerprint.as_deref().unwrap_or("(none)"),
+                    job.fingerprint
+                ),
+            }));
+        }
+        let mut challenge = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut challenge)
+            .map_err(|_| self.fail(Fault::Host("no randomness for the challenge".into())))?;
+        let sig = self.device_call("prove-possession", |inst, store, link| {
+            inst.prove_possession(store, link, &challenge)
+        })?;
+        if let Err(e) = crate::link::pop::verify(&job.cert_der, &challenge, &sig) {
+            return Err(self.fail(Fault::Possession {
+                detail: e.to_string(),
+            }));
+        }
+        Ok(WriteReport {
+            plugin: self.label.clone(),
+            device_id: expected,
+            before,
+            received: true,
+            written: true,
+            read_back,
+            possession_proved: true,
+            instantiate: self.instantiate,
+            total: started.elapsed(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert!(check_header(b"hello world")
+            .unwrap_err()
+            .to_string()
+            .contains("not a WebAssembly file"));
+        assert!(check_header(b"\0asm\x01\0\0\0")
+            .unwrap_err()
+            .to_string()
+            .contains("core WebAssembly module"));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn export_versions() {
+        let v = interface_version(&["certline:device/device@0.1.0".into()]).unwrap();
+        assert_eq!(
+            v,
+            Version {
+                major: 0,
+                minor: 1,
+                patch: 0
+            }
+        );
+        let err = interface_version(&["wasi:cli/run@0.2.6".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wasi:cli/run@0.2.6") && err.contains("wrong world"),
+            "{err}"
+        );
+    }
+}
