@@ -24,6 +24,8 @@ pub enum Command {
     Ca(crate::ca::cli::CaCommand),
     /// A reference device (flash and NVRAM as files) speaking the example protocols.
     DeviceSim(crate::device_sim::cli::DeviceSimArgs),
+    /// The whole system on loopback with embedded defaults, then a summary.
+    Demo(crate::demo::DemoArgs),
     /// A device vendor's tools: check a plugin, try it against a device.
     #[command(subcommand)]
     Plugin(crate::plugin::cli::PluginCommand),
@@ -49,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => crate::ca::cli::run(cmd),
         Command::DeviceSim(args) => crate::device_sim::cli::run(args),
         Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
+        Command::Demo(args) => crate::demo::run(args),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod ca;
 pub mod cli;
+pub mod demo;
 pub mod device_sim;
 pub mod link;
 pub mod pki;

@@ -247,15 +247,15 @@ pub fn open(dir: &Path, passphrase: &str) -> anyhow::Result<OpenCa> {
     let tls = Credential::new(tls_chain, root_der, open(&sealed.tls, "tls")?)?;
     let mut ledger = Ledger::open(&dir.join(LEDGER_FILE), false)?;
     let abandoned = ledger.abandon_reserved(None, "reserved before a crash and never delivered")?;
+    let mut ca = CertAuthority::new(authority, ledger, config);
     if abandoned > 0 {
         tracing::warn!(
             "revoked {abandoned} certificate(s) reserved before a crash and never delivered"
         );
+        // Their serials must be on the very next CRL anyone fetches.
+        ca.publish_crls()?;
     }
-    Ok(OpenCa {
-        ca: CertAuthority::new(authority, ledger, config),
-        tls,
-    })
+    Ok(OpenCa { ca, tls })
 }
 
 /// The root certificate of a CA directory, without unsealing anything.

@@ -16,6 +16,7 @@ pub mod profile;
 pub mod role;
 pub mod seal;
 pub mod serial;
+pub mod verify;
 
 use aws_lc_rs::digest;
 

@@ -92,6 +92,11 @@ impl Pack {
         Ok(fingerprint(&self.device_cert_der()?))
     }
 
+    /// The device id the certificate names (SAN URI, checked against the subject).
+    pub fn device_id(&self) -> anyhow::Result<super::id::DeviceId> {
+        Ok(self.identity()?.id)
+    }
+
     pub fn identity(&self) -> anyhow::Result<DeviceIdentity> {
         device_identity(&self.device_cert_der()?)
     }

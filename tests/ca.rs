@@ -1,0 +1,1070 @@
+//! Black-box tests of `certline ca`: the real binary, real TLS, a real SQLite
+//! ledger; certificates checked with x509-parser and `openssl`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use x509_parser::prelude::*;
+
+fn device_cert(pack: &Path) -> Vec<u8> {
+    pem_file(&pack.join("chain.pem"), "CERTIFICATE").remove(0)
+}
+
+fn san_uris(der: &[u8]) -> Vec<String> {
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().expect("a SAN");
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn issued_packs_follow_the_device_profile() {
+    let ca = Ca::init(&["--org", "Acme Devices"]);
+    let ids = ca.ids_file("ids", &["3012-123456", "A123-654321", "3012-000001"]);
+    let out = ca.file("packs");
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&out),
+    ]);
+
+    let mut serials = HashSet::new();
+    for (id, model, serial) in [
+        ("3012-123456", "3012", "123456"),
+        ("A123-654321", "A123", "654321"),
+        ("3012-000001", "3012", "000001"),
+    ] {
+        let pack = out.join(id);
+        let der = device_cert(&pack);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+
+        // Subject: O=<vendor>, CN=<model>-<serial>, serialNumber=<serial> as PrintableString.
+        let subject = cert.subject();
+        assert_eq!(
+            subject
+                .iter_organization()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "Acme Devices"
+        );
+        assert_eq!(
+            subject.iter_common_name().next().unwrap().as_str().unwrap(),
+            id
+        );
+        let sn = subject
+            .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+            .next()
+            .unwrap();
+        assert_eq!(sn.as_str().unwrap(), serial);
+        assert_eq!(
+            sn.attr_value().tag(),
+            x509_parser::der_parser::asn1_rs::Tag::PrintableString
+        );
+
+        // SAN URI per RFC 9039 with the documentation PEN.
+        assert_eq!(
+            san_uris(&der),
+            vec![format!("urn:dev:ops:32473-{model}-{serial}")]
+        );
+
+        // Serial: positive, at most 20 octets, unique.
+        let raw = cert.raw_serial();
+        assert!(raw.len() <= 20 && raw[0] & 0x80 == 0 && raw.iter().any(|b| *b != 0));
+        assert!(serials.insert(raw.to_vec()), "serial reused");
+
+        // Extensions: CA:FALSE, keyUsage digitalSignature critical, EKU clientAuth, AKI.
+        let bc = cert.basic_constraints().unwrap().unwrap();
+        assert!(!bc.value.ca);
+        let ku = cert.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.digital_signature() && !ku.value.key_cert_sign());
+        let eku = cert.extended_key_usage().unwrap().unwrap();
+        assert!(eku.value.client_auth && !eku.value.server_auth);
+        assert!(cert
+            .extensions()
+            .iter()
+            .any(|e| e.oid == x509_parser::oid_registry::OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER));
+        // 802.1AR: the identity lives as long as the device.
+        assert_eq!(cert.validity().not_after.timestamp(), 253402300799);
+
+        // The key file is private and belongs to the certificate.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(pack.join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        if openssl_available() {
+            let verified = openssl_verify_pack(&pack, None);
+            assert!(
+                verified.status.success(),
+                "openssl verify: {}",
+                text(&verified.stdout)
+            );
+            let from_key = std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(pack.join("key.pem"))
+                .output()
+                .unwrap();
+            let from_cert = std::process::Command::new("openssl")
+                .args(["x509", "-pubkey", "-noout", "-in"])
+                .arg(pack.join("chain.pem"))
+                .output()
+                .unwrap();
+            assert_eq!(text(&from_key.stdout), text(&from_cert.stdout));
+        }
+    }
+
+    // The chain file is device cert then issuing CA; the root is self-signed.
+    let chain = pem_file(&out.join("3012-123456/chain.pem"), "CERTIFICATE");
+    assert_eq!(chain.len(), 2);
+    let (_, issuing) = X509Certificate::from_der(&chain[1]).unwrap();
+    assert!(issuing.is_ca());
+    let ku = issuing.key_usage().unwrap().unwrap().value;
+    assert!(ku.key_cert_sign() && ku.crl_sign());
+}
+
+#[test]
+fn model_profiles_choose_key_type_and_hardware_module_name() {
+    let ca = Ca::init(&[]);
+    let config = ca.dir.join("ca.toml");
+    let mut toml_text = std::fs::read_to_string(&config).unwrap();
+    toml_text.push_str(
+        "\n[models.HW1]\nhardware_type_oid = \"1.3.6.1.4.1.32473.1.1\"\n\n[models.P384]\nkey = \"p384\"\n\n[models.ED]\nkey = \"ed25519\"\n",
+    );
+    std::fs::write(&config, toml_text).unwrap();
+    let ids = ca.ids_file("ids", &["HW1-77", "P384-1", "ED-1"]);
+    let out = ca.file("packs");
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&out),
+    ]);
+
+    let der = device_cert(&out.join("HW1-77"));
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let other = san
+        .value
+        .general_names
+        .iter()
+        .find_map(|n| match n {
+            GeneralName::OtherName(oid, value) => Some((oid.to_id_string(), value.to_vec())),
+            _ => None,
+        })
+        .expect("a hardwareModuleName otherName");
+    assert_eq!(other.0, "1.3.6.1.5.5.7.8.4");
+    // [0] EXPLICIT { SEQUENCE { OID 1.3.6.1.4.1.32473.1.1, OCTET STRING "77" } }
+    let (_, explicit) = x509_parser::der_parser::der::parse_der(&other.1).unwrap();
+    let inner = explicit.as_slice().unwrap();
+    let (_, seq) = x509_parser::der_parser::der::parse_der_sequence(inner).unwrap();
+    let parts = seq.as_sequence().unwrap();
+    assert_eq!(
+        parts[0].as_oid().unwrap().to_id_string(),
+        "1.3.6.1.4.1.32473.1.1"
+    );
+    assert_eq!(parts[1].as_slice().unwrap(), b"77");
+
+    let p384_der = device_cert(&out.join("P384-1"));
+    let (_, p384) = X509Certificate::from_der(&p384_der).unwrap();
+    assert_eq!(
+        p384.public_key()
+            .algorithm
+            .parameters
+            .as_ref()
+            .unwrap()
+            .as_oid()
+            .unwrap()
+            .to_id_string(),
+        "1.3.132.0.34"
+    );
+    let ed_der = device_cert(&out.join("ED-1"));
+    let (_, ed) = X509Certificate::from_der(&ed_der).unwrap();
+    assert_eq!(
+        ed.public_key().algorithm.algorithm.to_id_string(),
+        "1.3.101.112"
+    );
+    if openssl_available() {
+        for id in ["HW1-77", "P384-1", "ED-1"] {
+            let verified = openssl_verify_pack(&out.join(id), None);
+            assert!(
+                verified.status.success(),
+                "{id}: {}",
+                text(&verified.stdout)
+            );
+        }
+    }
+}
+
+#[test]
+fn init_refuses_twice_and_commands_refuse_a_missing_ca() {
+    let ca = Ca::init(&[]);
+    let keys = std::fs::read(ca.dir.join("keys.json")).unwrap();
+    let err = fails(&["ca", "init", "--dir", ca.dir()]);
+    assert!(err.contains("already an initialised CA"), "{err}");
+    assert_eq!(
+        std::fs::read(ca.dir.join("keys.json")).unwrap(),
+        keys,
+        "init twice changed the keys"
+    );
+
+    let missing = ca.file("nowhere");
+    let err = fails(&["ca", "serve", "--dir", path(&missing)]);
+    assert!(
+        err.contains("does not exist") && err.contains("ca init"),
+        "{err}"
+    );
+    std::fs::create_dir(&missing).unwrap();
+    let err = fails(&["ca", "revoke", "--dir", path(&missing), "--id", "3012-1"]);
+    assert!(err.contains("not an initialised CA"), "{err}");
+}
+
+#[test]
+fn wrong_passphrase_is_refused_and_nothing_changes() {
+    let ca = Ca::init(&[]);
+    let before = ca.counts();
+    let ids = ca.ids_file("ids", &["3012-1"]);
+    let out = certline()
+        .env("CERTLINE_PASSPHRASE", "not the passphrase")
+        .args([
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--ids",
+            path(&ids),
+            "--out",
+            path(&ca.file("packs")),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("wrong key-encryption passphrase"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(ca.counts(), before);
+    assert!(!ca.file("packs").exists());
+
+    let out = certline()
+        .env_remove("CERTLINE_PASSPHRASE")
+        .args([
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--ids",
+            path(&ids),
+            "--out",
+            path(&ca.file("packs")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("CERTLINE_PASSPHRASE"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A passphrase file works as well as the variable.
+    let file = ca.file("passphrase");
+    std::fs::write(&file, format!("{PASSPHRASE}\n")).unwrap();
+    let out = certline()
+        .env_remove("CERTLINE_PASSPHRASE")
+        .args([
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--passphrase-file",
+            path(&file),
+        ])
+        .args(["--ids", path(&ids), "--out", path(&ca.file("packs"))])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn id_lists_with_bad_ids_are_refused_before_anything_is_issued() {
+    let ca = Ca::init(&[]);
+    let before = ca.counts();
+    for (ids, expect) in [
+        (
+            vec!["3012-1", "3012_2"],
+            "ids:2: device id \"3012_2\" has no '-'",
+        ),
+        (
+            vec!["3012-1", "toolongmodel-1"],
+            "model code \"toolongmodel\"",
+        ),
+        (vec!["3012-1", "3012-1"], "listed twice (first on line 1)"),
+        (vec!["3012-1", "3012-abc"], "serial \"abc\""),
+    ] {
+        let file = ca.ids_file("ids", &ids);
+        let err = fails(&[
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--ids",
+            path(&file),
+            "--out",
+            path(&ca.file("packs")),
+        ]);
+        assert!(err.contains(expect), "expected {expect:?} in {err}");
+    }
+    let empty = ca.ids_file("empty", &["# nothing"]);
+    assert!(fails(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&empty),
+        "--out",
+        "x"
+    ])
+    .contains("lists no device ids"));
+    assert_eq!(ca.counts(), before);
+}
+
+// ---- the HTTPS API ----
+
+fn tls_client(root: &[u8], identity: Option<(Vec<Vec<u8>>, Vec<u8>)>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec())).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                chain.into_iter().map(CertificateDer::from).collect(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// The chain and key of a credential or pack file set, for presenting as a client.
+fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let mut chain = pem_file(cert_file, "CERTIFICATE");
+    if chain.len() > 2 {
+        chain.pop(); // a credential ends with its root
+    }
+    (chain, pem_file(key_file, "PRIVATE KEY").remove(0))
+}
+
+/// POSTs raw bytes; Err means the TLS layer refused.
+fn post(
+    url: &str,
+    tls: rustls::ClientConfig,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, serde_json::Value), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap();
+        let response = client
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        ))
+    })
+}
+
+fn get(url: &str, tls: rustls::ClientConfig, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok((
+            response.status().as_u16(),
+            response.bytes().await.unwrap().to_vec(),
+        ))
+    })
+}
+
+fn batch(ids: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"items": ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>()})).unwrap()
+}
+
+#[test]
+fn only_a_station_credential_gets_packs() {
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let station = ca.enroll("station", "st1");
+    let line = ca.enroll("line", "line-1");
+    let center = ca.enroll("center", "center");
+    let before = ca.counts();
+
+    // A station is served.
+    let ok_reply = post(
+        &server.url,
+        tls_client(&root, Some(identity_of(&station, &station))),
+        "/v1/packs",
+        &batch(&["3012-1"]),
+    )
+    .unwrap();
+    assert_eq!(ok_reply.0, 200, "{}", ok_reply.1);
+    assert_eq!(ok_reply.1["packs"][0]["id"], "3012-1");
+    let after_one = ca.counts();
+    assert_ne!(after_one, before);
+
+    // A line or center credential: refused by role.
+    for (cred, role) in [(&line, "line"), (&center, "center")] {
+        let (status, body) = post(
+            &server.url,
+            tls_client(&root, Some(identity_of(cred, cred))),
+            "/v1/packs",
+            &batch(&["3012-2"]),
+        )
+        .unwrap();
+        assert_eq!(status, 403);
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("a {role} credential")),
+            "{body}"
+        );
+    }
+    // No client certificate: refused.
+    let (status, body) = post(
+        &server.url,
+        tls_client(&root, None),
+        "/v1/packs",
+        &batch(&["3012-2"]),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["code"], "no_client_certificate");
+    // A device identity is never a service credential.
+    let ids = ca.ids_file("ids", &["3012-9"]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&ca.file("packs")),
+    ]);
+    let pack = ca.file("packs/3012-9");
+    let (status, body) = post(
+        &server.url,
+        tls_client(
+            &root,
+            Some(identity_of(&pack.join("chain.pem"), &pack.join("key.pem"))),
+        ),
+        "/v1/packs",
+        &batch(&["3012-2"]),
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a service credential"),
+        "{body}"
+    );
+    // A certificate from another CA does not get past TLS.
+    let other = Ca::init(&[]);
+    let foreign = other.enroll("station", "st1");
+    assert!(post(
+        &server.url,
+        tls_client(&root, Some(identity_of(&foreign, &foreign))),
+        "/v1/packs",
+        &batch(&["3012-2"])
+    )
+    .is_err());
+    // None of the refusals issued anything.
+    let history = ca.history("3012-2");
+    assert!(history.is_empty(), "{history:?}");
+
+    // A revoked station credential is refused.
+    let serial = x509_parser::parse_x509_certificate(&pem_file(&station, "CERTIFICATE")[0])
+        .map(|(_, c)| hex::encode(c.raw_serial()))
+        .unwrap();
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--serial",
+        &serial,
+        "--reason",
+        "privilege-withdrawn",
+    ]);
+    let (status, body) = post(
+        &server.url,
+        tls_client(&root, Some(identity_of(&station, &station))),
+        "/v1/packs",
+        &batch(&["3012-3"]),
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("revoked"));
+}
+
+#[test]
+fn bad_batches_are_refused_with_the_reason_and_change_nothing() {
+    let ca = Ca::init(&["--max-batch", "5"]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let station = ca.enroll("station", "st1");
+    let client = || tls_client(&root, Some(identity_of(&station, &station)));
+    let first = post(&server.url, client(), "/v1/packs", &batch(&["3012-1"])).unwrap();
+    assert_eq!(first.0, 200);
+    let before = ca.counts();
+
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (batch(&[]), 400, "the batch is empty"),
+        (
+            batch(&["1-1", "1-2", "1-3", "1-4", "1-5", "1-6"]),
+            400,
+            "more than this CA's maximum of 5",
+        ),
+        (
+            batch(&["3012-2", "bad id"]),
+            400,
+            "item 2: device id \"bad id\"",
+        ),
+        (
+            batch(&["3012-2", "3012-3", "3012-2"]),
+            400,
+            "appears twice in the batch (items 1 and 3)",
+        ),
+        (
+            batch(&["3012-2", "3012-1"]),
+            409,
+            "device 3012-1 already has a valid certificate",
+        ),
+        (
+            b"{\"items\": [{\"id\": \"3012-2\"}".to_vec(),
+            400,
+            "request body",
+        ),
+        (b"ids: 3012-2".to_vec(), 400, "request body"),
+        (
+            br#"{"items": [{"id": "3012-2", "color": "red"}]}"#.to_vec(),
+            400,
+            "unknown field",
+        ),
+        (
+            br#"{"items": [{"id": "3012-2"}], "profiles": {"3012": {"key": "rsa"}}}"#.to_vec(),
+            400,
+            "unknown variant",
+        ),
+    ];
+    for (body, status, expect) in cases {
+        let (got, reply) = post(&server.url, client(), "/v1/packs", &body).unwrap();
+        assert_eq!(got, status, "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains(expect),
+            "expected {expect:?} in {reply}"
+        );
+    }
+    assert_eq!(ca.counts(), before, "a refused batch changed the ledger");
+    assert!(ca.history("3012-2").is_empty());
+
+    // Revoking an unknown serial, or naming neither serial nor id.
+    let (status, reply) = post(
+        &server.url,
+        client(),
+        "/v1/revoke",
+        br#"{"serial": "0102030405060708090a0b0c0d0e0f10"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (status, reply["code"].as_str().unwrap()),
+        (404, "unknown_serial")
+    );
+    let (status, _) = post(
+        &server.url,
+        client(),
+        "/v1/revoke",
+        br#"{"reason": "superseded"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(ca.counts(), before);
+}
+
+#[test]
+fn replacing_revokes_the_old_certificate_in_the_same_step() {
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let station = ca.enroll("station", "st1");
+    let client = || tls_client(&root, Some(identity_of(&station, &station)));
+    let (_, first) = post(&server.url, client(), "/v1/packs", &batch(&["3012-7"])).unwrap();
+    let old = first["packs"][0]["serial"].as_str().unwrap().to_string();
+
+    // Naming the wrong certificate is refused and changes nothing.
+    let (status, reply) = post(
+        &server.url,
+        client(),
+        "/v1/replace",
+        br#"{"id": "3012-7", "replaces": "0102030405060708090a0b0c0d0e0f10"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (status, reply["code"].as_str().unwrap()),
+        (409, "replace_mismatch")
+    );
+
+    let body = serde_json::to_vec(&serde_json::json!({"id": "3012-7", "replaces": old})).unwrap();
+    let (status, second) = post(&server.url, client(), "/v1/replace", &body).unwrap();
+    assert_eq!(status, 200, "{second}");
+    let new = second["packs"][0]["serial"].as_str().unwrap();
+    assert_ne!(new, old);
+
+    let history = ca.history("3012-7");
+    assert_eq!(history.len(), 2);
+    let valid: Vec<_> = history.iter().filter(|r| r["status"] == "valid").collect();
+    assert_eq!(
+        valid.len(),
+        1,
+        "exactly one valid certificate per id: {history:?}"
+    );
+    assert_eq!(valid[0]["serial"], new);
+    let revoked = history
+        .iter()
+        .find(|r| r["serial"] == old.as_str())
+        .unwrap();
+    assert_eq!(
+        (revoked["status"].as_str(), revoked["reason"].as_str()),
+        (Some("revoked"), Some("superseded"))
+    );
+
+    // Lookup names the live certificate, for a station resuming a fetch.
+    let (_, live) = post(
+        &server.url,
+        client(),
+        "/v1/lookup",
+        br#"{"ids": ["3012-7", "3012-8"]}"#,
+    )
+    .unwrap();
+    assert_eq!(live["live"].as_array().unwrap().len(), 1);
+    assert_eq!(live["live"][0]["serial"], new);
+}
+
+#[test]
+fn request_writes_pack_folders_from_a_running_ca() {
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let station = ca.enroll("station", "st1");
+    let ids: Vec<String> = (1..=25).map(|n| format!("3012-{n:06}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let file = ca.ids_file("ids", &refs);
+    let out = ca.file("packs");
+    let report = ok(&[
+        "ca",
+        "request",
+        "--url",
+        &server.url,
+        "--credential",
+        path(&station),
+        "--ids",
+        path(&file),
+        "--out",
+        path(&out),
+        "--chunk",
+        "10",
+        "--json",
+    ]);
+    let written: Vec<serde_json::Value> = serde_json::from_str(&report).unwrap();
+    assert_eq!(written.len(), 25);
+    for id in &ids {
+        let der = device_cert(&out.join(id));
+        assert_eq!(san_uris(&der), vec![format!("urn:dev:ops:32473-{id}")]);
+    }
+    if openssl_available() {
+        assert!(openssl_verify_pack(&out.join(&ids[0]), None)
+            .status
+            .success());
+    }
+    // Asking again into the same folder is refused before anything is asked.
+    let before = ca.counts();
+    let err = fails(&[
+        "ca",
+        "request",
+        "--url",
+        &server.url,
+        "--credential",
+        path(&station),
+        "--ids",
+        path(&file),
+        "--out",
+        path(&out),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(ca.counts(), before);
+    // An unreachable CA is named.
+    let err = fails(&[
+        "ca",
+        "request",
+        "--url",
+        "https://127.0.0.1:9",
+        "--credential",
+        path(&station),
+        "--ids",
+        path(&file),
+        "--out",
+        path(&ca.file("x")),
+    ]);
+    assert!(err.contains("cannot reach https://127.0.0.1:9"), "{err}");
+}
+
+fn crl_entries(der: &[u8]) -> (u64, Vec<(String, String)>) {
+    let (_, crl) = x509_parser::parse_x509_crl(der).unwrap();
+    let number = crl
+        .crl_number()
+        .unwrap()
+        .to_u64_digits()
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let reason = r
+                .reason_code()
+                .map(|(_, code)| code.to_string())
+                .unwrap_or_default();
+            (hex::encode(r.raw_serial()), reason)
+        })
+        .collect();
+    (number, entries)
+}
+
+#[test]
+fn crl_lists_exactly_the_revoked_serials_and_never_drops_one() {
+    let ca = Ca::init(&[]);
+    let ids = ca.ids_file("ids", &["3012-1", "3012-2", "3012-3"]);
+    let out = ca.file("packs");
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&out),
+    ]);
+    let serial_of = |id: &str| {
+        let der = device_cert(&out.join(id));
+        hex::encode(X509Certificate::from_der(&der).unwrap().1.raw_serial())
+    };
+
+    let crl_file = ca.file("crl.pem");
+    ok(&["ca", "crl", "--dir", ca.dir(), "--out", path(&crl_file)]);
+    let crls = pem_file(&crl_file, "X509 CRL");
+    let (first_number, entries) = crl_entries(&crls[0]);
+    assert!(entries.is_empty());
+
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--id",
+        "3012-1",
+        "--reason",
+        "key-compromise",
+    ]);
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--serial",
+        &serial_of("3012-2"),
+        "--reason",
+        "superseded",
+    ]);
+    let err = fails(&["ca", "revoke", "--dir", ca.dir(), "--id", "3012-1"]);
+    assert!(err.contains("no valid certificate"), "{err}");
+    let err = fails(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--serial",
+        &serial_of("3012-1"),
+    ]);
+    assert!(err.contains("already revoked"), "{err}");
+    let err = fails(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--serial",
+        "0102030405060708090a0b0c0d0e0f10",
+    ]);
+    assert!(err.contains("no certificate with serial"), "{err}");
+
+    // Served without a client certificate, as devices and centers fetch it.
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let (status, der) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert_eq!(status, 200);
+    let (number, mut entries) = crl_entries(&der);
+    assert!(number > first_number, "CRL numbers must increase");
+    entries.sort();
+    let mut expected = vec![
+        (serial_of("3012-1"), "KeyCompromise".to_string()),
+        (serial_of("3012-2"), "Superseded".to_string()),
+    ];
+    expected.sort();
+    assert_eq!(entries, expected);
+
+    // The issuer has cRLSign and the CRL names it by AKI; a later CRL keeps both entries.
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--id",
+        "3012-3",
+        "--reason",
+        "cessation-of-operation",
+    ]);
+    let (_, der) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    let (later, entries) = crl_entries(&der);
+    assert!(later > number);
+    assert_eq!(entries.len(), 3);
+
+    if openssl_available() {
+        ok(&["ca", "crl", "--dir", ca.dir(), "--out", path(&crl_file)]);
+        let revoked = openssl_verify_pack(&out.join("3012-1"), Some(&crl_file));
+        assert!(!revoked.status.success());
+        assert!(
+            text(&revoked.stdout).contains("certificate revoked")
+                || text(&revoked.stderr).contains("certificate revoked")
+        );
+        let crl_text = std::process::Command::new("openssl")
+            .args(["crl", "-noout", "-text", "-in"])
+            .arg(&crl_file)
+            .output()
+            .unwrap();
+        let crl_text = text(&crl_text.stdout);
+        assert!(
+            crl_text.contains("X509v3 CRL Number") && crl_text.contains("Authority Key Identifier"),
+            "{crl_text}"
+        );
+        // A device that was never revoked still verifies against the same CRLs.
+        let fresh = ca.ids_file("more", &["3012-4"]);
+        ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--ids",
+            path(&fresh),
+            "--out",
+            path(&out),
+        ]);
+        let good = openssl_verify_pack(&out.join("3012-4"), Some(&crl_file));
+        assert!(
+            good.status.success(),
+            "{}{}",
+            text(&good.stdout),
+            text(&good.stderr)
+        );
+    }
+}
+
+#[test]
+fn audit_log_detects_edits_and_deletions() {
+    let ca = Ca::init(&[]);
+    let ids = ca.ids_file("ids", &["3012-1", "3012-2"]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&ca.file("packs")),
+    ]);
+    ok(&["ca", "revoke", "--dir", ca.dir(), "--id", "3012-1"]);
+    assert!(ok(&["ca", "audit", "verify", "--dir", ca.dir()]).contains("audit log intact"));
+    let shown = ok(&["ca", "audit", "show", "--dir", ca.dir(), "--json"]);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&shown).unwrap();
+    assert!(entries.iter().any(|e| e["action"] == "revoke"));
+
+    let db = ca.dir.join("ledger.db");
+    let copy = ca.file("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["ca.toml", "ledger.db"] {
+        std::fs::copy(ca.dir.join(f), copy.join(f)).unwrap();
+    }
+    // Edited entry.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'someone else' WHERE seq = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let err = fails(&["ca", "audit", "verify", "--dir", ca.dir()]);
+    assert!(
+        err.contains("audit entry 3") && err.contains("edited"),
+        "{err}"
+    );
+
+    // Deleted entry (in the untouched copy).
+    let conn = rusqlite::Connection::open(copy.join("ledger.db")).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 2;")
+        .unwrap();
+    drop(conn);
+    let err = fails(&["ca", "audit", "verify", "--dir", path(&copy)]);
+    assert!(err.contains("audit entry 2 is missing"), "{err}");
+
+    // The application itself can neither edit nor delete.
+    let conn = rusqlite::Connection::open(ca.file("copy/ledger.db")).unwrap();
+    assert!(conn
+        .execute("UPDATE audit SET actor = 'x' WHERE seq = 1", [])
+        .is_err());
+}
+
+#[test]
+fn nothing_is_issued_when_the_audit_entry_cannot_be_written() {
+    let ca = Ca::init(&[]);
+    let before = ca.counts();
+    let conn = rusqlite::Connection::open(ca.dir.join("ledger.db")).unwrap();
+    conn.execute_batch("CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+    drop(conn);
+    let ids = ca.ids_file("ids", &["3012-1"]);
+    let err = fails(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&ca.file("packs")),
+    ]);
+    assert!(err.contains("cannot write the audit log"), "{err}");
+    assert_eq!(ca.counts(), before);
+    assert!(ca.history("3012-1").is_empty());
+    assert!(!ca.file("packs/3012-1").exists());
+}
+
+#[test]
+fn a_reservation_left_by_a_crash_is_revoked_at_the_next_start() {
+    let ca = Ca::init(&[]);
+    // What a CA killed between reserving and committing leaves behind.
+    let conn = rusqlite::Connection::open(ca.dir.join("ledger.db")).unwrap();
+    conn.execute(
+        "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, audit_seq)
+         VALUES ('11111111111111111111111111111111', '3012-5', 'device', 'reserved', 'station:st1', '2026-01-01T00:00:00Z', 1)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let crl_file = ca.file("crl.pem");
+    ok(&["ca", "crl", "--dir", ca.dir(), "--out", path(&crl_file)]);
+    let history = ca.history("3012-5");
+    assert_eq!(history[0]["status"], "revoked");
+    assert_eq!(history[0]["reason"], "cessation-of-operation");
+    let (_, entries) = crl_entries(&pem_file(&crl_file, "X509 CRL")[0]);
+    assert_eq!(
+        entries,
+        vec![(
+            "11111111111111111111111111111111".to_string(),
+            "CessationOfOperation".to_string()
+        )]
+    );
+    // The id is free again.
+    let ids = ca.ids_file("ids", &["3012-5"]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&ca.file("packs")),
+    ]);
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["ca", "--help"],
+        vec!["ca", "init", "--help"],
+        vec!["ca", "serve", "--help"],
+        vec!["ca", "enroll", "--help"],
+        vec!["ca", "issue", "--help"],
+        vec!["ca", "request", "--help"],
+        vec!["ca", "revoke", "--help"],
+        vec!["ca", "crl", "--help"],
+        vec!["ca", "audit", "verify", "--help"],
+        vec!["ca", "status", "--help"],
+        vec!["ca", "bench", "--help"],
+    ] {
+        let out = ok(&args);
+        assert!(out.contains("Usage:"), "{args:?}: {out}");
+    }
+}

@@ -1,0 +1,217 @@
+//! Helpers for black-box tests: run the real `certline` binary as separate
+//! processes, on loopback, in temporary directories.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSPHRASE: &str = "test passphrase, not for production";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_certline")
+}
+
+/// A `certline` command with the test passphrase in its environment.
+pub fn certline() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE)
+        .env_remove("CERTLINE_LOG");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> Output {
+    certline()
+        .args(args)
+        .output()
+        .expect("cannot start certline")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs and insists on success, returning stdout.
+#[track_caller]
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "certline {args:?} failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs and insists on failure, returning stderr.
+#[track_caller]
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "certline {args:?} should have failed:\nstdout: {}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A CA directory initialised in a fresh temporary folder.
+pub struct Ca {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl Ca {
+    pub fn init(extra: &[&str]) -> Ca {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let mut args = vec!["ca", "init", "--dir", path(&dir)];
+        args.extend_from_slice(extra);
+        ok(&args);
+        Ca { tmp, dir }
+    }
+
+    pub fn dir(&self) -> &str {
+        path(&self.dir)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn enroll(&self, role: &str, name: &str) -> PathBuf {
+        let out = self.file(&format!("{role}-{name}.pem"));
+        ok(&[
+            "ca",
+            "enroll",
+            "--dir",
+            self.dir(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--out",
+            path(&out),
+        ]);
+        out
+    }
+
+    pub fn ids_file(&self, name: &str, ids: &[&str]) -> PathBuf {
+        let file = self.file(name);
+        std::fs::write(&file, ids.join("\n") + "\n").unwrap();
+        file
+    }
+
+    /// Ledger rows as `ca status --json` reports them (kind, status, count).
+    pub fn counts(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(&["ca", "status", "--dir", self.dir(), "--json"])).unwrap()
+    }
+
+    pub fn history(&self, id: &str) -> Vec<serde_json::Value> {
+        let out = run(&["ca", "status", "--dir", self.dir(), "--id", id, "--json"]);
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "ca",
+            "serve",
+            "--dir",
+            self.dir(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args, "CA listening on ")
+    }
+}
+
+/// A long-running certline process that printed its URL; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(args: &[&str], marker: &str) -> Server {
+        let mut child = certline()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start certline");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        break rest.trim().to_string();
+                    }
+                }
+                _ => panic!("certline {args:?} exited before printing {marker:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} from certline {args:?}"
+            );
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn openssl_available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `openssl verify` of a pack folder's device certificate against its root.
+pub fn openssl_verify_pack(pack: &Path, crl: Option<&Path>) -> Output {
+    let chain = pack.join("chain.pem");
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify")
+        .arg("-CAfile")
+        .arg(pack.join("root.pem"))
+        .arg("-untrusted")
+        .arg(&chain);
+    if let Some(crl) = crl {
+        cmd.arg("-crl_check_all").arg("-CRLfile").arg(crl);
+    }
+    cmd.arg(&chain).output().unwrap()
+}
+
+/// The DER blocks with `label` in a PEM file.
+pub fn pem_file(path: &Path, label: &str) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    pem::parse_many(&text)
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.tag() == label)
+        .map(|p| p.into_contents())
+        .collect()
+}
