@@ -36,6 +36,8 @@ use crate::service::tls::{provider, ClientAuth};
 pub const ALPN: &[u8] = b"certline-device-link/1";
 /// Serial line speed when the line opens a port (ignored by pseudo-terminals).
 pub const BAUD_RATE: u32 = 115_200;
+/// How long closing a link waits for the peer's close_notify.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Longest single read handed to a plugin.
 pub const MAX_READ: usize = 64 * 1024;
 
@@ -224,10 +226,27 @@ where
     }
 
     fn close(&mut self) {
-        if !self.closed {
-            self.closed = true;
-            self.stream.conn.send_close_notify();
-            let _ = self.stream.flush();
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.stream.conn.send_close_notify();
+        if self.stream.flush().is_err() {
+            return;
+        }
+        // Wait (briefly) for the peer's close_notify: a serial line has no
+        // connection boundaries, so a peer still finishing this session would
+        // read the next session's first bytes as part of this one.
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let mut sink = [0u8; 1024];
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if self.stream.sock.set_timeout(left).is_err() {
+                return;
+            }
+            match self.stream.read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
     }
 
@@ -330,10 +349,15 @@ pub fn device_config(cred: &Credential) -> anyhow::Result<Arc<ServerConfig>> {
 
 /// Opens a serial port as the line does.
 pub fn open_serial(path: &std::path::Path) -> anyhow::Result<serialport::TTYPort> {
-    serialport::new(path.to_string_lossy(), BAUD_RATE)
+    let port = serialport::new(path.to_string_lossy(), BAUD_RATE)
         .timeout(Duration::from_secs(1))
         .open_native()
-        .with_context(|| format!("cannot open serial port {}", path.display()))
+        .with_context(|| format!("cannot open serial port {}", path.display()))?;
+    // Bytes left in the line by an earlier session (a device's late reply)
+    // would be read as the start of this one.
+    serialport::SerialPort::clear(&port, serialport::ClearBuffer::Input)
+        .with_context(|| format!("cannot clear serial port {}", path.display()))?;
+    Ok(port)
 }
 
 /// Connects the line to the device at `addr` and runs the TLS handshake.

@@ -1,0 +1,285 @@
+//! Helpers for the device-side tests: a CA with link credentials, the device
+//! simulator as a real process, the plugins built from plugins/.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const PASSPHRASE: &str = "device tests, not for production";
+
+pub fn certline() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certline"));
+    cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE)
+        .env_remove("CERTLINE_LOG")
+        .env_remove("CERTLINE_LINE_CREDENTIAL");
+    cmd
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+pub fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("cannot start certline");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A component built from plugins/ (see the README for the build command).
+pub fn wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with\n  rustup target add wasm32-wasip2\n  (cd plugins && cargo build --release --target wasm32-wasip2)",
+        path.display()
+    );
+    path
+}
+
+pub const IMAGING: &str = "certline_plugin_imaging";
+pub const METER: &str = "certline_plugin_meter";
+pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
+pub const DUP_MODEL: &str = "certline_test_plugin_dup_model";
+pub const FUTURE_VERSION: &str = "certline_test_plugin_future_version";
+pub const WRONG_WORLD: &str = "certline-test-plugin-wrong-world";
+
+/// A CA in a temporary folder with a device-link and a line credential.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki { dir };
+        ok(certline().args(["ca", "init", "--dir"]).arg(pki.ca()));
+        pki.enroll("device-link", "acme-boards", &pki.device_link());
+        pki.enroll("line", "line-1", &pki.line());
+        pki
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path().join("ca")
+    }
+
+    pub fn device_link(&self) -> PathBuf {
+        self.path().join("device-link.pem")
+    }
+
+    pub fn line(&self) -> PathBuf {
+        self.path().join("line.pem")
+    }
+
+    pub fn enroll(&self, role: &str, name: &str, out: &Path) {
+        ok(certline()
+            .args(["ca", "enroll", "--role", role, "--name", name, "--dir"])
+            .arg(self.ca())
+            .arg("--out")
+            .arg(out));
+    }
+
+    /// Issues packs for `ids`; returns the folder holding one folder per id.
+    pub fn issue(&self, ids: &[&str]) -> PathBuf {
+        let n = std::fs::read_dir(self.path()).unwrap().count();
+        let list = self.path().join(format!("ids-{n}.txt"));
+        std::fs::write(&list, ids.join("\n") + "\n").unwrap();
+        let out = self.path().join(format!("packs-{n}"));
+        ok(certline()
+            .args(["ca", "issue", "--dir"])
+            .arg(self.ca())
+            .arg("--ids")
+            .arg(&list)
+            .arg("--out")
+            .arg(&out));
+        out
+    }
+
+    /// One pack for `id`.
+    pub fn pack(&self, id: &str) -> PathBuf {
+        self.issue(&[id]).join(id)
+    }
+}
+
+/// A running `certline device-sim`, killed when dropped.
+pub struct Sim {
+    child: Child,
+    /// The TCP address or pty path it printed.
+    pub addr: String,
+    pub dir: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Sim {
+    /// Starts a simulator for `id` (MODEL-SERIAL) in `dir` on loopback TCP
+    /// (`pty` false) or a pseudo-terminal, with extra flags (fault knobs).
+    pub fn start(dir: &Path, id: &str, credential: &Path, pty: bool, extra: &[&str]) -> Sim {
+        let (model, serial) = id.split_once('-').unwrap();
+        let stderr = dir.with_extension("stderr");
+        let mut cmd = certline();
+        cmd.args(["device-sim", "--model", model, "--serial", serial, "--dir"])
+            .arg(dir)
+            .arg("--credential")
+            .arg(credential)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        if pty {
+            cmd.arg("--pty");
+        } else {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd.spawn().expect("cannot start device-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().to_string();
+        assert!(
+            !addr.is_empty(),
+            "device-sim printed no address; stderr:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        Sim {
+            child,
+            addr,
+            dir: dir.to_path_buf(),
+            stderr,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn flash(&self) -> PathBuf {
+        self.dir.join("flash")
+    }
+
+    /// Waits for the simulator to exit by itself (after a pty link drop).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `certline plugin try` with the line credential of `pki`.
+pub fn plugin_try(pki: &Pki, plugin: &str, device: &str, pack: &Path, extra: &[&str]) -> Output {
+    certline()
+        .args(["plugin", "try", "--plugin"])
+        .arg(wasm(plugin))
+        .args(["--device", device, "--pack"])
+        .arg(pack)
+        .arg("--credential")
+        .arg(pki.line())
+        .args(extra)
+        .output()
+        .expect("cannot start certline")
+}
+
+/// Asserts a command failed and its stderr says each of `needles`.
+#[track_caller]
+pub fn assert_fails(out: &Output, needles: &[&str]) {
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{}",
+        text(&out.stdout)
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr does not say {n:?}:\n{err}");
+    }
+}
+
+/// Every file of a folder with its bytes (empty if the folder does not exist).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Nothing but the three flash files, no temporary leftovers, in a device dir.
+#[track_caller]
+pub fn assert_no_leftovers(device_dir: &Path) {
+    for name in [".flash.new", ".flash.old"] {
+        assert!(
+            !device_dir.join(name).exists(),
+            "{name} left behind in {}",
+            device_dir.display()
+        );
+    }
+}
+
+/// Asserts the simulator's flash holds `pack` and that it verifies: chain to
+/// the root with openssl, SAN naming `id`.
+#[track_caller]
+pub fn assert_flash_holds(flash: &Path, pack: &Path, id: &str) {
+    for f in ["root.pem", "chain.pem", "key.pem"] {
+        assert_eq!(
+            std::fs::read(flash.join(f)).unwrap(),
+            std::fs::read(pack.join(f)).unwrap(),
+            "flash {f} differs from the pack"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(flash.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "key.pem in flash must be owner-only");
+    let root = flash.join("root.pem");
+    let chain = flash.join("chain.pem");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(&chain)
+        .arg(&chain)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&chain)
+        .output()
+        .unwrap();
+    let san = text(&out.stdout);
+    assert!(
+        san.contains(&format!("URI:urn:dev:ops:32473-{id}")),
+        "SAN does not name {id}: {san}"
+    );
+}
