@@ -20,6 +20,9 @@ use support::*;
 /// Generous: the wait ends as soon as the folder changes.
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
+/// Which fault a misbehaving write must end in.
+type FaultCheck = fn(&Fault) -> bool;
+
 fn engine() -> Arc<PluginEngine> {
     // A smaller fuel budget than the default keeps the looping plugin's test
     // short; a real write needs a few million units.
@@ -77,7 +80,7 @@ fn misbehaving_plugins_fail_one_write_and_the_next_write_succeeds() {
     let plugins = PluginFolder::open(folder.path(), engine()).unwrap();
     let plugin = plugins.for_model("BAD1").expect("misbehave serves BAD1");
 
-    let cases: [(&str, fn(&Fault) -> bool, &str); 4] = [
+    let cases: [(&str, FaultCheck, &str); 4] = [
         (
             "BAD1-TRAP1",
             |f| {

@@ -19,7 +19,7 @@ fn unexpected<T>(wanted: &str, got: Answer) -> Result<T, Error> {
 }
 
 /// Reads the identity the device holds.
-pub fn read_identity(c: &mut impl ClientSide) -> Result<Identity, Error> {
+pub fn read_identity(c: &mut (impl ClientSide + ?Sized)) -> Result<Identity, Error> {
     c.send_request(&Request::ReadIdentity)?;
     match c.recv_answer(ANSWER_TIMEOUT_MS)? {
         Answer::Identity(id) => Ok(id),
@@ -29,7 +29,7 @@ pub fn read_identity(c: &mut impl ClientSide) -> Result<Identity, Error> {
 
 /// Writes `pack`; calls `on_received` when the device confirms it has the pack.
 pub fn write_pack(
-    c: &mut impl ClientSide,
+    c: &mut (impl ClientSide + ?Sized),
     pack: Pack,
     mut on_received: impl FnMut(),
 ) -> Result<(), Error> {
@@ -45,7 +45,10 @@ pub fn write_pack(
 }
 
 /// Has the device sign `challenge` with the key in its flash.
-pub fn prove_possession(c: &mut impl ClientSide, challenge: &[u8]) -> Result<Vec<u8>, Error> {
+pub fn prove_possession(
+    c: &mut (impl ClientSide + ?Sized),
+    challenge: &[u8],
+) -> Result<Vec<u8>, Error> {
     if challenge.len() > MAX_CHALLENGE {
         return Err(Error::Protocol(format!(
             "challenge of {} bytes is longer than {MAX_CHALLENGE}",

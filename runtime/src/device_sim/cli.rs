@@ -160,9 +160,11 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     drop(slave);
     announce("pty", &path)?;
     loop {
-        let mut sock = master
-            .try_clone_native()
-            .context("cannot use the pseudo-terminal")?;
+        let mut sock = link::SerialStream(
+            master
+                .try_clone_native()
+                .context("cannot use the pseudo-terminal")?,
+        );
         // Nobody on the other end yet: reads fail at once; wait for a line.
         if !line_present(&mut sock) {
             std::thread::sleep(Duration::from_millis(50));
@@ -196,7 +198,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
 
 /// Whether someone holds the other end of the pseudo-terminal: with nobody
 /// there, a read fails at once (hang-up) instead of timing out.
-fn line_present(sock: &mut serialport::TTYPort) -> bool {
+fn line_present(sock: &mut link::SerialStream) -> bool {
     let _ = ByteStream::set_timeout(sock, Duration::from_millis(1));
     let mut probe = [0u8; 0];
     !matches!(std::io::Read::read(sock, &mut probe), Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe)

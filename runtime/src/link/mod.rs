@@ -67,9 +67,31 @@ impl ByteStream for TcpStream {
     }
 }
 
-impl ByteStream for serialport::TTYPort {
+/// A serial port (or pseudo-terminal) as a TLS transport.
+pub struct SerialStream(pub serialport::TTYPort);
+
+impl Read for SerialStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for SerialStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    /// rustls flushes after every record; the port's own flush waits for the
+    /// line to drain (tcdrain), which would stall every frame. The kernel
+    /// sends what was written anyway.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ByteStream for SerialStream {
     fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        serialport::SerialPort::set_timeout(self, timeout.max(Duration::from_millis(1)))
+        serialport::SerialPort::set_timeout(&mut self.0, timeout.max(Duration::from_millis(1)))
             .map_err(io::Error::from)
     }
 }
@@ -378,7 +400,7 @@ pub fn connect(
             s.set_nodelay(true)?;
             Box::new(s)
         }
-        DeviceAddr::Serial(p) => Box::new(open_serial(p)?),
+        DeviceAddr::Serial(p) => Box::new(SerialStream(open_serial(p)?)),
     };
     // The name is not checked (see AnyNameVerifier); rustls needs one anyway.
     let name = ServerName::try_from("device.certline.invalid").expect("a valid DNS name");
