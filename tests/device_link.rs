@@ -452,6 +452,7 @@ fn plugin_check_describes_a_plugin_and_refuses_bad_files() {
             wasm(WRONG_WORLD),
             "does not export certline:device/device (it exports: wasi:cli/run",
         ),
+        (wasm(SNEAKY), "it imports wasi:filesystem/types@0.2.6"),
         (
             wasm(FUTURE_VERSION),
             "built against certline:device@0.2.0, newer than this host's certline:device@0.1.0",

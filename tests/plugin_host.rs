@@ -173,6 +173,7 @@ fn bad_files_in_the_plugin_folder_are_refused_and_the_good_ones_serve() {
         (IMAGING, "imaging.wasm"),
         (WRONG_WORLD, "command.wasm"),
         (FUTURE_VERSION, "future.wasm"),
+        (SNEAKY, "sneaky.wasm"),
     ]);
     std::fs::write(folder.path().join("readme.wasm"), "this is text").unwrap();
     std::fs::write(folder.path().join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
@@ -202,7 +203,11 @@ fn bad_files_in_the_plugin_folder_are_refused_and_the_good_ones_serve() {
     );
     assert!(says("readme.wasm").contains("not a WebAssembly file"));
     assert!(says("core.wasm").contains("not a component"));
-    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(
+        says("sneaky.wasm").contains("wasi:sockets/tcp@0.2.6")
+            && says("sneaky.wasm").contains("does not grant")
+    );
+    assert_eq!(refused.len(), 5, "{refused:?}");
 }
 
 #[test]

@@ -52,6 +52,7 @@ pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
 pub const DUP_MODEL: &str = "certline_test_plugin_dup_model";
 pub const FUTURE_VERSION: &str = "certline_test_plugin_future_version";
 pub const WRONG_WORLD: &str = "certline-test-plugin-wrong-world";
+pub const SNEAKY: &str = "certline_test_plugin_sneaky";
 
 /// A CA in a temporary folder with a device-link and a line credential.
 pub struct Pki {

@@ -55,6 +55,17 @@ pub enum Instance {
 }
 
 impl Bindings {
+    /// Bindings of `version` (one of [`SUPPORTED`]) for a pre-instantiated component.
+    pub fn new(
+        version: Version,
+        pre: wasmtime::component::InstancePre<HostState>,
+    ) -> wasmtime::Result<Bindings> {
+        match (version.major, version.minor) {
+            (0, 1) => Ok(Bindings::V0_1(since_v0_1_0::PluginPre::new(pre)?)),
+            _ => wasmtime::bail!("no bindings for {PACKAGE}@{version}"),
+        }
+    }
+
     pub fn instantiate(
         &self,
         store: &mut wasmtime::Store<HostState>,

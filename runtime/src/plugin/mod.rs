@@ -107,7 +107,8 @@ impl PluginEngine {
             .map(|(n, _)| n.to_string())
             .collect();
         let interface = interface_version(&exports)?;
-        bindings::check_version(interface).map_err(anyhow::Error::msg)?;
+        let bindings_version = bindings::check_version(interface).map_err(anyhow::Error::msg)?;
+        check_imports(&imports)?;
 
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
@@ -115,14 +116,13 @@ impl PluginEngine {
                 e.root_cause()
             )
         })?;
-        let bindings =
-            Bindings::V0_1(bindings::since_v0_1_0::PluginPre::new(pre).map_err(|e| {
-                anyhow::anyhow!(
-                    "it does not implement the {} world: {}",
-                    bindings::EXPORT,
-                    e.root_cause()
-                )
-            })?);
+        let bindings = Bindings::new(bindings_version, pre).map_err(|e| {
+            anyhow::anyhow!(
+                "it does not implement the {} world: {}",
+                bindings::EXPORT,
+                e.root_cause()
+            )
+        })?;
         let mut plugin = Plugin {
             engine: self.clone(),
             path: path.to_path_buf(),
@@ -200,6 +200,33 @@ fn interface_version(exports: &[String]) -> anyhow::Result<Version> {
     Version::parse(text).with_context(|| {
         format!("export {name} has no usable version (expected {prefix}MAJOR.MINOR.PATCH)")
     })
+}
+
+/// What a plugin may import: its host interface, and the parts of WASI that
+/// Rust's standard library links even when unused (the context behind them
+/// grants nothing: no environment, closed stdin, discarded output, a wall clock
+/// stuck at zero). Files and sockets are not among them.
+const GRANTED_IMPORTS: &[&str] = &[
+    "certline:device/host@",
+    "wasi:io/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:random/",
+];
+
+fn check_imports(imports: &[String]) -> anyhow::Result<()> {
+    let refused: Vec<&str> = imports
+        .iter()
+        .filter(|i| !GRANTED_IMPORTS.iter().any(|g| i.starts_with(g)))
+        .map(String::as_str)
+        .collect();
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "it imports {}, which this host does not grant (a plugin gets its device link, a log and nothing else)",
+            refused.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Who a plugin says it is, checked.
@@ -518,6 +545,7 @@ impl Session<'_> {
         f: impl FnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, OpError> {
         let fuel = self.plugin.engine.limits.fuel;
+        self.store.data_mut().limiter.memory_hit = None;
         if let Err(e) = self.store.set_fuel(fuel) {
             return Err(self.fail(Fault::Host(e.to_string())));
         }
@@ -685,6 +713,25 @@ mod tests {
             .to_string()
             .contains("core WebAssembly module"));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn files_and_sockets_are_not_granted() {
+        check_imports(&[
+            "certline:device/host@0.1.0".into(),
+            "wasi:io/streams@0.2.6".into(),
+        ])
+        .unwrap();
+        let err = check_imports(&[
+            "wasi:sockets/tcp@0.2.6".into(),
+            "wasi:filesystem/preopens@0.2.6".into(),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("wasi:sockets/tcp@0.2.6, wasi:filesystem/preopens@0.2.6"),
+            "{err}"
+        );
     }
 
     #[test]
