@@ -109,7 +109,15 @@ fn a_link_dropped_after_received_leaves_flash_unchanged() {
         &["--drop-after-received"],
     );
     let out = plugin_try(&pki, IMAGING, &sim.addr, &pack, &[]);
-    assert_fails(&out, &["plugin acme-imaging", "write-pack", "link closed"]);
+    assert_fails(
+        &out,
+        &[
+            "plugin acme-imaging",
+            "write-pack",
+            "link closed",
+            "after the device reported \"received\"",
+        ],
+    );
     assert_eq!(
         snapshot(&sim.flash()),
         before,

@@ -341,7 +341,7 @@ pub enum Fault {
 /// A failed device operation: which plugin, what went wrong, and whether the
 /// device had confirmed it received the pack (the station needs to know).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {plugin}: {fault}")]
+#[error("plugin {plugin}: {fault}{}", if *received { " (after the device reported \"received\")" } else { "" })]
 pub struct OpError {
     pub plugin: String,
     pub fault: Fault,
