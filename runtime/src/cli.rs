@@ -29,6 +29,9 @@ pub enum Command {
     /// A device vendor's tools: check a plugin, try it against a device.
     #[command(subcommand)]
     Plugin(crate::plugin::cli::PluginCommand),
+    /// The factory's station: plans, the day's fetch, the encrypted stock, lines, admin.
+    #[command(subcommand)]
+    Station(crate::station::cli::StationCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(cmd) => crate::ca::cli::run(cmd),
         Command::DeviceSim(args) => crate::device_sim::cli::run(args),
         Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
+        Command::Station(cmd) => crate::station::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),
     }
 }

@@ -14,5 +14,6 @@ pub mod link;
 pub mod pki;
 pub mod plugin;
 pub mod service;
+pub mod station;
 pub mod store;
 pub mod wire;

@@ -40,6 +40,8 @@ impl ClientError {
 pub struct ServiceClient {
     http: reqwest::Client,
     base: String,
+    /// Sent as `Authorization: Bearer <token>` (an admin session), if set.
+    bearer: Option<zeroize::Zeroizing<String>>,
 }
 
 fn chain(err: &dyn std::error::Error) -> String {
@@ -81,11 +83,28 @@ impl ServiceClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
-        Ok(ServiceClient { http, base })
+        Ok(ServiceClient {
+            http,
+            base,
+            bearer: None,
+        })
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The same client, sending `Authorization: Bearer <token>` with every request.
+    pub fn with_bearer(mut self, token: &str) -> Self {
+        self.bearer = Some(zeroize::Zeroizing::new(token.to_string()));
+        self
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.bearer {
+            Some(token) => request.bearer_auth(token.as_str()),
+            None => request,
+        }
     }
 
     pub async fn post<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
@@ -94,7 +113,7 @@ impl ServiceClient {
         body: &Req,
     ) -> Result<Resp, ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self.http.post(&url).json(body).send().await;
+        let response = self.authorize(self.http.post(&url)).json(body).send().await;
         let bytes = self.check(&url, response).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Garbage {
             url,
@@ -113,7 +132,7 @@ impl ServiceClient {
 
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self.http.get(&url).send().await;
+        let response = self.authorize(self.http.get(&url)).send().await;
         self.check(&url, response).await
     }
 

@@ -1,0 +1,536 @@
+//! Production plans: CSV (`date,model,first_serial,count`) or JSON (the same
+//! fields, or an explicit `serials` list), parsed whole before anything is
+//! stored, so an import is all rows or none. Errors name the file, the row
+//! and the field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::config::{day_text, parse_day, StationConfig};
+use crate::pki::id::{check_model, DeviceId};
+use crate::store::stock::{PlanChange, PlanRow, Stock, StockError};
+
+/// Most serials one plan row may expand to.
+pub const MAX_COUNT: u64 = 100_000;
+
+const CSV_COLUMNS: [&str; 4] = ["date", "model", "first_serial", "count"];
+
+/// Where a plan row came from, for error messages: the file's line (CSV) or
+/// the row's index (JSON, 1-based).
+#[derive(Debug, Clone)]
+struct Origin {
+    row: usize,
+    line: Option<usize>,
+}
+
+impl Origin {
+    fn describe(&self, file: &str) -> String {
+        match self.line {
+            Some(line) => format!("{file} row {} (line {line})", self.row),
+            None => format!("{file} row {}", self.row),
+        }
+    }
+}
+
+/// One row as written in the file, before expansion.
+struct RawRow {
+    origin: Origin,
+    date: String,
+    model: String,
+    serials: SerialSpec,
+}
+
+enum SerialSpec {
+    Range { first: String, count: String },
+    List(Vec<String>),
+}
+
+fn field_error(
+    file: &str,
+    origin: &Origin,
+    field: &str,
+    message: impl std::fmt::Display,
+) -> anyhow::Error {
+    anyhow::anyhow!("{}, field {field}: {message}", origin.describe(file))
+}
+
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                current.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    fields.push(current);
+    fields.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+fn parse_csv(file: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_start_matches('\u{feff}')))
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let (header_line, header) = lines.next().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{file}: the plan is empty (expected the header date,model,first_serial,count)"
+        )
+    })?;
+    let columns = split_csv_line(header);
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, column) in columns.iter().enumerate() {
+        let name = column.to_ascii_lowercase();
+        let Some(known) = CSV_COLUMNS.iter().find(|c| **c == name) else {
+            anyhow::bail!(
+                "{file} line {header_line}: unknown column {column:?} (the header is date,model,first_serial,count)"
+            );
+        };
+        if index.insert(known, i).is_some() {
+            anyhow::bail!("{file} line {header_line}: column {column:?} appears twice");
+        }
+    }
+    if let Some(missing) = CSV_COLUMNS.iter().find(|c| !index.contains_key(*c)) {
+        anyhow::bail!(
+            "{file} line {header_line}: missing column {missing:?} (the header is date,model,first_serial,count)"
+        );
+    }
+    let mut rows = Vec::new();
+    for (row, (line, text)) in lines.enumerate() {
+        let origin = Origin {
+            row: row + 1,
+            line: Some(line),
+        };
+        let fields = split_csv_line(text);
+        if fields.len() != columns.len() {
+            anyhow::bail!(
+                "{}: {} fields, but the header has {}",
+                origin.describe(file),
+                fields.len(),
+                columns.len()
+            );
+        }
+        let get = |name: &str| fields[index[name]].clone();
+        rows.push(RawRow {
+            date: get("date"),
+            model: get("model"),
+            serials: SerialSpec::Range {
+                first: get("first_serial"),
+                count: get("count"),
+            },
+            origin,
+        });
+    }
+    Ok(rows)
+}
+
+fn parse_json(file: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{file}: not valid JSON: {e}"))?;
+    let list = match value {
+        serde_json::Value::Array(list) => list,
+        serde_json::Value::Object(mut object) => match object.remove("plan") {
+            Some(serde_json::Value::Array(list)) if object.is_empty() => list,
+            _ => anyhow::bail!(
+                "{file}: a JSON plan is a list of rows, or an object with just a \"plan\" list"
+            ),
+        },
+        _ => anyhow::bail!("{file}: a JSON plan is a list of rows"),
+    };
+    let mut rows = Vec::new();
+    for (i, item) in list.into_iter().enumerate() {
+        let origin = Origin {
+            row: i + 1,
+            line: None,
+        };
+        let serde_json::Value::Object(object) = item else {
+            anyhow::bail!(
+                "{}: a row is an object with date, model and first_serial+count or serials",
+                origin.describe(file)
+            );
+        };
+        for key in object.keys() {
+            if !["date", "model", "first_serial", "count", "serials"].contains(&key.as_str()) {
+                return Err(field_error(
+                    file,
+                    &origin,
+                    key,
+                    "unknown field (a row has date, model, and first_serial with count, or serials)",
+                ));
+            }
+        }
+        let text_field = |name: &str| -> anyhow::Result<String> {
+            match object.get(name) {
+                Some(serde_json::Value::String(s)) => Ok(s.trim().to_string()),
+                Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                Some(_) => Err(field_error(file, &origin, name, "must be a string")),
+                None => Err(field_error(file, &origin, name, "is missing")),
+            }
+        };
+        let date = text_field("date")?;
+        let model = text_field("model")?;
+        let serials = match (
+            object.get("serials"),
+            object.get("first_serial"),
+            object.get("count"),
+        ) {
+            (Some(list), None, None) => {
+                let serde_json::Value::Array(list) = list else {
+                    return Err(field_error(
+                        file,
+                        &origin,
+                        "serials",
+                        "must be a list of serials",
+                    ));
+                };
+                let mut out = Vec::new();
+                for (n, s) in list.iter().enumerate() {
+                    match s {
+                        serde_json::Value::String(s) => out.push(s.trim().to_string()),
+                        _ => {
+                            return Err(field_error(
+                                file,
+                                &origin,
+                                "serials",
+                                format!("entry {} must be a string", n + 1),
+                            ))
+                        }
+                    }
+                }
+                SerialSpec::List(out)
+            }
+            (None, Some(_), Some(_)) => SerialSpec::Range {
+                first: text_field("first_serial")?,
+                count: text_field("count")?,
+            },
+            (Some(_), _, _) => {
+                return Err(field_error(
+                    file,
+                    &origin,
+                    "serials",
+                    "give either serials or first_serial with count, not both",
+                ))
+            }
+            (None, None, _) => {
+                return Err(field_error(
+                    file,
+                    &origin,
+                    "first_serial",
+                    "is missing (or give serials)",
+                ))
+            }
+            (None, Some(_), None) => return Err(field_error(file, &origin, "count", "is missing")),
+        };
+        rows.push(RawRow {
+            origin,
+            date,
+            model,
+            serials,
+        });
+    }
+    Ok(rows)
+}
+
+/// Serials counting up from `first`, keeping its width: the trailing digits
+/// count, a leading letter prefix stays.
+fn expand(first: &str, count: u64) -> Result<Vec<String>, String> {
+    let digits_at = first
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let (prefix, digits) = first.split_at(digits_at);
+    if digits.is_empty() {
+        if count == 1 {
+            return Ok(vec![first.to_string()]);
+        }
+        return Err(format!(
+            "{first:?} does not end in digits, so it cannot count up (list the serials instead)"
+        ));
+    }
+    let width = digits.len();
+    let start: u128 = digits
+        .parse()
+        .map_err(|_| format!("{first:?} has too many digits to count up"))?;
+    let last = start + u128::from(count) - 1;
+    if last.to_string().len() > width {
+        return Err(format!(
+            "counting {count} up from {first:?} runs past {width} digits"
+        ));
+    }
+    Ok((start..=last)
+        .map(|n| format!("{prefix}{n:0width$}"))
+        .collect())
+}
+
+/// Checks and expands every row; nothing is stored.
+fn expand_rows(
+    file: &str,
+    raw: Vec<RawRow>,
+    config: &StationConfig,
+) -> anyhow::Result<Vec<PlanRow>> {
+    let mut rows = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in raw {
+        let day = parse_day(&r.date).map_err(|e| field_error(file, &r.origin, "date", e))?;
+        check_model(&r.model).map_err(|e| field_error(file, &r.origin, "model", e))?;
+        if config.model(&r.model).is_none() {
+            let known: Vec<&str> = config.models.keys().map(String::as_str).collect();
+            return Err(field_error(
+                file,
+                &r.origin,
+                "model",
+                format!(
+                    "unknown model code {} (this station knows {}); add it under [models] in station.toml",
+                    r.model,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            ));
+        }
+        let (serials, field) = match &r.serials {
+            SerialSpec::Range { first, count } => {
+                let count: i64 = count.parse().map_err(|_| {
+                    field_error(
+                        file,
+                        &r.origin,
+                        "count",
+                        format!("{count:?} is not a whole number"),
+                    )
+                })?;
+                if count < 1 || count as u64 > MAX_COUNT {
+                    return Err(field_error(
+                        file,
+                        &r.origin,
+                        "count",
+                        format!("{count} is not a count from 1 to {MAX_COUNT}"),
+                    ));
+                }
+                let serials = expand(first, count as u64)
+                    .map_err(|e| field_error(file, &r.origin, "first_serial", e))?;
+                (serials, "first_serial")
+            }
+            SerialSpec::List(list) => {
+                if list.is_empty() {
+                    return Err(field_error(file, &r.origin, "serials", "the list is empty"));
+                }
+                (list.clone(), "serials")
+            }
+        };
+        for serial in serials {
+            let id = DeviceId::new(&r.model, &serial)
+                .map_err(|e| field_error(file, &r.origin, field, e))?;
+            let id = id.to_string();
+            if let Some(first_row) = seen.insert(id.clone(), r.origin.row) {
+                return Err(field_error(
+                    file,
+                    &r.origin,
+                    field,
+                    format!("device id {id} is already planned in row {first_row} of this file (duplicate serial)"),
+                ));
+            }
+            rows.push(PlanRow {
+                id,
+                day: day_text(day),
+                model: r.model.clone(),
+                serial,
+                source: file.to_string(),
+                row: r.origin.row as i64,
+                discarded: false,
+                rework: false,
+            });
+        }
+    }
+    if rows.is_empty() {
+        anyhow::bail!("{file}: the plan has no rows");
+    }
+    Ok(rows)
+}
+
+/// Reads and checks a plan file (CSV or JSON, by extension or content).
+pub fn read(path: &Path, config: &StationConfig) -> anyhow::Result<Vec<PlanRow>> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read plan {file}"))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let looks_json = matches!(text.trim_start().chars().next(), Some('[' | '{'));
+    let raw = match ext.as_str() {
+        "json" => parse_json(&file, &text)?,
+        "csv" => parse_csv(&file, &text)?,
+        _ if looks_json => parse_json(&file, &text)?,
+        _ => parse_csv(&file, &text)?,
+    };
+    expand_rows(&file, raw, config)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    pub file: String,
+    pub ids: usize,
+    /// Ids per day and model.
+    pub days: BTreeMap<String, BTreeMap<String, usize>>,
+    #[serde(flatten)]
+    pub change: PlanChange,
+    /// Models kept in the plan that the fetch skips (no certificate).
+    pub notes: Vec<String>,
+}
+
+/// Imports a plan file: all rows or none.
+pub fn import(
+    path: &Path,
+    config: &StationConfig,
+    stock: &mut Stock,
+    actor: &str,
+) -> anyhow::Result<ImportReport> {
+    let rows = read(path, config)?;
+    let file = path.display().to_string();
+    let change = stock.import_plan(&rows, actor, &file).map_err(|err| {
+        match err.downcast::<StockError>() {
+            Ok(StockError::PlannedElsewhere {
+                index,
+                id,
+                other_day,
+                other_source,
+                other_row,
+            }) if index < rows.len() => anyhow::anyhow!(
+                "{file} row {}: device id {id} is already planned for {other_day} ({other_source} row {other_row}); a serial is built once, so re-import {other_day}'s plan without it to move it. Nothing was imported",
+                rows[index].row
+            ),
+            Ok(other) => anyhow::anyhow!("{file}: {other}; nothing was imported"),
+            Err(other) => other.context(format!("{file}: nothing was imported")),
+        }
+    })?;
+    let mut days: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for row in &rows {
+        *days
+            .entry(row.day.clone())
+            .or_default()
+            .entry(row.model.clone())
+            .or_default() += 1;
+    }
+    let mut notes = Vec::new();
+    let mut without: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in &rows {
+        if !config.carries_certificate(&row.model) {
+            *without.entry(row.model.as_str()).or_default() += 1;
+        }
+    }
+    for (model, n) in without {
+        notes.push(format!(
+            "model {model} carries no certificate: its {n} id(s) are kept in the plan and skipped by the fetch"
+        ));
+    }
+    Ok(ImportReport {
+        file,
+        ids: rows.len(),
+        days,
+        change,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::station::config::ModelConfig;
+
+    fn config() -> StationConfig {
+        let mut c = StationConfig::new("s", "https://127.0.0.1:1");
+        for (m, cert) in [("3012", true), ("X9", false)] {
+            c.models.insert(
+                m.into(),
+                ModelConfig {
+                    certificate: cert,
+                    profile: Default::default(),
+                },
+            );
+        }
+        c
+    }
+
+    fn check(text: &str, ext: &str) -> anyhow::Result<Vec<PlanRow>> {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(format!("plan.{ext}"));
+        std::fs::write(&path, text).unwrap();
+        read(&path, &config())
+    }
+
+    #[test]
+    fn csv_counts_up_keeping_width() {
+        let rows = check(
+            "date,model,first_serial,count\n2030-01-15,3012,000098,3\n",
+            "csv",
+        )
+        .unwrap();
+        let ids: Vec<_> = rows.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["3012-000098", "3012-000099", "3012-000100"]);
+        assert_eq!(expand("AB09", 2).unwrap(), ["AB09", "AB10"]);
+        assert!(expand("99", 2).is_err());
+    }
+
+    #[test]
+    fn json_with_list_and_range() {
+        let rows = check(
+            r#"[{"date":"2030-01-15","model":"3012","serials":["A1","B2"]},
+               {"date":"2030-01-15","model":"X9","first_serial":"1","count":2}]"#,
+            "json",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 4);
+    }
+
+    #[test]
+    fn errors_name_file_row_and_field() {
+        let e = check(
+            "date,model,first_serial,count\n2030-13-01,3012,1,1\n",
+            "csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("row 1 (line 2), field date"), "{e}");
+        let e = check("date,model,first_serial,count,colour\n", "csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown column \"colour\""), "{e}");
+        let e = check(
+            "date,model,first_serial,count\n2030-01-01,3012,1,-4\n",
+            "csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("field count"), "{e}");
+        let e = check(
+            "date,model,first_serial,count\n2030-01-01,3012,1,2\n2030-01-01,3012,2,1\n",
+            "csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("row 2 (line 3), field first_serial") && e.contains("duplicate"),
+            "{e}"
+        );
+        let e = check("date,model,first_serial,count\n2030-01-01,ZZZ,1,1\n", "csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown model code ZZZ"), "{e}");
+        let e = check(
+            r#"[{"date":"2030-01-01","model":"3012","first_serial":"1","count":1,"shift":2}]"#,
+            "json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("row 1, field shift"), "{e}");
+    }
+}
