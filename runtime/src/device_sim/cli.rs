@@ -159,26 +159,35 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     let path = serialport::SerialPort::name(&slave).context("the pseudo-terminal has no path")?;
     drop(slave);
     announce("pty", &path)?;
+    let port = || -> anyhow::Result<link::SerialStream> {
+        let fd = master
+            .try_clone_native()
+            .context("cannot use the pseudo-terminal")?;
+        Ok(link::SerialStream(fd))
+    };
     loop {
-        let mut sock = link::SerialStream(
-            master
-                .try_clone_native()
-                .context("cannot use the pseudo-terminal")?,
-        );
         // Nobody on the other end yet: reads fail at once; wait for a line.
-        if !line_present(&mut sock) {
+        if !line_present(&mut port()?) {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         }
-        let mut link =
-            match link::accept(Box::new(sock), path.clone(), tls.clone(), HANDSHAKE_TIMEOUT) {
-                Ok(l) => l,
-                Err(e) => {
+        let mut link = match link::accept(
+            Box::new(port()?),
+            path.clone(),
+            tls.clone(),
+            HANDSHAKE_TIMEOUT,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                // A line that hung up right after its previous session is no
+                // news; anything else is.
+                if line_present(&mut port()?) {
                     events(&format!("refused a link on {path}: {e:#}"));
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
                 }
-            };
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         events(&format!("link from {}", link.describe()));
         match device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events) {
             SessionEnd::Closed => link.close(),

@@ -143,8 +143,9 @@ impl PluginEngine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut session = plugin.session(&label, None)?;
-        let info = session.call("info", |inst, store| inst.info(store))?;
+        let info = plugin.with_session(&label, None, |s| {
+            s.call("info", |inst, store| inst.info(store))
+        })?;
         plugin.info = validate_info(info)?;
         Ok(plugin)
     }
@@ -432,45 +433,60 @@ impl Plugin {
         self.info.models.iter().any(|m| m == model)
     }
 
-    fn session(
+    /// Runs `f` in a fresh store with a fresh instance. The link (if any) is
+    /// moved into the store for the calls and put back afterwards, whatever
+    /// happened.
+    fn with_session<R>(
         &self,
         label: &str,
-        link: Option<Box<dyn DeviceLink>>,
-    ) -> Result<Session<'_>, OpError> {
+        mut link: Option<&mut Box<dyn DeviceLink>>,
+        f: impl FnOnce(&mut Session<'_>) -> Result<R, OpError>,
+    ) -> Result<R, OpError> {
         let limits = self.engine.limits;
         let started = Instant::now();
-        let state = HostState::new(label, link, started + limits.deadline, limits.memory);
+        let lent = link.as_deref_mut().map(take);
+        let state = HostState::new(label, lent, started + limits.deadline, limits.memory);
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let mut session_err = |e: wasmtime::Error| OpError {
-            plugin: label.to_string(),
-            fault: Fault::Trap {
-                call: "instantiate",
-                detail: e.root_cause().to_string(),
-            },
-            received: false,
+        let instance = store
+            .set_fuel(limits.fuel)
+            .and_then(|()| self.bindings.instantiate(&mut store));
+        let (result, mut store) = match instance {
+            Ok(instance) => {
+                let mut s = Session {
+                    plugin: self,
+                    label: label.to_string(),
+                    store,
+                    instance,
+                    instantiate: started.elapsed(),
+                };
+                (f(&mut s), s.store)
+            }
+            Err(e) => {
+                let fault = Fault::Trap {
+                    call: "instantiate",
+                    detail: e.root_cause().to_string(),
+                };
+                (
+                    Err(OpError {
+                        plugin: label.to_string(),
+                        fault,
+                        received: false,
+                    }),
+                    store,
+                )
+            }
         };
-        store.set_fuel(limits.fuel).map_err(&mut session_err)?;
-        let instance = self
-            .bindings
-            .instantiate(&mut store)
-            .map_err(&mut session_err)?;
-        Ok(Session {
-            plugin: self,
-            label: label.to_string(),
-            store,
-            instance,
-            instantiate: started.elapsed(),
-        })
+        if let (Some(slot), Some(real)) = (link, store.data_mut().link.take()) {
+            *slot = real;
+        }
+        result
     }
 
-    /// Asks the device which identity it holds. `link` is lent to the plugin and
-    /// put back afterwards.
+    /// Asks the device which identity it holds. `link` is lent to the plugin
+    /// for the call.
     pub fn read_identity(&self, link: &mut Box<dyn DeviceLink>) -> Result<DeviceIdentity, OpError> {
-        let mut s = self.session(self.name(), Some(take(link)))?;
-        let result = s.read_identity();
-        *link = s.give_back();
-        result
+        self.with_session(self.name(), Some(link), |s| s.read_identity())
     }
 
     /// Writes `job` to the device in one store: (optionally) checks the device's
@@ -483,20 +499,18 @@ impl Plugin {
         precheck: Precheck,
     ) -> Result<WriteReport, OpError> {
         let started = Instant::now();
-        let mut s = self.session(self.name(), Some(take(link)))?;
-        let result = s.write(job, precheck, started);
-        *link = s.give_back();
-        result
+        self.with_session(self.name(), Some(link), |s| s.write(job, precheck, started))
     }
 
     /// Store creation, instantiation and one trivial call, without a device:
     /// the host's own cost per operation (for the benchmark).
     pub fn overhead_probe(&self) -> Result<(Duration, Duration), OpError> {
         let started = Instant::now();
-        let mut s = self.session(self.name(), None)?;
-        let instantiated = started.elapsed();
-        s.call("info", |inst, store| inst.info(store))?;
-        Ok((instantiated, started.elapsed()))
+        self.with_session(self.name(), None, |s| {
+            let instantiated = started.elapsed();
+            s.call("info", |inst, store| inst.info(store))?;
+            Ok((instantiated, started.elapsed()))
+        })
     }
 }
 
@@ -521,14 +535,6 @@ impl DeviceLink for Detached {
 }
 
 impl Session<'_> {
-    fn give_back(mut self) -> Box<dyn DeviceLink> {
-        self.store
-            .data_mut()
-            .link
-            .take()
-            .unwrap_or_else(|| Box::new(Detached))
-    }
-
     fn fail(&self, fault: Fault) -> OpError {
         OpError {
             plugin: self.label.clone(),
