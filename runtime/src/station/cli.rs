@@ -207,6 +207,8 @@ pub enum AdminCommand {
     },
     /// Revocations and replacements waiting for the CA.
     Queue(AdminTarget),
+    /// Send the waiting revocations and replacements now (a serving station picks them up).
+    Retry(AdminTarget),
     /// Everything the station knows of one device id.
     Device {
         #[command(flatten)]
@@ -589,7 +591,16 @@ fn query_value(text: &str) -> String {
         .collect()
 }
 
+enum Kind {
+    Retry,
+    Other,
+}
+
 fn admin(command: AdminCommand) -> anyhow::Result<()> {
+    let command_kind = match &command {
+        AdminCommand::Retry(_) => Kind::Retry,
+        _ => Kind::Other,
+    };
     match command {
         AdminCommand::Stock(target) => {
             let mut admin = Admin::connect(&target)?;
@@ -672,10 +683,17 @@ fn admin(command: AdminCommand) -> anyhow::Result<()> {
                 );
             })
         }
-        AdminCommand::Queue(target) => {
+        AdminCommand::Queue(target) | AdminCommand::Retry(target) => {
+            let retry = matches!(command_kind, Kind::Retry);
             let mut admin = Admin::connect(&target)?;
-            let report: QueueReport = match admin.local(|s, _| Ok(s.queue_report()?)) {
+            let report: QueueReport = match admin.local(|s, _| {
+                if retry {
+                    s.stock.queue_retry_now()?;
+                }
+                Ok(s.queue_report()?)
+            }) {
                 Some(r) => r?,
+                None if retry => admin.post(api::ADMIN_RETRY, &serde_json::json!({}))?,
                 None => admin.get(api::ADMIN_QUEUE)?,
             };
             admin.close();

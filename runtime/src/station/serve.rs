@@ -81,6 +81,7 @@ pub fn router(state: ServeState) -> Router {
         .route(api::ADMIN_AUDIT, get(audit))
         .route(api::ADMIN_REWORK, post(rework))
         .route(api::ADMIN_QUEUE, get(queue))
+        .route(api::ADMIN_RETRY, post(retry))
         .route(api::ADMIN_DEVICE, get(device))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
@@ -288,6 +289,21 @@ async fn queue(
 ) -> Result<Json<QueueReport>, ApiError> {
     state.admin(&headers).await?;
     Ok(Json(state.run(|s| Ok(s.queue_report()?)).await?))
+}
+
+async fn retry(
+    State(state): State<ServeState>,
+    headers: HeaderMap,
+) -> Result<Json<QueueReport>, ApiError> {
+    state.admin(&headers).await?;
+    let report = state
+        .run(|s| {
+            s.stock.queue_retry_now()?;
+            Ok(s.queue_report()?)
+        })
+        .await?;
+    state.wake.notify_one();
+    Ok(Json(report))
 }
 
 async fn device(

@@ -26,6 +26,8 @@ pub const ADMIN_DISCARD: &str = "/v1/admin/discard";
 pub const ADMIN_AUDIT: &str = "/v1/admin/audit";
 pub const ADMIN_REWORK: &str = "/v1/admin/rework";
 pub const ADMIN_QUEUE: &str = "/v1/admin/queue";
+/// Makes every waiting CA item due now (answers a [`QueueReport`]).
+pub const ADMIN_RETRY: &str = "/v1/admin/queue/retry";
 pub const ADMIN_DEVICE: &str = "/v1/admin/device";
 
 /// The stable refusal codes of the station API, for lines and admin clients.

@@ -1,0 +1,329 @@
+//! Station set-up and production plans: init, plan import (CSV and JSON, all
+//! rows or none, errors naming file, row and field), re-import, and a wrong
+//! key-encryption passphrase that must change nothing.
+
+mod common;
+#[path = "station_support/mod.rs"]
+mod support;
+
+use common::path;
+use support::*;
+
+fn sha(file: &std::path::Path) -> Vec<u8> {
+    std::fs::read(file).unwrap()
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_checks_its_inputs() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    // Again on the same directory: refused, nothing touched.
+    let before = sha(&factory.stock_db());
+    let err = fails(&[
+        "station",
+        "init",
+        "--dir",
+        factory.dir(),
+        "--ca",
+        &factory.ca_url,
+        "--credential",
+        path(&factory.station_cred),
+    ]);
+    assert!(err.contains("already an initialised station"), "{err}");
+    assert_eq!(before, sha(&factory.stock_db()));
+    // A line credential is not a station credential.
+    let line = factory.ca.enroll("line", "l1");
+    let other = factory.ca.tmp.path().join("other");
+    let err = fails(&[
+        "station",
+        "init",
+        "--dir",
+        path(&other),
+        "--ca",
+        &factory.ca_url,
+        "--credential",
+        path(&line),
+    ]);
+    assert!(err.contains("is a line credential"), "{err}");
+    // A short admin password is refused.
+    let out = certline_env(&[("CERTLINE_ADMIN_PASSWORD", "short")])
+        .args([
+            "station",
+            "init",
+            "--dir",
+            path(&other),
+            "--ca",
+            &factory.ca_url,
+            "--credential",
+        ])
+        .arg(&factory.station_cred)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stderr).contains("at least 8"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    // No admin password at all (and no terminal to ask on): a clear error.
+    let out = certline_env(&[])
+        .env_remove("CERTLINE_ADMIN_PASSWORD")
+        .args(["station", "admin", "stock", "--dir", factory.dir()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("CERTLINE_ADMIN_PASSWORD") || err.contains("password"),
+        "{err}"
+    );
+    // Every station command has --help.
+    for sub in [
+        vec!["station", "--help"],
+        vec!["station", "init", "--help"],
+        vec!["station", "plan", "import", "--help"],
+        vec!["station", "fetch", "--help"],
+        vec!["station", "serve", "--help"],
+        vec!["station", "admin", "stock", "--help"],
+        vec!["station", "admin", "discard", "--help"],
+        vec!["station", "admin", "audit", "--help"],
+        vec!["station", "admin", "rework", "--help"],
+        vec!["station", "bench", "--help"],
+    ] {
+        ok(&sub);
+    }
+}
+
+fn certline_env(env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = certline();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
+    let factory = Factory::new(&["3012", "A123"], &["X9"], &[]);
+    let bad = [
+        (
+            "bad-date.csv",
+            format!(
+                "date,model,first_serial,count\n{DAY},3012,000001,5\n2030-02-30,3012,000100,2\n"
+            ),
+            "row 2 (line 3), field date",
+        ),
+        (
+            "unknown-column.csv",
+            "date,model,first_serial,count,colour\n".to_string(),
+            "unknown column \"colour\"",
+        ),
+        (
+            "negative.csv",
+            format!("date,model,first_serial,count\n{DAY},3012,000001,-3\n"),
+            "row 1 (line 2), field count",
+        ),
+        (
+            "duplicate.csv",
+            format!("date,model,first_serial,count\n{DAY},3012,000001,5\n{DAY},3012,000004,2\n"),
+            "duplicate serial",
+        ),
+        (
+            "unknown-model.csv",
+            format!("date,model,first_serial,count\n{DAY},ZZ77,1,1\n"),
+            "unknown model code ZZ77",
+        ),
+        (
+            "bad-model.csv",
+            format!("date,model,first_serial,count\n{DAY},zz-7,1,1\n"),
+            "field model",
+        ),
+        (
+            "unknown-field.json",
+            format!(
+                r#"[{{"date":"{DAY}","model":"3012","first_serial":"1","count":2,"shift":"night"}}]"#
+            ),
+            "row 1, field shift",
+        ),
+        (
+            "both.json",
+            format!(
+                r#"[{{"date":"{DAY}","model":"3012","first_serial":"1","count":2,"serials":["9"]}}]"#
+            ),
+            "row 1, field serials",
+        ),
+    ];
+    for (name, content, expected) in &bad {
+        let file = factory.file(name, content);
+        let err = fails(&[
+            "station",
+            "plan",
+            "import",
+            "--dir",
+            factory.dir(),
+            path(&file),
+        ]);
+        assert!(
+            err.contains(name),
+            "{name}: the error must name the file: {err}"
+        );
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in: {err}"
+        );
+    }
+    // Nothing of the refused files was imported (the first row of bad-date.csv was fine).
+    let shown = json(&[
+        "station",
+        "plan",
+        "show",
+        "--dir",
+        factory.dir(),
+        "--day",
+        DAY,
+        "--json",
+    ]);
+    assert_eq!(shown["models"], serde_json::json!({}), "{shown}");
+
+    // A good CSV plan, with a model that carries no certificate.
+    let report = factory.plan(
+        "day.csv",
+        &[
+            &format!("{DAY},3012,000098,5"),
+            &format!("{DAY},X9,1,2"),
+            &format!("{NEXT_DAY},A123,0500,3"),
+        ],
+    );
+    assert_eq!(report["ids"], 10);
+    assert_eq!(report["added"], 10);
+    assert!(
+        report["notes"][0].as_str().unwrap().contains("X9"),
+        "{report}"
+    );
+    let shown = json(&[
+        "station",
+        "plan",
+        "show",
+        "--dir",
+        factory.dir(),
+        "--day",
+        DAY,
+        "--ids",
+        "--json",
+    ]);
+    let ids: Vec<&str> = shown["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"3012-000098") && ids.contains(&"3012-000102"),
+        "{ids:?}"
+    );
+
+    // A JSON plan with an explicit list, for another day.
+    let file = factory.file(
+        "extra.json",
+        &format!(
+            r#"{{"plan":[{{"date":"2030-01-17","model":"3012","serials":["777001","777005"]}}]}}"#
+        ),
+    );
+    let report = json(&[
+        "station",
+        "plan",
+        "import",
+        "--dir",
+        factory.dir(),
+        path(&file),
+        "--json",
+    ]);
+    assert_eq!(report["ids"], 2);
+
+    // A serial already planned for another day is refused (across plans), naming both.
+    let err = fails(&[
+        "station",
+        "plan",
+        "import",
+        "--dir",
+        factory.dir(),
+        path(&factory.file(
+            "again.csv",
+            &format!("date,model,first_serial,count\n2030-01-20,3012,000100,1\n"),
+        )),
+    ]);
+    assert!(
+        err.contains("again.csv row 1") && err.contains("already planned for 2030-01-15"),
+        "{err}"
+    );
+
+    // Fetch today's packs, then re-import today's plan changed: fetched packs stay.
+    let fetched = factory.fetch(DAY);
+    assert_eq!(fetched["fetch"]["fetched"], 5, "{fetched}");
+    let report = factory.plan(
+        "day-v2.csv",
+        &[&format!("{DAY},3012,000100,5"), &format!("{DAY},X9,1,2")],
+    );
+    assert_eq!(report["kept"], 5, "{report}");
+    assert_eq!(report["added"], 2, "{report}");
+    assert_eq!(report["removed"], 2, "{report}");
+    assert_eq!(
+        factory.packs().len(),
+        5,
+        "re-importing a plan must not lose packs"
+    );
+    let fetched = factory.fetch(DAY);
+    assert_eq!(fetched["fetch"]["fetched"], 2, "{fetched}");
+    assert_eq!(fetched["fetch"]["already_in_stock"], 3, "{fetched}");
+    factory.assert_agree(&ids_of(&factory));
+}
+
+fn ids_of(factory: &Factory) -> Vec<String> {
+    let mut ids: Vec<String> = factory.packs().into_iter().map(|(id, _, _)| id).collect();
+    ids.dedup();
+    ids
+}
+
+#[test]
+fn a_wrong_passphrase_refuses_to_start_and_changes_nothing() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("p.csv", &[&format!("{DAY},3012,1,3")]);
+    factory.fetch(DAY);
+    let db = factory.stock_db();
+    let wal = factory.dir.join("stock.db-wal");
+    let keys = factory.dir.join("keys.json");
+    let before = (sha(&db), std::fs::read(&wal).ok(), sha(&keys));
+    for sub in [
+        vec![
+            "station",
+            "serve",
+            "--dir",
+            factory.dir(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        vec!["station", "fetch", "--dir", factory.dir()],
+    ] {
+        let out = certline_env(&[("CERTLINE_PASSPHRASE", "not the passphrase at all")])
+            .args(&sub)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = common::text(&out.stderr);
+        assert!(err.contains("wrong key-encryption passphrase"), "{err}");
+        assert!(err.contains("refusing to start"), "{err}");
+    }
+    assert_eq!(before, (sha(&db), std::fs::read(&wal).ok(), sha(&keys)));
+    // With the right one, the stock is all there.
+    let stock = json(&[
+        "station",
+        "admin",
+        "stock",
+        "--dir",
+        factory.dir(),
+        "--today",
+        DAY,
+        "--json",
+    ]);
+    assert_eq!(stock["models"][0]["in_stock"], 3, "{stock}");
+}

@@ -1,0 +1,508 @@
+//! Helpers for the station's black-box tests: a real CA process, a station
+//! directory, `certline station ...` as separate processes, a line client
+//! speaking the station API with a real line credential, and the checks that
+//! the CA's ledger and the station's stock agree.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use certline::pki::credential::Credential;
+use certline::service::client::{ClientError, ServiceClient};
+use certline::wire::station::{
+    self as api, FailedRequest, ReceivedRequest, ReportResponse, TakeRequest, TakeResponse,
+    WrittenRequest,
+};
+
+use crate::common::{self, path, text, Ca, Server};
+
+pub const ADMIN_PASSWORD: &str = "admin password for tests";
+/// A Tuesday; every station in these tests is told that today is this day.
+pub const DAY: &str = "2030-01-15";
+pub const NEXT_DAY: &str = "2030-01-16";
+
+/// `certline` with the test passphrase and admin password.
+pub fn certline() -> Command {
+    let mut cmd = common::certline();
+    cmd.env("CERTLINE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env_remove("CERTLINE_STATION_PAUSE_AT");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> Output {
+    certline()
+        .args(args)
+        .output()
+        .expect("cannot start certline")
+}
+
+#[track_caller]
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "certline {args:?} failed:\nstdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[track_caller]
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "certline {args:?} should have failed:\nstdout: {}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+#[track_caller]
+pub fn json(args: &[&str]) -> serde_json::Value {
+    let out = ok(args);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("certline {args:?}: not JSON ({e}): {out}"))
+}
+
+/// A long-running process whose stdout and stderr lines the test can wait for.
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+    stderr: Receiver<String>,
+}
+
+impl Proc {
+    pub fn start(mut cmd: Command, marker: &str) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start certline");
+        let (out_tx, out_rx) = channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = out_tx.send(line);
+            }
+        });
+        let (err_tx, err_rx) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[station] {line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match out_rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        break rest.trim().to_string();
+                    }
+                }
+                Err(_) => panic!("no {marker:?} from {cmd:?}"),
+            }
+        };
+        std::thread::spawn(move || for _ in out_rx {});
+        Proc {
+            child,
+            url,
+            stderr: err_rx,
+        }
+    }
+
+    /// Waits for a line on stderr containing `marker`.
+    pub fn wait_stderr(&self, marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(marker) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no {marker:?} on the station's stderr"),
+            }
+        }
+    }
+
+    /// SIGKILL: no clean-up of any kind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A CA (process) and one station directory initialised against it.
+pub struct Factory {
+    pub ca: Ca,
+    pub ca_server: Option<Server>,
+    pub ca_url: String,
+    pub dir: PathBuf,
+    pub station_cred: PathBuf,
+}
+
+impl Factory {
+    /// A CA serving on loopback and a station with `models` (with
+    /// certificates) and `without` (without), plus `extra` init flags.
+    pub fn new(models: &[&str], without: &[&str], extra: &[&str]) -> Factory {
+        let ca = Ca::init(&[]);
+        let ca_server = ca.serve(&[]);
+        let ca_url = ca_server.url.clone();
+        let station_cred = ca.enroll("station", "station-1");
+        let dir = ca.tmp.path().join("station");
+        let mut args = vec![
+            "station",
+            "init",
+            "--dir",
+            path(&dir),
+            "--ca",
+            &ca_url,
+            "--credential",
+            path(&station_cred),
+        ];
+        for m in models {
+            args.extend(["--model", m]);
+        }
+        for m in without {
+            args.extend(["--model-without-cert", m]);
+        }
+        args.extend_from_slice(extra);
+        ok(&args);
+        Factory {
+            ca,
+            ca_server: Some(ca_server),
+            ca_url,
+            dir,
+            station_cred,
+        }
+    }
+
+    pub fn dir(&self) -> &str {
+        path(&self.dir)
+    }
+
+    pub fn file(&self, name: &str, content: &str) -> PathBuf {
+        let file = self.ca.tmp.path().join(name);
+        std::fs::write(&file, content).unwrap();
+        file
+    }
+
+    /// Imports a CSV plan given as its rows (the header is added).
+    pub fn plan(&self, name: &str, rows: &[&str]) -> serde_json::Value {
+        let file = self.file(
+            name,
+            &format!("date,model,first_serial,count\n{}\n", rows.join("\n")),
+        );
+        json(&[
+            "station",
+            "plan",
+            "import",
+            "--dir",
+            self.dir(),
+            path(&file),
+            "--json",
+        ])
+    }
+
+    pub fn fetch(&self, day: &str) -> serde_json::Value {
+        json(&[
+            "station",
+            "fetch",
+            "--dir",
+            self.dir(),
+            "--day",
+            day,
+            "--json",
+        ])
+    }
+
+    /// Stops the CA (its directory stays).
+    pub fn stop_ca(&mut self) {
+        if let Some(mut server) = self.ca_server.take() {
+            server.kill();
+        }
+    }
+
+    /// Starts the CA again on the same address.
+    pub fn start_ca(&mut self) {
+        let listen = self.ca_url.trim_start_matches("https://").to_string();
+        let server = Server::start(
+            &["ca", "serve", "--dir", self.ca.dir(), "--listen", &listen],
+            "CA listening on ",
+        );
+        assert_eq!(server.url, self.ca_url);
+        self.ca_server = Some(server);
+    }
+
+    pub fn serve_with(&self, env: &[(&str, &str)], extra: &[&str]) -> Proc {
+        let mut cmd = certline();
+        cmd.args([
+            "station",
+            "serve",
+            "--dir",
+            self.dir(),
+            "--listen",
+            "127.0.0.1:0",
+            "--today",
+            DAY,
+        ]);
+        cmd.args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Proc::start(cmd, "station listening on ")
+    }
+
+    pub fn serve(&self) -> Proc {
+        self.serve_with(&[], &[])
+    }
+
+    pub fn line(&self, name: &str, station: &Proc) -> Line {
+        let cred = self.ca.enroll("line", name);
+        Line::new(&station.url, &cred)
+    }
+
+    /// `station admin device --id ID --json` through the directory.
+    pub fn device(&self, id: &str) -> serde_json::Value {
+        json(&[
+            "station",
+            "admin",
+            "device",
+            "--dir",
+            self.dir(),
+            "--id",
+            id,
+            "--json",
+        ])
+    }
+
+    /// The state of the id's packs, oldest first.
+    pub fn states(&self, id: &str) -> Vec<String> {
+        self.device(id)["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["state"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits (polling the station) until `check` holds for the id's report.
+    pub fn wait_device(
+        &self,
+        id: &str,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let report = self.device(id);
+            if check(&report) {
+                return report;
+            }
+            assert!(Instant::now() < deadline, "{id}: never {what}: {report:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn stock_db(&self) -> PathBuf {
+        self.dir.join("stock.db")
+    }
+
+    /// (id, serial, state) of every pack, read straight from the stock file.
+    pub fn packs(&self) -> Vec<(String, String, String)> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.stock_db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id, serial, state FROM packs ORDER BY pack_id")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        rows
+    }
+
+    /// Asserts that the station and the CA agree: every id has at most one
+    /// valid certificate at the CA, and it is the station's live pack (when
+    /// nothing waits for the CA, exactly). No serial was taken twice.
+    #[track_caller]
+    pub fn assert_agree(&self, ids: &[String]) {
+        let queue = json(&["station", "admin", "queue", "--dir", self.dir(), "--json"]);
+        let waiting: Vec<String> = queue["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["id"].as_str().unwrap().to_string())
+            .collect();
+        let packs = self.packs();
+        for id in ids {
+            let history = self.ca.history(id);
+            let valid: Vec<&str> = history
+                .iter()
+                .filter(|r| r["status"] == "valid")
+                .map(|r| r["serial"].as_str().unwrap())
+                .collect();
+            assert!(
+                valid.len() <= 1,
+                "{id} has {} valid certificates at the CA",
+                valid.len()
+            );
+            let live: Vec<&str> = packs
+                .iter()
+                .filter(|(i, _, s)| {
+                    i == id
+                        && [
+                            "stocked",
+                            "handed_out",
+                            "received",
+                            "written",
+                            "flagged",
+                            "deleted",
+                        ]
+                        .contains(&s.as_str())
+                })
+                .map(|(_, serial, _)| serial.as_str())
+                .collect();
+            assert!(
+                live.len() <= 1,
+                "{id} has {} live packs at the station",
+                live.len()
+            );
+            if waiting.contains(id) {
+                continue;
+            }
+            assert_eq!(
+                valid, live,
+                "{id}: the CA's valid certificate and the station's live pack differ"
+            );
+        }
+        // No serial handed out twice: at most one take per serial in the audit log.
+        let conn = rusqlite::Connection::open_with_flags(
+            self.stock_db(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let twice: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM (SELECT json_extract(detail, '$.serial') AS s, COUNT(*) AS n FROM audit WHERE action = 'take' GROUP BY s HAVING n > 1)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(twice, 0, "a pack was handed out twice");
+    }
+}
+
+/// A production line speaking the station's API with its own credential.
+pub struct Line {
+    pub client: ServiceClient,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Line {
+    pub fn new(url: &str, cred: &Path) -> Line {
+        let cred = Credential::load(cred).unwrap();
+        Line {
+            client: ServiceClient::new(url, &cred, Duration::from_secs(60)).unwrap(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn take(&self, id: &str) -> Result<TakeResponse, ClientError> {
+        self.rt
+            .block_on(self.client.post(api::TAKE, &TakeRequest { id: id.into() }))
+    }
+
+    pub fn received(&self, id: &str, serial: &str) -> Result<ReportResponse, ClientError> {
+        self.rt.block_on(self.client.post(
+            api::RECEIVED,
+            &ReceivedRequest {
+                id: id.into(),
+                serial: serial.into(),
+            },
+        ))
+    }
+
+    pub fn written(
+        &self,
+        id: &str,
+        serial: &str,
+        fingerprint: &str,
+    ) -> Result<ReportResponse, ClientError> {
+        self.rt.block_on(self.client.post(
+            api::WRITTEN,
+            &WrittenRequest {
+                id: id.into(),
+                serial: serial.into(),
+                fingerprint: fingerprint.into(),
+            },
+        ))
+    }
+
+    pub fn failed(
+        &self,
+        id: &str,
+        serial: &str,
+        reason: &str,
+    ) -> Result<ReportResponse, ClientError> {
+        self.rt.block_on(self.client.post(
+            api::FAILED,
+            &FailedRequest {
+                id: id.into(),
+                serial: serial.into(),
+                reason: reason.into(),
+            },
+        ))
+    }
+
+    /// Take, received, written with the right fingerprint.
+    #[track_caller]
+    pub fn provision(&self, id: &str) -> TakeResponse {
+        let pack = self.take(id).unwrap_or_else(|e| panic!("take {id}: {e}"));
+        self.received(id, &pack.serial).unwrap();
+        self.written(id, &pack.serial, &pack.fingerprint).unwrap();
+        pack
+    }
+}
+
+/// The refusal code of a result that must be a refusal.
+#[track_caller]
+pub fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> String {
+    match result {
+        Err(ClientError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+pub fn ids(model: &str, first: u32, count: u32, width: usize) -> Vec<String> {
+    (first..first + count)
+        .map(|n| format!("{model}-{n:0width$}"))
+        .collect()
+}
+
+/// Whether `needle` occurs in the file's bytes.
+pub fn file_contains(file: &Path, needle: &[u8]) -> bool {
+    match std::fs::read(file) {
+        Ok(bytes) => bytes.windows(needle.len()).any(|w| w == needle),
+        Err(_) => false,
+    }
+}
