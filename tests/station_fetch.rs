@@ -64,7 +64,7 @@ fn fetch_in_chunks_with_progress_and_refusals_that_store_nothing() {
             "--dir",
             factory.dir(),
             "--day",
-            DAY,
+            &DAY.to_string(),
             "--ca",
             &url,
         ]);
@@ -75,7 +75,14 @@ fn fetch_in_chunks_with_progress_and_refusals_that_store_nothing() {
 
     // The CA is down: a clear error naming it, nothing stored.
     factory.stop_ca();
-    let err = fails(&["station", "fetch", "--dir", factory.dir(), "--day", DAY]);
+    let err = fails(&[
+        "station",
+        "fetch",
+        "--dir",
+        factory.dir(),
+        "--day",
+        &DAY.to_string(),
+    ]);
     assert!(
         err.contains("cannot reach") && err.contains(&factory.ca_url),
         "{err}"
@@ -85,7 +92,14 @@ fn fetch_in_chunks_with_progress_and_refusals_that_store_nothing() {
     factory.start_ca();
 
     // The real fetch: 25 packs in chunks of 7, progress on stderr.
-    let out = run(&["station", "fetch", "--dir", factory.dir(), "--day", DAY]);
+    let out = run(&[
+        "station",
+        "fetch",
+        "--dir",
+        factory.dir(),
+        "--day",
+        &DAY.to_string(),
+    ]);
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     let progress = common::text(&out.stderr);
     assert!(progress.contains("fetch: 0/25 packs"), "{progress}");

@@ -180,7 +180,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         "--dir",
         factory.dir(),
         "--day",
-        DAY,
+        &DAY.to_string(),
         "--json",
     ]);
     assert_eq!(shown["models"], serde_json::json!({}), "{shown}");
@@ -207,7 +207,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         "--dir",
         factory.dir(),
         "--day",
-        DAY,
+        &DAY.to_string(),
         "--ids",
         "--json",
     ]);
@@ -253,7 +253,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         )),
     ]);
     assert!(
-        err.contains("again.csv row 1") && err.contains("already planned for 2030-01-15"),
+        err.contains("again.csv row 1") && err.contains(&format!("already planned for {DAY}")),
         "{err}"
     );
 
@@ -321,8 +321,6 @@ fn a_wrong_passphrase_refuses_to_start_and_changes_nothing() {
         "stock",
         "--dir",
         factory.dir(),
-        "--today",
-        DAY,
         "--json",
     ]);
     assert_eq!(stock["models"][0]["in_stock"], 3, "{stock}");

@@ -20,9 +20,26 @@ use certline::wire::station::{
 use crate::common::{self, path, text, Ca, Server};
 
 pub const ADMIN_PASSWORD: &str = "admin password for tests";
-/// A Tuesday; every station in these tests is told that today is this day.
-pub const DAY: &str = "2030-01-15";
-pub const NEXT_DAY: &str = "2030-01-16";
+/// The station's today (UTC, the default offset): shown with `{DAY}`.
+pub const DAY: Day = Day(0);
+/// The day after.
+pub const NEXT_DAY: Day = Day(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Day(i64);
+
+impl std::fmt::Display for Day {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let day = time::OffsetDateTime::now_utc().date() + time::Duration::days(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            day.year(),
+            u8::from(day.month()),
+            day.day()
+        )
+    }
+}
 
 /// `certline` with the test passphrase and admin password.
 pub fn certline() -> Command {
@@ -216,7 +233,9 @@ impl Factory {
         ])
     }
 
-    pub fn fetch(&self, day: &str) -> serde_json::Value {
+    pub fn fetch(&self, day: impl std::fmt::Display) -> serde_json::Value {
+        let day = day.to_string();
+        let day = day.as_str();
         json(&[
             "station",
             "fetch",
@@ -255,8 +274,6 @@ impl Factory {
             self.dir(),
             "--listen",
             "127.0.0.1:0",
-            "--today",
-            DAY,
         ]);
         cmd.args(extra);
         for (k, v) in env {
