@@ -1,0 +1,322 @@
+//! Admin behind the login, locally (--dir) and through the serving station's
+//! API (--url): wrong and missing passwords, lockout, the stock view, discard
+//! of leftovers (revoked at the CA), the audit log, rework of a written device.
+
+mod common;
+#[path = "station_support/mod.rs"]
+mod support;
+
+use common::path;
+use support::*;
+
+fn with_password(password: &str, args: &[&str]) -> std::process::Output {
+    certline()
+        .env("CERTLINE_ADMIN_PASSWORD", password)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn login_refuses_wrong_passwords_and_locks_out() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    let station = factory.serve();
+    let root = factory.dir.join("root.pem");
+    let url_args = [
+        "station",
+        "admin",
+        "stock",
+        "--url",
+        &station.url,
+        "--root",
+        path(&root),
+        "--json",
+    ];
+    // Through the API: a good login works, a wrong password is refused.
+    let out = with_password(ADMIN_PASSWORD, &url_args);
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let out = with_password("wrong password!", &url_args);
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stderr).contains("wrong user or password"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    // An unknown user gets the same answer.
+    let mut args = url_args.to_vec();
+    args.extend(["--user", "mallory"]);
+    let out = with_password(ADMIN_PASSWORD, &args);
+    assert!(common::text(&out.stderr).contains("wrong user or password"));
+    // Four more failures (five in a row) lock the user out, even with the right password.
+    for _ in 0..3 {
+        with_password("wrong password!", &url_args);
+    }
+    let out = with_password("wrong password!", &url_args);
+    assert!(
+        common::text(&out.stderr).contains("locked out"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    let out = with_password(ADMIN_PASSWORD, &url_args);
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stderr).contains("locked out"),
+        "{}",
+        common::text(&out.stderr)
+    );
+    // Locally too.
+    let out = with_password(
+        ADMIN_PASSWORD,
+        &["station", "admin", "stock", "--dir", factory.dir()],
+    );
+    assert!(common::text(&out.stderr).contains("locked out"));
+    // A request without a session is refused by the API itself.
+    let client = certline::service::client::ServiceClient::anonymous(
+        &station.url,
+        &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused =
+        rt.block_on(client.get_json::<serde_json::Value>(certline::wire::station::ADMIN_STOCK));
+    assert_eq!(refused.unwrap_err().code(), Some("unauthorized"));
+    let forged = client.clone().with_bearer("00".repeat(32).as_str());
+    let refused =
+        rt.block_on(forged.get_json::<serde_json::Value>(certline::wire::station::ADMIN_STOCK));
+    assert_eq!(refused.unwrap_err().code(), Some("unauthorized"));
+}
+
+#[test]
+fn stock_discard_audit_and_rework() {
+    let factory = Factory::new(&["3012", "A123"], &["X9"], &[]);
+    // A second administrator for the lockout-free part of this test.
+    let out = certline()
+        .env("CERTLINE_NEW_ADMIN_PASSWORD", "second admin password")
+        .args([
+            "station",
+            "admin",
+            "user-add",
+            "--dir",
+            factory.dir(),
+            "--new-user",
+            "second",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    factory.plan(
+        "plan.csv",
+        &[
+            &format!("{DAY},3012,000001,4"),
+            &format!("{DAY},A123,000001,3"),
+            &format!("{DAY},X9,1,2"),
+        ],
+    );
+    factory.fetch(DAY);
+    let station = factory.serve();
+    let line = factory.line("line-1", &station);
+    let root = factory.dir.join("root.pem");
+    let url = |sub: &str| -> Vec<String> {
+        [
+            "station",
+            "admin",
+            sub,
+            "--url",
+            &station.url,
+            "--root",
+            path(&root),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run_url = |sub: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = url(sub);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        json(&args)
+    };
+
+    line.provision("3012-000001");
+    let pack = line.take("3012-000002").unwrap();
+    line.failed("3012-000002", &pack.serial, "flash write error")
+        .unwrap();
+    factory.wait_device("3012-000002", "replaced", |r| {
+        r["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["state"] == "stocked")
+    });
+    line.take("3012-000003").unwrap();
+
+    // The stock view, through the API.
+    let stock = run_url("stock", &[]);
+    let model = |name: &str| {
+        stock["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == name)
+            .unwrap()
+            .clone()
+    };
+    let m = model("3012");
+    assert_eq!(
+        (
+            m["planned_today"].as_i64(),
+            m["in_stock"].as_i64(),
+            m["handed_out"].as_i64()
+        ),
+        (Some(4), Some(2), Some(1)),
+        "{stock}"
+    );
+    assert_eq!(
+        (
+            m["used_today"].as_i64(),
+            m["failed_today"].as_i64(),
+            m["replaced_today"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{stock}"
+    );
+    assert_eq!(model("A123")["in_stock"], 3);
+    assert_eq!(model("X9")["certificate"], false);
+    assert_eq!(model("X9")["planned_today"], 2);
+    // And the human view says the same.
+    let text = ok(&["station", "admin", "stock", "--dir", factory.dir()]);
+    assert!(text.contains("3012") && text.contains("in stock"), "{text}");
+
+    // Discard the leftovers of A123: revoked at the CA (cessation of operation).
+    let discarded = run_url("discard", &["--model", "A123"]);
+    assert_eq!(
+        discarded["discarded"].as_array().unwrap().len(),
+        3,
+        "{discarded}"
+    );
+    let history = factory.wait_device("A123-000001", "revoked at the CA", |r| {
+        r["waiting_for_ca"].as_array().unwrap().is_empty()
+    });
+    assert_eq!(history["packs"][0]["state"], "discarded");
+    let ca = factory.ca.history("A123-000001");
+    assert_eq!(ca[0]["status"], "revoked");
+    assert_eq!(ca[0]["reason"], "cessation-of-operation");
+    assert_eq!(code(line.take("A123-000001")), "discarded");
+    // Nothing left to discard: a clear refusal.
+    let mut args = url("discard");
+    args.extend(["--model".to_string(), "A123".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = fails(&args);
+    assert!(err.contains("no stocked packs of model A123"), "{err}");
+
+    // Rework a written device: old certificate revoked, a fresh pack fetched.
+    let written = factory.device("3012-000001");
+    let old_serial = written["packs"][0]["serial"].as_str().unwrap().to_string();
+    assert_eq!(code(line.take("3012-000001")), "already_written");
+    let err = fails(&[
+        "station",
+        "admin",
+        "rework",
+        "--dir",
+        factory.dir(),
+        "--id",
+        "3012-000004",
+        "--reason",
+        "x",
+    ]);
+    assert!(err.contains("not written"), "{err}");
+    let rework = run_url(
+        "rework",
+        &[
+            "--id",
+            "3012-000001",
+            "--reason",
+            "board replaced in service",
+        ],
+    );
+    assert_eq!(rework["revoked_serial"], old_serial.as_str());
+    factory.wait_device("3012-000001", "re-stocked", |r| {
+        r["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["state"] == "stocked")
+    });
+    let fresh = line.provision("3012-000001");
+    assert_ne!(fresh.serial, old_serial);
+    let ca = factory.ca.history("3012-000001");
+    let old = ca
+        .iter()
+        .find(|r| r["serial"] == old_serial.as_str())
+        .unwrap();
+    assert_eq!(old["status"], "revoked");
+
+    // The audit log: intact, and every state change is in it.
+    let audit = run_url("audit", &["--last", "500"]);
+    assert_eq!(audit["intact"], true, "{audit}");
+    let actions: Vec<&str> = audit["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in [
+        "init",
+        "user_add",
+        "plan_import",
+        "fetch",
+        "take",
+        "received",
+        "written",
+        "flag",
+        "failed",
+        "replaced",
+        "replacement",
+        "discard",
+        "revoked",
+        "rework",
+        "login",
+    ] {
+        assert!(
+            actions.contains(&action),
+            "no {action} in the audit log: {actions:?}"
+        );
+    }
+    let ids: Vec<String> = ids("3012", 1, 4, 6)
+        .into_iter()
+        .chain(ids("A123", 1, 3, 6))
+        .collect();
+    factory.assert_agree(&ids);
+    // Tampering with the audit log is detected.
+    drop(station);
+    let conn = rusqlite::Connection::open(factory.stock_db()).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET actor = 'nobody' WHERE seq = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let out = with_password(
+        "second admin password",
+        &[
+            "station",
+            "admin",
+            "audit",
+            "--dir",
+            factory.dir(),
+            "--user",
+            "second",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out.stdout).contains("AUDIT LOG BROKEN"),
+        "{}",
+        common::text(&out.stdout)
+    );
+}
