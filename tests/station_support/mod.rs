@@ -135,6 +135,28 @@ impl Proc {
         }
     }
 
+    /// A process that prints no URL (a fetch): only its stderr is watched.
+    pub fn start_stderr(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start certline");
+        let (err_tx, err_rx) = channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[station] {line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        Proc {
+            child,
+            url: String::new(),
+            stderr: err_rx,
+        }
+    }
+
     /// Waits for a line on stderr containing `marker`.
     pub fn wait_stderr(&self, marker: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);

@@ -1,0 +1,158 @@
+//! Crash safety: the station is killed with SIGKILL during a fetch, between a
+//! take and its result, and during retention; after a restart every pack is
+//! in exactly one state, none was lost or handed out twice, the CA's ledger
+//! and the stock agree, and no id has two valid certificates.
+//!
+//! The station stops at a named point when `CERTLINE_STATION_PAUSE_AT` says
+//! so (it prints "station paused at <point>" and waits); the test then kills
+//! it for real.
+
+mod common;
+#[path = "station_support/mod.rs"]
+mod support;
+
+use support::*;
+
+fn fetch_process(factory: &Factory, pause_at: &str) -> Proc {
+    let mut cmd = certline();
+    cmd.env("CERTLINE_STATION_PAUSE_AT", pause_at).args([
+        "station",
+        "fetch",
+        "--dir",
+        factory.dir(),
+        "--day",
+        &DAY.to_string(),
+    ]);
+    // `fetch` prints no URL; its first progress line on stderr is the marker.
+    Proc::start_stderr(cmd)
+}
+
+#[test]
+fn killed_during_a_fetch_the_next_fetch_completes_it() {
+    let factory = Factory::new(&["3012"], &[], &["--chunk-size", "10"]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,30")]);
+    let all = ids("3012", 1, 30, 6);
+
+    // Killed after the CA issued the first chunk, before the station stored it.
+    let mut fetch = fetch_process(&factory, "fetch-before-store");
+    fetch.wait_stderr("station paused at fetch-before-store");
+    fetch.kill();
+    assert!(
+        factory.packs().is_empty(),
+        "nothing may be stored from the lost chunk"
+    );
+    let issued = factory.ca.history("3012-000001");
+    assert_eq!(issued.len(), 1, "the CA did issue the first chunk");
+
+    // Killed after storing the first chunk.
+    let mut fetch = fetch_process(&factory, "fetch-after-store");
+    fetch.wait_stderr("station paused at fetch-after-store");
+    fetch.kill();
+    assert_eq!(factory.packs().len(), 10);
+    factory.assert_agree(&all);
+
+    // The next run completes it without a second valid certificate for any id.
+    let report = factory.fetch(DAY);
+    assert_eq!(report["fetch"]["fetched"], 20, "{report}");
+    assert_eq!(report["fetch"]["already_in_stock"], 10, "{report}");
+    assert_eq!(factory.packs().len(), 30);
+    for (_, _, state) in factory.packs() {
+        assert_eq!(state, "stocked");
+    }
+    factory.assert_agree(&all);
+    // The certificates of the lost chunk are revoked (superseded) at the CA.
+    let history = factory.ca.history("3012-000001");
+    assert!(
+        history
+            .iter()
+            .any(|r| r["status"] == "revoked" && r["reason"] == "superseded"),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn killed_between_take_and_result_the_pack_waits_for_its_line() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    let mut station = factory.serve();
+    let line = factory.line("line-1", &station);
+    let _other = factory.line("line-2", &station);
+    let pack = line.take("3012-000001").unwrap();
+    let second = line.take("3012-000002").unwrap();
+    line.received("3012-000002", &second.serial).unwrap();
+    station.kill();
+
+    let station = factory.serve();
+    let line = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-1.pem"));
+    let other = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-2.pem"));
+    assert_eq!(factory.states("3012-000001"), ["handed_out"]);
+    assert_eq!(factory.states("3012-000002"), ["received"]);
+    assert_eq!(code(other.take("3012-000001")), "handed_out_elsewhere");
+    line.received("3012-000001", &pack.serial).unwrap();
+    line.written("3012-000001", &pack.serial, &pack.fingerprint)
+        .unwrap();
+    line.failed("3012-000002", &second.serial, "power cut on the line")
+        .unwrap();
+    factory.wait_device("3012-000002", "replaced", |r| {
+        r["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["state"] == "stocked")
+    });
+    other.provision("3012-000002");
+    factory.assert_agree(&ids("3012", 1, 3, 6));
+}
+
+#[test]
+fn killed_during_retention_no_key_byte_survives_the_restart() {
+    let factory = Factory::new(&["3012"], &[], &["--retention", "delete"]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,2")]);
+    factory.fetch(DAY);
+    let conn = rusqlite::Connection::open(factory.stock_db()).unwrap();
+    let sealed: Vec<u8> = conn
+        .query_row(
+            "SELECT sealed_key FROM packs WHERE id = '3012-000001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    let mut station = factory.serve_with(
+        &[("CERTLINE_STATION_PAUSE_AT", "retention-before-checkpoint")],
+        &[],
+    );
+    let cred = factory.ca.enroll("line", "line-1");
+    let url = station.url.clone();
+    // The written report never gets its answer: the station stops mid-retention.
+    let reporter = std::thread::spawn(move || {
+        let line = Line::new(&url, &cred);
+        let pack = line.take("3012-000001").unwrap();
+        let _ = line.written("3012-000001", &pack.serial, &pack.fingerprint);
+        pack
+    });
+    station.wait_stderr("station paused at retention-before-checkpoint");
+    station.kill();
+    let pack = reporter.join().unwrap();
+
+    // Restarted: the pack is deleted (the commit happened), its key is gone
+    // from the database file and from the WAL, and a repeated report says so.
+    let station = factory.serve();
+    assert_eq!(factory.states("3012-000001"), ["deleted"]);
+    assert!(
+        !file_contains(&factory.stock_db(), &sealed),
+        "key bytes in the database file"
+    );
+    assert!(
+        !file_contains(&factory.dir.join("stock.db-wal"), &sealed),
+        "key bytes in the WAL"
+    );
+    let line = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-1.pem"));
+    assert_eq!(
+        code(line.written("3012-000001", &pack.serial, &pack.fingerprint)),
+        "duplicate_report"
+    );
+    line.provision("3012-000002");
+    factory.assert_agree(&ids("3012", 1, 2, 6));
+}
