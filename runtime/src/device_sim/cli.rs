@@ -13,6 +13,9 @@ use crate::link::{self, ByteStream, DeviceLink};
 use crate::pki::credential::Credential;
 use crate::pki::id::DeviceId;
 
+/// How often a pty device looks for a line on the other end (a pseudo-terminal
+/// with nobody there cannot be waited on: it reports a hang-up at once).
+const LINE_POLL: Duration = Duration::from_millis(5);
 /// How long a line has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,7 +171,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     loop {
         // Nobody on the other end yet: reads fail at once; wait for a line.
         if !line_present(&mut port()?) {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(LINE_POLL);
             continue;
         }
         let mut link = match link::accept(
@@ -184,7 +187,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
                 if line_present(&mut port()?) {
                     events(&format!("refused a link on {path}: {e:#}"));
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(LINE_POLL);
                 continue;
             }
         };
