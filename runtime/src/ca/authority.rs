@@ -219,9 +219,9 @@ impl CertAuthority {
                 return Err(CaError::Internal(err));
             }
         };
-        let committed: Vec<(Serial, String, Vec<u8>)> = signed
+        let committed: Vec<(Serial, String)> = signed
             .iter()
-            .map(|s| (s.serial.clone(), fingerprint(&s.der), s.der.clone()))
+            .map(|s| (s.serial.clone(), fingerprint(&s.der)))
             .collect();
         if let Err(err) = self.ledger.commit_issued(&committed, requester) {
             let serials: Vec<Serial> = reservations.iter().map(|r| r.serial.clone()).collect();
@@ -233,7 +233,7 @@ impl CertAuthority {
         let packs = signed
             .into_iter()
             .zip(committed)
-            .map(|(s, (_, fp, _))| IssuedPack {
+            .map(|(s, (_, fp))| IssuedPack {
                 id: s.id,
                 serial: s.serial.to_hex(),
                 fingerprint: fp,
@@ -323,7 +323,7 @@ impl CertAuthority {
         let key = DeviceKey::generate(crate::pki::profile::KeyAlgorithm::P256)?;
         let der = self.pki.sign_service(role, name, hosts, &serial, &key)?;
         self.ledger
-            .commit_issued(&[(serial, fingerprint(&der), der.clone())], requester)?;
+            .commit_issued(&[(serial, fingerprint(&der))], requester)?;
         Credential::new(
             vec![der, self.pki.issuing_der().to_vec()],
             self.pki.root_der().to_vec(),

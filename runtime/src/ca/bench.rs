@@ -93,6 +93,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         of_raw: 1.0,
     });
 
+    // The certificate work alone: key, profile, DER, signature, PEM; no ledger.
+    let (pki, _) = Authority::create("certline Bench", DEFAULT_PEN)?;
+    let profile = crate::pki::profile::CertProfile::default()
+        .resolve()
+        .map_err(anyhow::Error::msg)?;
+    let now = time::OffsetDateTime::now_utc();
+    let start = Instant::now();
+    for n in 0..count {
+        let id = crate::pki::id::DeviceId::new("PKI", &format!("{n:08}"))?;
+        let key = crate::pki::keys::DeviceKey::generate(profile.key)?;
+        let der = pki.sign_device(
+            &id,
+            &profile,
+            &crate::pki::serial::Serial::random(),
+            &key,
+            now,
+        )?;
+        std::hint::black_box((crate::pki::to_pem("CERTIFICATE", &der), key.pkcs8_pem()));
+    }
+    let certs = rate(count, start.elapsed());
+    figures.push(Figure {
+        what: "device certs + keys, no ledger".into(),
+        threads: 1,
+        per_second: certs,
+        of_raw: certs / raw,
+    });
+
     // In process: profile, encoding, PEM, ledger reserve + commit.
     let mut ca = fresh_ca(tmp.path(), "inproc", count)?;
     let start = Instant::now();

@@ -63,6 +63,13 @@ fn ca_params(org: &str, which: &str, path_len: u8) -> CertificateParams {
     params
 }
 
+/// An issuer whose key identifier is computed once: rcgen would otherwise
+/// rebuild and hash the issuer's public key for the AKI of every certificate.
+fn issuer(mut params: CertificateParams, key: KeyPair) -> Issuer<'static, KeyPair> {
+    params.key_identifier_method = KeyIdMethod::PreSpecified(params.key_identifier(&key));
+    Issuer::new(params, key)
+}
+
 fn now_seconds() -> ::time::OffsetDateTime {
     let now = ::time::OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
@@ -82,13 +89,13 @@ impl Authority {
         root_params.not_before = now_seconds();
         root_params.serial_number = Some(Serial::random().to_rcgen());
         let root_cert = root_params.self_signed(&root_key)?;
-        let root = Issuer::new(root_params, root_key);
+        let root = issuer(root_params, root_key);
 
         let mut issuing_params = ca_params(org, "Issuing CA", 0);
         issuing_params.not_before = now_seconds();
         issuing_params.serial_number = Some(Serial::random().to_rcgen());
         let issuing_cert = issuing_params.signed_by(&issuing_key, &root)?;
-        let issuing = Issuer::new(issuing_params, issuing_key);
+        let issuing = issuer(issuing_params, issuing_key);
 
         let authority = Authority::assemble(
             org,
@@ -118,8 +125,8 @@ impl Authority {
             &issuing_key,
             "issuing",
         )?;
-        let root = Issuer::new(ca_params(org, "Root CA", 1), root_key);
-        let issuing = Issuer::new(ca_params(org, "Issuing CA", 0), issuing_key);
+        let root = issuer(ca_params(org, "Root CA", 1), root_key);
+        let issuing = issuer(ca_params(org, "Issuing CA", 0), issuing_key);
         Ok(Authority::assemble(
             org,
             pen,

@@ -21,7 +21,7 @@ pub fn open(path: &Path, create: bool, migrations: &[&str]) -> anyhow::Result<Co
         anyhow::bail!("database {} refused WAL mode (got {mode})", path.display());
     }
     conn.execute_batch(
-        "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON;",
+        "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON; PRAGMA cache_size=-32768;",
     )?;
     migrate(&mut conn, migrations).with_context(|| format!("database {}", path.display()))?;
     Ok(conn)

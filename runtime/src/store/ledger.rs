@@ -26,7 +26,6 @@ CREATE TABLE certs (
     requested_at TEXT NOT NULL,
     issued_at TEXT,
     fingerprint TEXT,
-    cert_der BLOB,
     replaces TEXT,
     revoked_at TEXT,
     reason TEXT,
@@ -35,7 +34,6 @@ CREATE TABLE certs (
 CREATE UNIQUE INDEX one_live_cert_per_device ON certs(subject)
     WHERE kind = 'device' AND status IN ('reserved', 'valid');
 CREATE INDEX certs_by_subject ON certs(subject);
-CREATE INDEX certs_by_status ON certs(status);
 CREATE TABLE crl_state (
     scope TEXT PRIMARY KEY,
     number INTEGER NOT NULL,
@@ -106,6 +104,16 @@ pub enum LedgerError {
     NoLiveCert(String),
     #[error("certificate {serial} is already revoked ({reason})")]
     AlreadyRevoked { serial: String, reason: String },
+}
+
+fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
+    Ok(tx
+        .query_row(
+            "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')",
+            [subject],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 pub enum RevokeTarget {
@@ -184,50 +192,50 @@ impl Ledger {
     /// certificates that the reservations replace, all in one transaction with
     /// its audit entry.
     pub fn reserve(&mut self, items: &[Reservation], requester: &str) -> anyhow::Result<i64> {
+        #[derive(Serialize)]
+        struct Reserved<'a> {
+            serial: String,
+            subject: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            replaces: Option<String>,
+        }
         let tx = self.conn.transaction()?;
         let now = db::now_text();
+        // Only replacements need a look first; for the rest the partial unique
+        // index refuses a second live certificate, and the error path below
+        // names the certificate it collided with.
         for item in items {
+            let Some(named) = &item.replaces else {
+                continue;
+            };
             let live: Option<String> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')",
-                    [&item.subject],
-                    |r| r.get(0),
-                )
+                )?
+                .query_row([&item.subject], |r| r.get(0))
                 .optional()?;
-            match (&item.replaces, live) {
-                (None, Some(serial)) if item.kind == CertKind::Device => {
-                    return Err(LedgerError::AlreadyCertified {
-                        id: item.subject.clone(),
-                        serial,
-                    }
-                    .into())
+            if live.as_deref() != Some(named.to_hex().as_str()) {
+                return Err(LedgerError::ReplaceMismatch {
+                    id: item.subject.clone(),
+                    named: named.to_hex(),
+                    actual: live
+                        .map(|s| format!("its valid one is {s}"))
+                        .unwrap_or_else(|| "it has none".into()),
                 }
-                (Some(named), actual) if actual.as_deref() != Some(named.to_hex().as_str()) => {
-                    return Err(LedgerError::ReplaceMismatch {
-                        id: item.subject.clone(),
-                        named: named.to_hex(),
-                        actual: actual
-                            .map(|s| format!("its valid one is {s}"))
-                            .unwrap_or_else(|| "it has none".into()),
-                    }
-                    .into());
-                }
-                (Some(named), _) => {
-                    tx.execute(
-                        "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
-                        params![named.to_hex(), now, Reason::Superseded.name()],
-                    )?;
-                }
-                _ => {}
+                .into());
             }
+            tx.prepare_cached(
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+            )?
+            .execute(params![named.to_hex(), now, Reason::Superseded.name()])?;
         }
         let detail = serde_json::json!({
             "count": items.len(),
-            "certs": items.iter().map(|i| serde_json::json!({
-                "serial": i.serial.to_hex(),
-                "subject": i.subject,
-                "replaces": i.replaces.as_ref().map(Serial::to_hex),
-            })).collect::<Vec<_>>(),
+            "certs": items.iter().map(|i| Reserved {
+                serial: i.serial.to_hex(),
+                subject: &i.subject,
+                replaces: i.replaces.as_ref().map(Serial::to_hex),
+            }).collect::<Vec<_>>(),
         });
         let seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
@@ -236,7 +244,7 @@ impl Ledger {
                  VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
             )?;
             for item in items {
-                insert.execute(params![
+                let inserted = insert.execute(params![
                     item.serial.to_hex(),
                     item.subject,
                     item.kind.as_str(),
@@ -244,7 +252,23 @@ impl Ledger {
                     now,
                     item.replaces.as_ref().map(Serial::to_hex),
                     seq
-                ])?;
+                ]);
+                if let Err(err) = inserted {
+                    let is_unique = matches!(
+                        &err,
+                        rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation
+                    );
+                    if is_unique && item.kind == CertKind::Device {
+                        if let Some(live) = self_live(&tx, &item.subject)? {
+                            return Err(LedgerError::AlreadyCertified {
+                                id: item.subject.clone(),
+                                serial: live,
+                            }
+                            .into());
+                        }
+                    }
+                    return Err(err.into());
+                }
             }
         }
         tx.commit()?;
@@ -254,9 +278,14 @@ impl Ledger {
     /// Marks reserved certificates as issued, with their fingerprints and DER.
     pub fn commit_issued(
         &mut self,
-        issued: &[(Serial, String, Vec<u8>)],
+        issued: &[(Serial, String)],
         requester: &str,
     ) -> anyhow::Result<()> {
+        #[derive(Serialize)]
+        struct Issued<'a> {
+            serial: String,
+            fingerprint: &'a str,
+        }
         let tx = self.conn.transaction()?;
         let now = db::now_text();
         audit::append(
@@ -265,16 +294,16 @@ impl Ledger {
             "issue",
             &serde_json::json!({
                 "count": issued.len(),
-                "certs": issued.iter().map(|(s, fp, _)| serde_json::json!({"serial": s.to_hex(), "fingerprint": fp})).collect::<Vec<_>>(),
+                "certs": issued.iter().map(|(s, fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
             }),
         )?;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3, cert_der = ?4
+                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3
                  WHERE serial = ?1 AND status = 'reserved'",
             )?;
-            for (serial, fingerprint, der) in issued {
-                if update.execute(params![serial.to_hex(), now, fingerprint, der])? != 1 {
+            for (serial, fingerprint) in issued {
+                if update.execute(params![serial.to_hex(), now, fingerprint])? != 1 {
                     anyhow::bail!(
                         "serial {serial} was not reserved when its certificate was committed"
                     );
