@@ -382,58 +382,51 @@ fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
     (chain, pem_file(key_file, "PRIVATE KEY").remove(0))
 }
 
-/// POSTs raw bytes; Err means the TLS layer refused.
+/// Sends one request (a POST when there is a body); Err means the TLS layer refused.
+fn send(
+    url: &str,
+    tls: rustls::ClientConfig,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap();
+        let request = match body {
+            Some(body) => client
+                .post(format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body(body.to_vec()),
+            None => client.get(format!("{url}{path}")),
+        };
+        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    })
+}
+
 fn post(
     url: &str,
     tls: rustls::ClientConfig,
     path: &str,
     body: &[u8],
 ) -> Result<(u16, serde_json::Value), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap();
-        let response = client
-            .post(format!("{url}{path}"))
-            .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-        ))
-    })
+    let (status, bytes) = send(url, tls, path, Some(body))?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 fn get(url: &str, tls: rustls::ClientConfig, path: &str) -> Result<(u16, Vec<u8>), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap();
-        let response = client
-            .get(format!("{url}{path}"))
-            .send()
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        Ok((
-            response.status().as_u16(),
-            response.bytes().await.unwrap().to_vec(),
-        ))
-    })
+    send(url, tls, path, None)
 }
 
 fn batch(ids: &[&str]) -> Vec<u8> {

@@ -16,7 +16,7 @@ use crate::pki::role::Role;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
 use crate::store::ledger::Ledger;
-use crate::wire::ca::{self as api, BatchItem, BatchRequest, PackBatch};
+use crate::wire::ca::{self as api, BatchRequest, PackBatch};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -58,15 +58,7 @@ fn fresh_ca(dir: &std::path::Path, name: &str, count: usize) -> anyhow::Result<C
 }
 
 fn batch(prefix: &str, count: usize) -> BatchRequest {
-    BatchRequest {
-        items: (0..count)
-            .map(|n| BatchItem {
-                id: format!("{prefix}-{n:08}"),
-                replaces: None,
-            })
-            .collect(),
-        profiles: Default::default(),
-    }
+    BatchRequest::for_ids((0..count).map(|n| format!("{prefix}-{n:08}")))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {

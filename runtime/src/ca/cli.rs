@@ -17,7 +17,7 @@ use crate::pki::to_pem;
 use crate::service::client::ServiceClient;
 use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
-use crate::wire::ca::{BatchItem, BatchRequest};
+use crate::wire::ca::BatchRequest;
 
 #[derive(Subcommand, Debug)]
 pub enum CaCommand {
@@ -327,16 +327,7 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let ids = super::request::read_ids(&args.ids)?;
     super::request::check_out_dir(&ids, &args.out)?;
     let mut opened = args.dir.open()?;
-    let request = BatchRequest {
-        items: ids
-            .iter()
-            .map(|id| BatchItem {
-                id: id.clone(),
-                replaces: None,
-            })
-            .collect(),
-        profiles: Default::default(),
-    };
+    let request = BatchRequest::for_ids(&ids);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

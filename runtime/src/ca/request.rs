@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::pki::id::DeviceId;
 use crate::service::client::ServiceClient;
-use crate::wire::ca::{self as api, BatchItem, BatchRequest, PackBatch};
+use crate::wire::ca::{self as api, BatchRequest, PackBatch};
 
 /// Reads an id list: one id a line; blank lines and `#` comments are skipped.
 /// Errors name the file and line.
@@ -88,16 +88,7 @@ pub async fn request_packs(
     check_out_dir(ids, out)?;
     let mut written = Vec::with_capacity(ids.len());
     for part in ids.chunks(chunk.max(1)) {
-        let request = BatchRequest {
-            items: part
-                .iter()
-                .map(|id| BatchItem {
-                    id: id.clone(),
-                    replaces: None,
-                })
-                .collect(),
-            profiles: Default::default(),
-        };
+        let request = BatchRequest::for_ids(part);
         let batch: PackBatch = client.post(api::PACKS, &request).await.map_err(|e| {
             anyhow::anyhow!(
                 "{e} ({} of {} packs were written before this)",

@@ -34,6 +34,22 @@ pub struct BatchRequest {
     pub profiles: BTreeMap<String, CertProfile>,
 }
 
+impl BatchRequest {
+    /// A batch of fresh certificates (nothing replaced) under the CA's profiles.
+    pub fn for_ids<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> BatchRequest {
+        BatchRequest {
+            items: ids
+                .into_iter()
+                .map(|id| BatchItem {
+                    id: id.as_ref().to_string(),
+                    replaces: None,
+                })
+                .collect(),
+            profiles: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
