@@ -26,6 +26,8 @@ pub enum Command {
     DeviceSim(crate::device_sim::cli::DeviceSimArgs),
     /// The whole system on loopback with embedded defaults, then a summary.
     Demo(crate::demo::DemoArgs),
+    /// One production line's terminal: scanner in, station and device out.
+    Line(crate::line::cli::LineArgs),
     /// A device vendor's tools: check a plugin, try it against a device.
     #[command(subcommand)]
     Plugin(crate::plugin::cli::PluginCommand),
@@ -53,6 +55,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ca(cmd) => crate::ca::cli::run(cmd),
         Command::DeviceSim(args) => crate::device_sim::cli::run(args),
+        Command::Line(args) => crate::line::cli::run(args),
         Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
         Command::Station(cmd) => crate::station::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),

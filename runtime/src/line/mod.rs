@@ -1,0 +1,16 @@
+//! The line role (`certline line`): one production line's terminal.
+//!
+//! Scanner in ([`crate::scanner`]), the workflow ([`workflow`]: the one
+//! replaceable piece, built-in `<model>-<serial>` parser until the factory's
+//! Lua takes over), the device plugin and link ([`crate::plugin`],
+//! [`crate::link`]), results out to the station through a durable outbox
+//! ([`outbox`]). [`terminal`] runs the steps of one scan, [`run`] the main
+//! loop with configuration reload, [`bench`] measures scan-to-written.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod outbox;
+pub mod run;
+pub mod terminal;
+pub mod workflow;

@@ -1,0 +1,322 @@
+//! The line's outbox: every result for the station is committed here first
+//! (SQLite, WAL, synchronous=FULL, in the line's state folder) and then
+//! delivered in order. A result the station cannot take now (it is down or
+//! restarting) stays, and is delivered before any later result when the station
+//! is back, also after a restart of the line. No key material is ever stored:
+//! a result names the id, the certificate serial and the fingerprint.
+
+use std::path::Path;
+
+use anyhow::Context;
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use crate::service::client::{ClientError, ServiceClient};
+use crate::store::db;
+use crate::wire::station::{
+    self as api, codes, FailedRequest, ReceivedRequest, ReportResponse, WrittenRequest,
+};
+
+pub const FILE: &str = "outbox.db";
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('received', 'written', 'failed')),
+    id TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE delivered (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    delivered_at TEXT NOT NULL,
+    answer TEXT NOT NULL
+);
+"];
+
+/// What a result says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    /// The device reported it received the pack.
+    Received,
+    /// Written, read back with this fingerprint, possession proved.
+    Written { fingerprint: String },
+    /// The write failed, for this reason.
+    Failed { reason: String },
+}
+
+impl Outcome {
+    fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Received => "received",
+            Outcome::Written { .. } => "written",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Outcome::Received => "",
+            Outcome::Written { fingerprint } => fingerprint,
+            Outcome::Failed { reason } => reason,
+        }
+    }
+
+    fn from_row(kind: &str, detail: String) -> anyhow::Result<Outcome> {
+        Ok(match kind {
+            "received" => Outcome::Received,
+            "written" => Outcome::Written {
+                fingerprint: detail,
+            },
+            "failed" => Outcome::Failed { reason: detail },
+            other => anyhow::bail!("outbox holds an unknown result kind {other:?}"),
+        })
+    }
+}
+
+/// One result waiting for the station.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    pub seq: i64,
+    pub id: String,
+    pub serial: String,
+    #[serde(flatten)]
+    pub result: Outcome,
+    pub queued_at: String,
+    pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl Item {
+    /// "received", "written" or "failed".
+    pub fn result_kind(&self) -> &'static str {
+        self.result.kind()
+    }
+}
+
+/// How one delivery round went.
+#[derive(Debug, Default, Serialize)]
+pub struct Flushed {
+    /// Delivered now, in order, with the station's answer.
+    pub delivered: Vec<(Item, String)>,
+    /// Results the station will never take (it answered with a refusal
+    /// other than "already have it"): dropped from the outbox, kept in
+    /// `delivered` with the refusal, and named here.
+    pub refused: Vec<(Item, String)>,
+    /// Why delivery stopped early (the station is unreachable), if it did.
+    pub stopped: Option<String>,
+    /// Results still waiting.
+    pub left: usize,
+}
+
+pub struct Outbox {
+    conn: Connection,
+}
+
+impl Outbox {
+    /// Opens (creating) the outbox in `state_dir`.
+    pub fn open(state_dir: &Path) -> anyhow::Result<Outbox> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state folder {}", state_dir.display()))?;
+        let conn = db::open(&state_dir.join(FILE), true, MIGRATIONS)?;
+        Ok(Outbox { conn })
+    }
+
+    /// Commits `results` for one pack, in order, in one transaction.
+    pub fn push(&mut self, id: &str, serial: &str, results: &[Outcome]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let now = db::now_text();
+        for r in results {
+            tx.prepare_cached(
+                "INSERT INTO outbox (kind, id, serial, detail, queued_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![r.kind(), id, serial, r.detail(), now])?;
+        }
+        tx.commit()
+            .context("cannot commit a result to the outbox")?;
+        Ok(())
+    }
+
+    /// Everything waiting, oldest first.
+    pub fn pending(&self) -> anyhow::Result<Vec<Item>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, kind, id, serial, detail, queued_at, attempts, last_error FROM outbox ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<String>>(7)?,
+            ))
+        })?;
+        let mut items = Vec::new();
+        for row in rows {
+            let (seq, kind, id, serial, detail, queued_at, attempts, last_error) = row?;
+            items.push(Item {
+                seq,
+                id,
+                serial,
+                result: Outcome::from_row(&kind, detail)?,
+                queued_at,
+                attempts,
+                last_error,
+            });
+        }
+        Ok(items)
+    }
+
+    pub fn pending_count(&self) -> anyhow::Result<usize> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM outbox")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// The last `n` delivered results, newest last.
+    pub fn delivered(&self, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, kind, id, serial, detail, queued_at, delivered_at, answer FROM delivered ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([n as i64], |r| {
+            Ok(serde_json::json!({
+                "seq": r.get::<_, i64>(0)?,
+                "kind": r.get::<_, String>(1)?,
+                "id": r.get::<_, String>(2)?,
+                "serial": r.get::<_, String>(3)?,
+                "detail": r.get::<_, String>(4)?,
+                "queued_at": r.get::<_, String>(5)?,
+                "delivered_at": r.get::<_, String>(6)?,
+                "answer": r.get::<_, String>(7)?,
+            }))
+        })?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn settle(&mut self, done: &[(i64, String)]) -> anyhow::Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let now = db::now_text();
+        for (seq, answer) in done {
+            tx.prepare_cached(
+                "INSERT INTO delivered (seq, kind, id, serial, detail, queued_at, delivered_at, answer)
+                 SELECT seq, kind, id, serial, detail, queued_at, ?2, ?3 FROM outbox WHERE seq = ?1",
+            )?
+            .execute(params![seq, now, answer])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                .execute([seq])?;
+        }
+        tx.commit()
+            .context("cannot record delivered results in the outbox")?;
+        Ok(())
+    }
+
+    fn note_attempt(&mut self, seq: i64, error: &str) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            )?
+            .execute(params![seq, error])?;
+        Ok(())
+    }
+
+    /// Delivers everything waiting, in order, stopping at the first result the
+    /// station cannot take now. A dropped keep-alive connection (the station
+    /// restarted) gets one immediate retry.
+    pub fn flush(
+        &mut self,
+        client: &ServiceClient,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Flushed> {
+        let mut flushed = Flushed::default();
+        let mut done: Vec<(i64, String)> = Vec::new();
+        for item in self.pending()? {
+            let mut answer = rt.block_on(send(client, &item));
+            if matches!(answer, Err(ClientError::Unreachable { .. })) {
+                answer = rt.block_on(send(client, &item));
+            }
+            match answer {
+                Ok(r) => {
+                    let text = format!("state {}", r.state);
+                    done.push((item.seq, text.clone()));
+                    flushed.delivered.push((item, text));
+                }
+                Err(ClientError::Refused { code, .. }) if code == codes::DUPLICATE_REPORT => {
+                    // It arrived before; only its answer was lost.
+                    let text = "already recorded".to_string();
+                    done.push((item.seq, text.clone()));
+                    flushed.delivered.push((item, text));
+                }
+                Err(ClientError::Refused { code, message, .. }) => {
+                    let text = format!("refused ({code}): {message}");
+                    tracing::error!(id = %item.id, serial = %item.serial, kind = item.result.kind(), "the station refused a result: {text}");
+                    done.push((item.seq, text.clone()));
+                    flushed.refused.push((item, text));
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    self.note_attempt(item.seq, &text)?;
+                    flushed.stopped = Some(text);
+                    break;
+                }
+            }
+        }
+        self.settle(&done)?;
+        flushed.left = self.pending_count()?;
+        Ok(flushed)
+    }
+}
+
+async fn send(client: &ServiceClient, item: &Item) -> Result<ReportResponse, ClientError> {
+    let (id, serial) = (item.id.clone(), item.serial.clone());
+    match &item.result {
+        Outcome::Received => {
+            client
+                .post(api::RECEIVED, &ReceivedRequest { id, serial })
+                .await
+        }
+        Outcome::Written { fingerprint } => {
+            client
+                .post(
+                    api::WRITTEN,
+                    &WrittenRequest {
+                        id,
+                        serial,
+                        fingerprint: fingerprint.clone(),
+                    },
+                )
+                .await
+        }
+        Outcome::Failed { reason } => {
+            client
+                .post(
+                    api::FAILED,
+                    &FailedRequest {
+                        id,
+                        serial,
+                        reason: reason.clone(),
+                    },
+                )
+                .await
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! `certline line --config FILE`: the line's main loop. Scans, configuration
+//! changes and the end of input arrive as events on one channel and are
+//! handled one at a time; a retry thread delivers kept results while the
+//! station is away.
+//!
+//! Configuration reload, WezTerm style: on a change of the file, build the new
+//! setup completely (credential, station client, plugins, scanner, workflow),
+//! and only if everything built, swap it in for the next scan. A broken edit is
+//! refused with the error; the previous configuration keeps running.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use serde_json::json;
+
+use super::config::LineConfig;
+use super::outbox::Flushed;
+use super::terminal::{self, Delivery, Setup, Shift, Terminal};
+use super::workflow::Report;
+use crate::scanner::{Debounce, ScanEvent, Scanner};
+
+/// How long the config file must be quiet before a reload.
+pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+
+enum Event {
+    Scan(crate::scanner::Scan),
+    ScannerEnded(String),
+    ConfigChanged,
+}
+
+/// Where operator lines go: stdout, as text or one JSON object a line. Every
+/// line is also a structured log event (tracing) for the factory's systems.
+#[derive(Clone, Copy)]
+pub struct Console {
+    pub json: bool,
+}
+
+impl Console {
+    /// An event that is not a device result (ready, reload, delivery, end).
+    pub fn say(&self, event: &str, text: &str, extra: serde_json::Value) {
+        tracing::info!(target: "certline::line", event, "{text}");
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let mut v = json!({ "event": event, "message": text });
+            if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
+                obj.extend(more);
+            }
+            let _ = writeln!(out, "{v}");
+        } else {
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = out.flush();
+    }
+
+    /// The operator line of one device.
+    pub fn report(&self, report: &Report, shift: &Shift) {
+        let who = report.id.as_deref().unwrap_or(&report.scan);
+        match report.status {
+            super::workflow::Status::Ok => tracing::info!(
+                target: "certline::line",
+                event = "device",
+                id = who,
+                status = report.status.word(),
+                code = %report.code,
+                serial = report.serial.as_deref().unwrap_or(""),
+                result = report.result.as_deref().unwrap_or(""),
+                ms = report.ms,
+                "{}", report.message
+            ),
+            _ => tracing::warn!(
+                target: "certline::line",
+                event = "device",
+                id = who,
+                status = report.status.word(),
+                code = %report.code,
+                serial = report.serial.as_deref().unwrap_or(""),
+                result = report.result.as_deref().unwrap_or(""),
+                ms = report.ms,
+                "{}", report.message
+            ),
+        }
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let mut v = serde_json::to_value(report).unwrap_or_default();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("event".into(), "device".into());
+                obj.insert(
+                    "shift".into(),
+                    serde_json::to_value(shift).unwrap_or_default(),
+                );
+            }
+            let _ = writeln!(out, "{v}");
+        } else {
+            let _ = writeln!(
+                out,
+                "{who}: {} - {}. Next: {}. [shift: {} OK, {} refused, {} failed]",
+                report.status.word(),
+                report.message,
+                report.next,
+                shift.ok,
+                shift.refused,
+                shift.failed
+            );
+        }
+        let _ = out.flush();
+    }
+
+    /// Says what a delivery round did, if it did anything.
+    pub fn flushed(&self, f: &Flushed) {
+        if !f.delivered.is_empty() {
+            let ids: Vec<String> = f
+                .delivered
+                .iter()
+                .map(|(i, _)| format!("{} {}", i.id, i.result_kind()))
+                .collect();
+            self.say(
+                "delivered",
+                &format!(
+                    "sent {} kept result(s) to the station ({}); {} still waiting",
+                    f.delivered.len(),
+                    ids.join(", "),
+                    f.left
+                ),
+                json!({ "delivered": f.delivered.len(), "left": f.left, "results": ids }),
+            );
+        }
+        for (item, why) in &f.refused {
+            self.say(
+                "result_refused",
+                &format!(
+                    "the station did not accept the {} result of {} (certificate {}): {why}; tell the station administrator",
+                    item.result_kind(),
+                    item.id,
+                    item.serial
+                ),
+                json!({ "id": item.id, "serial": item.serial, "answer": why }),
+            );
+        }
+    }
+}
+
+fn watch_config(file: &Path, tx: Sender<Event>) -> anyhow::Result<impl Drop> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = file.file_name().map(|n| n.to_os_string());
+    let mut debouncer = new_debouncer(RELOAD_DEBOUNCE, None, move |result: DebounceEventResult| {
+        let relevant = match result {
+            Ok(events) => events.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+                ) && e
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+            }),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(Event::ConfigChanged);
+        }
+    })
+    .context("cannot start watching the line configuration")?;
+    debouncer
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch {}", dir.display()))?;
+    Ok(debouncer)
+}
+
+fn start_scanner(config: &LineConfig, tx: &Sender<Event>) -> anyhow::Result<Scanner> {
+    let tx = tx.clone();
+    Scanner::start(&config.scanner, move |e| {
+        let _ = tx.send(match e {
+            ScanEvent::Scan(s) => Event::Scan(s),
+            ScanEvent::Ended(why) => Event::ScannerEnded(why),
+        });
+    })
+}
+
+fn ready_line(setup: &Setup, workflow: &str) -> (String, serde_json::Value) {
+    let c = &setup.config;
+    let models = setup.models();
+    (
+        format!(
+            "line {} ready: station {}, device {}, scanner {}, models {}, workflow: {workflow}",
+            c.name,
+            c.station_url,
+            c.device,
+            c.scanner,
+            if models.is_empty() {
+                "(none)".to_string()
+            } else {
+                models.join(" ")
+            }
+        ),
+        json!({
+            "line": c.name,
+            "station": c.station_url,
+            "device": c.device.to_string(),
+            "scanner": c.scanner.to_string(),
+            "models": models,
+            "workflow": workflow,
+        }),
+    )
+}
+
+pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
+    let console = Console { json: json_out };
+    let config = LineConfig::load(file)?;
+    let mut terminal = terminal::open(config)?;
+    for (plugin, why) in terminal.setup.plugins.refused() {
+        console.say(
+            "plugin_refused",
+            &format!("plugin {} not used: {why}", plugin.display()),
+            json!({ "plugin": plugin }),
+        );
+    }
+    let (tx, rx) = channel();
+    let mut scanner = start_scanner(&terminal.setup.config, &tx)?;
+    let _watcher = watch_config(file, tx.clone())?;
+    let mut last_text = std::fs::read(file).unwrap_or_default();
+
+    let (text, extra) = ready_line(&terminal.setup, &terminal.workflow.name());
+    console.say("ready", &text, extra);
+
+    // Results kept from before (a station outage, a restart of the line).
+    let waiting = terminal.delivery.outbox.lock().unwrap().pending_count()?;
+    if waiting > 0 {
+        console.say(
+            "kept",
+            &format!(
+                "{waiting} result(s) from before are waiting for the station; sending them now"
+            ),
+            json!({ "waiting": waiting }),
+        );
+    }
+    let retry_ms = Arc::new(AtomicU64::new(
+        terminal.setup.config.retry.as_millis() as u64
+    ));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let retry_thread = spawn_retry(
+        terminal.delivery.clone(),
+        retry_ms.clone(),
+        stopping.clone(),
+        console,
+    );
+    if waiting > 0 {
+        report_flush(&console, terminal.delivery.flush());
+    }
+
+    let mut debounce = Debounce::new(terminal.setup.config.debounce);
+    let end = loop {
+        let Ok(event) = rx.recv() else {
+            break "all inputs closed".to_string();
+        };
+        match event {
+            Event::Scan(scan) => {
+                if !debounce.accept(&scan) {
+                    tracing::info!(target: "certline::line", code = %scan.code, "double trigger ignored (same code within the debounce time)");
+                    continue;
+                }
+                let report = terminal.handle_scan(&scan.code);
+                console.report(&report, &terminal.shift);
+            }
+            Event::ScannerEnded(why) => break why,
+            Event::ConfigChanged => {
+                let text = std::fs::read(file).unwrap_or_default();
+                if text == last_text {
+                    continue;
+                }
+                last_text = text;
+                match reload(file, &terminal, &tx) {
+                    Ok((setup, workflow, new_scanner)) => {
+                        if let Some(s) = new_scanner {
+                            scanner = s;
+                        }
+                        debounce.set_window(setup.config.debounce);
+                        retry_ms.store(setup.config.retry.as_millis() as u64, Ordering::SeqCst);
+                        let (text, extra) = ready_line(&setup, &workflow.name());
+                        terminal.replace(setup, workflow);
+                        console.say("reloaded", &format!("configuration reloaded; {text}"), extra);
+                    }
+                    Err(e) => console.say(
+                        "reload_refused",
+                        &format!(
+                            "configuration change refused, the previous configuration stays in use: {e:#}"
+                        ),
+                        json!({ "error": format!("{e:#}") }),
+                    ),
+                }
+            }
+        }
+    };
+    drop(scanner);
+    stopping.store(true, Ordering::SeqCst);
+    let _ = retry_thread.join();
+    let last = terminal.delivery.flush();
+    report_flush(&console, last);
+    let left = terminal.delivery.outbox.lock().unwrap().pending_count()?;
+    let s = terminal.shift;
+    console.say(
+        "end",
+        &format!(
+            "line {} stopping ({end}): shift {} OK, {} refused, {} failed; {left} result(s) kept for the station",
+            terminal.setup.config.name, s.ok, s.refused, s.failed
+        ),
+        json!({ "shift": s, "kept": left }),
+    );
+    Ok(())
+}
+
+fn report_flush(console: &Console, result: anyhow::Result<Flushed>) {
+    match result {
+        Ok(f) => console.flushed(&f),
+        Err(e) => console.say(
+            "outbox_error",
+            &format!("cannot deliver kept results: {e:#}"),
+            json!({}),
+        ),
+    }
+}
+
+/// Retries kept results every `retry_ms` while any are waiting.
+fn spawn_retry(
+    delivery: Arc<Delivery>,
+    retry_ms: Arc<AtomicU64>,
+    stopping: Arc<AtomicBool>,
+    console: Console,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut slept = 0u64;
+        while !stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+            slept += 50;
+            if slept < retry_ms.load(Ordering::SeqCst) {
+                continue;
+            }
+            slept = 0;
+            let waiting = delivery.outbox.lock().unwrap().pending_count().unwrap_or(0);
+            if waiting > 0 {
+                report_flush(&console, delivery.flush());
+            }
+        }
+    })
+}
+
+type Reloaded = (Setup, Box<dyn super::workflow::Workflow>, Option<Scanner>);
+
+/// Builds everything the new file asks for; nothing is swapped here.
+fn reload(file: &Path, terminal: &Terminal, tx: &Sender<Event>) -> anyhow::Result<Reloaded> {
+    let config = LineConfig::load(file)?;
+    let old = &terminal.setup.config;
+    if config.state_dir != old.state_dir {
+        anyhow::bail!(
+            "state_dir changed from {} to {}: the outbox cannot move while the line runs; restart the line to move it",
+            old.state_dir.display(),
+            config.state_dir.display()
+        );
+    }
+    let scanner_changed = config.scanner != old.scanner;
+    let setup = Setup::build(config, Some(&terminal.setup))?;
+    let workflow = super::workflow::from_config(&setup.config)?;
+    let scanner = if scanner_changed {
+        Some(start_scanner(&setup.config, tx)?)
+    } else {
+        None
+    };
+    Ok((setup, workflow, scanner))
+}
+
+/// `certline line status`: what waits in the outbox and what was delivered.
+pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
+    let config = LineConfig::load(file)?;
+    let state: PathBuf = config.state_dir.clone();
+    if !state.join(super::outbox::FILE).exists() {
+        anyhow::bail!(
+            "line {} has no outbox yet in {} (it has never run)",
+            config.name,
+            state.display()
+        );
+    }
+    let outbox = super::outbox::Outbox::open(&state)?;
+    let pending = outbox.pending()?;
+    let delivered = outbox.delivered(last)?;
+    let value = json!({
+        "line": config.name,
+        "outbox": state.join(super::outbox::FILE),
+        "waiting": pending,
+        "delivered": delivered,
+    });
+    crate::cli::emit(json_out, &value, || {
+        println!(
+            "line {}: {} result(s) waiting for the station",
+            config.name,
+            pending.len()
+        );
+        for i in &pending {
+            println!(
+                "  #{} {} {} certificate {} (queued {}, {} attempt(s){})",
+                i.seq,
+                i.id,
+                i.result_kind(),
+                i.serial,
+                i.queued_at,
+                i.attempts,
+                i.last_error
+                    .as_deref()
+                    .map(|e| format!(", last: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        println!("last {} delivered:", delivered.len());
+        for d in &delivered {
+            println!(
+                "  #{} {} {} certificate {}: {}",
+                d["seq"],
+                d["id"].as_str().unwrap_or(""),
+                d["kind"].as_str().unwrap_or(""),
+                d["serial"].as_str().unwrap_or(""),
+                d["answer"].as_str().unwrap_or("")
+            );
+        }
+    })
+}

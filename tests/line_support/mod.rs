@@ -1,0 +1,427 @@
+//! Helpers for the line's black-box tests: a real CA and station (processes,
+//! from station_support), device simulators as processes on one "cable"
+//! address, the scanner on a pseudo-terminal pair, and `certline line` as a
+//! process whose JSON operator lines the test reads.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use crate::common::{path, text};
+use crate::support::{certline, Factory, Proc, DAY};
+
+/// Long enough for a slow shared machine; every wait ends as soon as the
+/// awaited line arrives.
+pub const WAIT: Duration = Duration::from_secs(120);
+
+pub fn wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with\n  rustup target add wasm32-wasip2\n  cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
+        path.display()
+    );
+    path
+}
+
+pub const IMAGING: &str = "certline_plugin_imaging";
+pub const METER: &str = "certline_plugin_meter";
+pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
+
+/// A free loopback port (bound, then released) for the device "cable".
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A CA, a serving station with today's plan, and the credentials a line
+/// and its devices need.
+pub struct Rig {
+    pub factory: Factory,
+    pub station: Option<Proc>,
+    pub station_addr: String,
+    pub line_cred: PathBuf,
+    pub device_link: PathBuf,
+    pub root: PathBuf,
+    pub plugins: PathBuf,
+}
+
+impl Rig {
+    /// `models` with certificates; `plan` rows as `MODEL,FIRST_SERIAL,COUNT` for today.
+    pub fn new(models: &[&str], plan: &[&str], plugins: &[&str]) -> Rig {
+        let factory = Factory::new(models, &[], &[]);
+        let rows: Vec<String> = plan.iter().map(|r| format!("{DAY},{r}")).collect();
+        let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
+        factory.plan("plan.csv", &rows);
+        factory.fetch(DAY);
+        let line_cred = factory.ca.enroll("line", "line-1");
+        let device_link = factory.ca.enroll("device-link", "acme-boards");
+        let plugin_dir = factory.ca.tmp.path().join("plugins");
+        std::fs::create_dir_all(&plugin_dir).unwrap();
+        for p in plugins {
+            std::fs::copy(wasm(p), plugin_dir.join(format!("{p}.wasm"))).unwrap();
+        }
+        let root = factory.ca.tmp.path().join("root.pem");
+        let cred = std::fs::read_to_string(&line_cred).unwrap();
+        let certs = certline::pki::pem_blocks(&cred, "CERTIFICATE").unwrap();
+        std::fs::write(
+            &root,
+            certline::pki::to_pem("CERTIFICATE", certs.last().unwrap()),
+        )
+        .unwrap();
+        let station_addr = free_addr();
+        let mut rig = Rig {
+            factory,
+            station: None,
+            station_addr,
+            line_cred,
+            device_link,
+            root,
+            plugins: plugin_dir,
+        };
+        rig.start_station();
+        rig
+    }
+
+    pub fn tmp(&self) -> &Path {
+        self.factory.ca.tmp.path()
+    }
+
+    pub fn station_url(&self) -> String {
+        format!("https://{}", self.station_addr)
+    }
+
+    pub fn start_station(&mut self) {
+        let mut cmd = certline();
+        cmd.args([
+            "station",
+            "serve",
+            "--dir",
+            self.factory.dir(),
+            "--listen",
+            &self.station_addr,
+        ]);
+        let p = Proc::start(cmd, "station listening on ");
+        assert_eq!(p.url, self.station_url());
+        self.station = Some(p);
+    }
+
+    pub fn stop_station(&mut self) {
+        if let Some(mut p) = self.station.take() {
+            p.kill();
+        }
+    }
+
+    /// The states of the id's packs at the station, oldest first.
+    pub fn states(&self, id: &str) -> Vec<String> {
+        self.factory.states(id)
+    }
+
+    /// The fingerprint of the id's pack in `state`.
+    pub fn fingerprint(&self, id: &str, state: &str) -> String {
+        let report = self.factory.device(id);
+        report["packs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["state"] == state)
+            .unwrap_or_else(|| panic!("{id}: no pack in state {state}: {report:#}"))["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A device simulator process for `id` on `cable` (a TCP address), or on
+    /// a new pseudo-terminal when `cable` is None.
+    pub fn device(&self, id: &str, cable: Option<&str>, extra: &[&str]) -> Device {
+        let (model, serial) = id.split_once('-').unwrap();
+        let dir = self.tmp().join(format!("dev-{id}"));
+        let stderr = self.tmp().join(format!("dev-{id}.stderr"));
+        let mut cmd = certline();
+        cmd.args(["device-sim", "--model", model, "--serial", serial, "--dir"])
+            .arg(&dir)
+            .arg("--credential")
+            .arg(&self.device_link)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        match cable {
+            Some(addr) => cmd.args(["--listen", addr]),
+            None => cmd.arg("--pty"),
+        };
+        let mut child = cmd.spawn().expect("cannot start device-sim");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line.trim().to_string();
+        assert!(
+            !addr.is_empty(),
+            "device-sim printed no address: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        Device { child, addr, dir }
+    }
+
+    /// Writes a line configuration; `device` is the cable address.
+    pub fn config(&self, name: &str, scanner: &str, device: &str, extra: &str) -> PathBuf {
+        let file = self.tmp().join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"line-1\"\nstate_dir = \"line-state\"\n{extra}\n\
+                 [station]\nurl = \"{}\"\ncredential = \"{}\"\ntimeout_ms = 5000\nretry_ms = 300\n\
+                 [scanner]\n{scanner}\n\
+                 [device]\naddress = \"{device}\"\nconnect_timeout_ms = 5000\nwrite_timeout_ms = 30000\n\
+                 [plugins]\ndir = \"{}\"\n",
+                self.station_url(),
+                path(&self.line_cred),
+                path(&self.plugins)
+            ),
+        )
+        .unwrap();
+        file
+    }
+}
+
+/// A device simulator process, killed when dropped.
+pub struct Device {
+    child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+impl Device {
+    pub fn flash(&self) -> PathBuf {
+        self.dir.join("flash")
+    }
+
+    pub fn flash_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.flash()) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                names
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The flash holds nothing: no identity was written.
+    #[track_caller]
+    pub fn assert_blank(&self) {
+        let files: Vec<String> = self
+            .flash_files()
+            .into_iter()
+            .filter(|f| f.ends_with(".pem"))
+            .collect();
+        assert!(
+            files.is_empty(),
+            "flash of {} holds {files:?}",
+            self.dir.display()
+        );
+    }
+
+    /// The flash holds a chain that verifies to `root`, names `id` in its
+    /// SAN, and whose device certificate has `fingerprint`.
+    #[track_caller]
+    pub fn assert_holds(&self, root: &Path, id: &str, fingerprint: &str) {
+        let chain = self.flash().join("chain.pem");
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(root)
+            .arg("-untrusted")
+            .arg(&chain)
+            .arg(&chain)
+            .output()
+            .expect("openssl is needed for this test");
+        assert!(
+            out.status.success(),
+            "openssl verify: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&chain)
+            .output()
+            .unwrap();
+        let san = text(&out.stdout);
+        assert!(
+            san.contains(&format!("URI:urn:dev:ops:32473-{id}")),
+            "SAN does not name {id}: {san}"
+        );
+        let pem = std::fs::read_to_string(&chain).unwrap();
+        let der = certline::pki::pem_blocks(&pem, "CERTIFICATE").unwrap();
+        assert_eq!(certline::pki::fingerprint(&der[0]), fingerprint);
+        assert_eq!(
+            std::fs::read_to_string(self.flash().join("root.pem"))
+                .unwrap()
+                .trim(),
+            std::fs::read_to_string(root).unwrap().trim()
+        );
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The scanner: the test holds the reader's end of a pseudo-terminal pair.
+pub struct Scanner {
+    master: serialport::TTYPort,
+    _slave: serialport::TTYPort,
+    pub path: String,
+}
+
+impl Scanner {
+    pub fn new() -> Scanner {
+        let (master, slave) = serialport::TTYPort::pair().unwrap();
+        let path = serialport::SerialPort::name(&slave).unwrap();
+        Scanner {
+            master,
+            _slave: slave,
+            path,
+        }
+    }
+
+    /// The `[scanner]` section for this port.
+    pub fn section(&self, debounce_ms: u64) -> String {
+        format!(
+            "source = \"serial\"\nport = \"{}\"\nbaud = 9600\ndebounce_ms = {debounce_ms}",
+            self.path
+        )
+    }
+
+    /// Sends raw bytes as the reader would.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+        self.master.flush().unwrap();
+    }
+
+    /// One scan, with a carriage return.
+    pub fn scan(&mut self, code: &str) {
+        self.send(format!("{code}\r").as_bytes());
+    }
+}
+
+/// A running `certline line --json`.
+pub struct Line {
+    pub child: Child,
+    events: Receiver<serde_json::Value>,
+    pub stderr: Receiver<String>,
+}
+
+impl Line {
+    pub fn start(config: &Path) -> Line {
+        Self::start_with(config, Stdio::null())
+    }
+
+    pub fn start_with(config: &Path, stdin: Stdio) -> Line {
+        let mut cmd = certline();
+        cmd.env("CERTLINE_LOG", "certline::line=info,warn")
+            .args(["line", "--json", "--config"])
+            .arg(config)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start certline line");
+        let (tx, events) = channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[line] {line}");
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("operator line is not JSON ({e}): {line}"));
+                let _ = tx.send(v);
+            }
+        });
+        let (etx, stderr) = channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("[line stderr] {line}");
+                let _ = etx.send(line);
+            }
+        });
+        let line = Line {
+            child,
+            events,
+            stderr,
+        };
+        line.event("ready");
+        line
+    }
+
+    /// The next event of kind `event` (others before it are skipped).
+    #[track_caller]
+    pub fn event(&self, event: &str) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) if v["event"] == event => return v,
+                Ok(_) => {}
+                Err(_) => panic!("no {event:?} event from the line"),
+            }
+        }
+    }
+
+    /// The next device line.
+    #[track_caller]
+    pub fn device(&self) -> serde_json::Value {
+        self.event("device")
+    }
+
+    /// Waits for a log line on stderr containing `marker`.
+    #[track_caller]
+    pub fn wait_log(&self, marker: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) if l.contains(marker) => return,
+                Ok(_) => {}
+                Err(_) => panic!("no {marker:?} in the line's log"),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Asserts a device line: its status word, code, and that the message says
+/// each of `says`.
+#[track_caller]
+pub fn assert_line(v: &serde_json::Value, id: &str, status: &str, code: &str, says: &[&str]) {
+    assert_eq!(v["id"].as_str().or(v["scan"].as_str()), Some(id), "{v:#}");
+    assert_eq!(v["status"], status, "{v:#}");
+    assert_eq!(v["code"], code, "{v:#}");
+    let message = v["message"].as_str().unwrap();
+    for s in says {
+        assert!(message.contains(s), "message does not say {s:?}: {message}");
+    }
+    assert!(
+        !v["next"].as_str().unwrap().is_empty(),
+        "no next step: {v:#}"
+    );
+}
