@@ -49,7 +49,17 @@ fn killed_during_a_fetch_the_next_fetch_completes_it() {
     fetch.wait_stderr("station paused at fetch-after-store");
     fetch.kill();
     assert_eq!(factory.packs().len(), 10);
-    factory.assert_agree(&all);
+    // The next chunk may have been issued while the first was stored: the CA
+    // can hold certificates the stock never saw, but never two for one id.
+    for id in &all {
+        let valid = factory
+            .ca
+            .history(id)
+            .iter()
+            .filter(|r| r["status"] == "valid")
+            .count();
+        assert!(valid <= 1, "{id} has {valid} valid certificates");
+    }
 
     // The next run completes it without a second valid certificate for any id.
     let report = factory.fetch(DAY);

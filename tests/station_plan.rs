@@ -325,3 +325,51 @@ fn a_wrong_passphrase_refuses_to_start_and_changes_nothing() {
     ]);
     assert_eq!(stock["models"][0]["in_stock"], 3, "{stock}");
 }
+
+#[test]
+fn the_drop_folder_imports_plans_and_the_scheduled_fetch_fetches_the_next_day() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    // Fetch every day at 00:00 (so: as soon as the station serves) for the next day.
+    let config_path = factory.dir.join("station.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .parse()
+        .unwrap();
+    config.insert("fetch_at".into(), "00:00".into());
+    config.insert(
+        "working_days".into(),
+        toml::Value::Array(
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .iter()
+                .map(|d| (*d).into())
+                .collect(),
+        ),
+    );
+    std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    let plans = factory.dir.join("plans");
+    std::fs::write(
+        plans.join("broken.csv"),
+        format!("date,model,first_serial,count\n{NEXT_DAY},3012,1,zero\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        plans.join("tomorrow.csv"),
+        format!("date,model,first_serial,count\n{NEXT_DAY},3012,000001,4\n"),
+    )
+    .unwrap();
+    let _station = factory.serve();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while factory.packs().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled fetch never stocked tomorrow's packs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let imported: Vec<_> = std::fs::read_dir(plans.join("imported")).unwrap().collect();
+    assert_eq!(imported.len(), 1);
+    let why = std::fs::read_to_string(plans.join("rejected").join("broken.csv.error.txt")).unwrap();
+    assert!(why.contains("field count"), "{why}");
+    assert!(plans.join("rejected").join("broken.csv").exists());
+    factory.assert_agree(&ids("3012", 1, 4, 6));
+}

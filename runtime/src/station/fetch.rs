@@ -45,6 +45,7 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The station's connection to its CA.
+#[derive(Clone)]
 pub struct CaLink {
     client: ServiceClient,
     root_der: Vec<u8>,
@@ -273,21 +274,45 @@ pub async fn fetch(
     let total = targets.len();
     progress(0, total);
     let mut done = 0;
-    for part in targets.chunks(chunk.max(1)) {
-        let models: std::collections::BTreeSet<&str> =
-            part.iter().filter_map(|id| id.split('-').next()).collect();
+    // One chunk in flight at the CA while the previous one is checked and
+    // stored: the CA signs while the station seals and commits.
+    let chunks: Vec<Vec<String>> = targets
+        .chunks(chunk.max(1))
+        .map(<[String]>::to_vec)
+        .collect();
+    let start = |part: Vec<String>| {
+        let models: std::collections::BTreeSet<String> = part
+            .iter()
+            .filter_map(|id| id.split('-').next().map(str::to_string))
+            .collect();
         let chunk_profiles = profiles
             .iter()
             .filter(|(m, _)| models.contains(m.as_str()))
             .map(|(m, p)| (m.clone(), p.clone()))
             .collect();
-        let (items, ready) = issue(ca, kek.clone(), part, chunk_profiles, &HashMap::new())
+        let ca = ca.clone();
+        let kek = kek.clone();
+        tokio::spawn(async move { issue(&ca, kek, &part, chunk_profiles, &HashMap::new()).await })
+    };
+    let mut chunks = chunks.into_iter();
+    let mut in_flight = chunks.next().map(&start);
+    while let Some(current) = in_flight.take() {
+        in_flight = chunks.next().map(&start);
+        let answered = current
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
+            .map_err(|e| anyhow::anyhow!("the request task failed: {e}"))
+            .and_then(|r| r);
+        let (items, ready) = match answered {
+            Ok(answer) => answer,
+            Err(e) => {
+                if let Some(next) = in_flight.take() {
+                    next.abort();
+                }
+                return Err(anyhow::anyhow!(
                     "{e:#}\n{done} of {total} packs are in stock; nothing of the failed chunk was stored. Run the fetch again to complete it."
-                )
-            })?;
+                ));
+            }
+        };
         pause_point("fetch-before-store");
         let count = ready.packs.len();
         blocking(shared, move |station| {

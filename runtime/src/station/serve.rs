@@ -324,7 +324,7 @@ async fn device(
 /// fetch when its time comes.
 pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
     let mut last_retention = Instant::now();
-    let mut last_drop = Instant::now() - Duration::from_secs(10);
+    let mut last_drop: Option<Instant> = None;
     let mut last_scheduled: Option<time::Date> = None;
     loop {
         tokio::select! {
@@ -346,8 +346,8 @@ pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
             Ok(_) => {}
             Err(e) => tracing::error!("CA queue failed: {e:#}"),
         }
-        if last_drop.elapsed() >= Duration::from_secs(2) {
-            last_drop = Instant::now();
+        if last_drop.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
+            last_drop = Some(Instant::now());
             let dir = dir.clone();
             if let Err(e) = blocking(&state.shared, move |s| drop_folder(s, &dir)).await {
                 tracing::error!("plan drop folder: {e:#}");

@@ -55,11 +55,8 @@ pub fn append(
     detail: &serde_json::Value,
 ) -> anyhow::Result<i64> {
     let last: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = match last {
         Some((seq, hash)) => (seq + 1, hash),
@@ -68,10 +65,10 @@ pub fn append(
     let at = super::db::now_text();
     let detail = detail.to_string();
     let hash = entry_hash(&prev, seq, &at, actor, action, &detail);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![seq, at, actor, action, detail, prev, hash],
     )
+    .and_then(|mut insert| insert.execute(params![seq, at, actor, action, detail, prev, hash]))
     .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
     Ok(seq)
 }

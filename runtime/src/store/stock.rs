@@ -445,7 +445,9 @@ pub fn apply(
         pack.state.as_str().to_string().into(),
     ];
     all.extend(values);
-    let changed = tx.execute(&statement, rusqlite::params_from_iter(all))?;
+    let changed = tx
+        .prepare_cached(&statement)?
+        .execute(rusqlite::params_from_iter(all))?;
     if changed != 1 {
         return Err(StockError::Raced {
             id: pack.id.clone(),
@@ -470,10 +472,10 @@ pub fn apply(
         detail["reason"] = reason.into();
     }
     if let Some((kind, reason)) = event.ca_work() {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO ca_queue (kind, id, model, serial, reason, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![kind.as_str(), pack.id, pack.model, pack.serial, reason.name(), ctx.at],
-        )?;
+        )?
+        .execute(params![kind.as_str(), pack.id, pack.model, pack.serial, reason.name(), ctx.at])?;
         detail["queued"] = kind.as_str().into();
     }
     audit::append(tx, ctx.actor, event.name(), &detail)?;
@@ -574,6 +576,7 @@ pub struct Stock {
 impl Stock {
     pub fn open(path: &Path, create: bool) -> anyhow::Result<Stock> {
         let conn = db::open(path, create, &migrations())?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Stock { conn })
     }
 
@@ -679,11 +682,8 @@ impl Stock {
     pub fn plan_entry(&self, id: &str) -> anyhow::Result<Option<PlanRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {PLAN_COLUMNS} FROM plan WHERE id = ?1"),
-                [id],
-                plan_row,
-            )
+            .prepare_cached(&format!("SELECT {PLAN_COLUMNS} FROM plan WHERE id = ?1"))?
+            .query_row([id], plan_row)
             .optional()?)
     }
 
@@ -709,11 +709,10 @@ impl Stock {
     pub fn pack_by_serial(&self, serial: &str) -> anyhow::Result<Option<PackRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {PACK_COLUMNS} FROM packs WHERE serial = ?1"),
-                [serial],
-                pack_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {PACK_COLUMNS} FROM packs WHERE serial = ?1"
+            ))?
+            .query_row([serial], pack_row)
             .optional()?)
     }
 
@@ -721,13 +720,10 @@ impl Stock {
     pub fn live_pack(&self, id: &str) -> anyhow::Result<Option<PackRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!(
-                    "SELECT {PACK_COLUMNS} FROM packs WHERE id = ?1 AND state IN ('stocked', 'handed_out', 'received', 'written', 'flagged', 'deleted')"
-                ),
-                [id],
-                pack_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {PACK_COLUMNS} FROM packs WHERE id = ?1 AND state IN ('stocked', 'handed_out', 'received', 'written', 'flagged', 'deleted')"
+            ))?
+            .query_row([id], pack_row)
             .optional()?)
     }
 
@@ -776,11 +772,10 @@ impl Stock {
 
     /// The root and issuing CA PEMs of a pack's chain.
     pub fn chain(&self, chain_id: i64) -> anyhow::Result<(String, String)> {
-        Ok(self.conn.query_row(
-            "SELECT root_pem, issuing_pem FROM chains WHERE chain_id = ?1",
-            [chain_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT root_pem, issuing_pem FROM chains WHERE chain_id = ?1")?
+            .query_row([chain_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
     }
 
     /// Stores freshly issued packs (one transaction, one audit entry).
@@ -964,10 +959,8 @@ impl Stock {
         discarded: bool,
         rework: bool,
     ) -> anyhow::Result<()> {
-        tx.execute(
-            "UPDATE plan SET discarded = ?2, rework = ?3 WHERE id = ?1",
-            params![id, discarded as i64, rework as i64],
-        )?;
+        tx.prepare_cached("UPDATE plan SET discarded = ?2, rework = ?3 WHERE id = ?1")?
+            .execute(params![id, discarded as i64, rework as i64])?;
         Ok(())
     }
 
