@@ -383,16 +383,16 @@ impl Line {
         self.event("device")
     }
 
-    /// Waits for a log line on stderr containing `marker`.
+    /// Waits for a log line on stderr containing every one of `needles`.
     #[track_caller]
-    pub fn wait_log(&self, marker: &str) {
+    pub fn wait_log(&self, needles: &[&str]) {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
-                Ok(l) if l.contains(marker) => return,
+                Ok(l) if needles.iter().all(|n| l.contains(n)) => return,
                 Ok(_) => {}
-                Err(_) => panic!("no {marker:?} in the line's log"),
+                Err(_) => panic!("no {needles:?} in the line's log"),
             }
         }
     }
@@ -407,6 +407,17 @@ impl Drop for Line {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `certline line status --json` for a line configuration.
+pub fn status(config: &Path) -> serde_json::Value {
+    let out = certline()
+        .args(["line", "status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "line status: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Asserts a device line: its status word, code, and that the message says

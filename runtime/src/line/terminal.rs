@@ -553,8 +553,8 @@ fn write_failure(e: &OpError, id: &DeviceId) -> Stop {
 /// Builds the terminal for `config` (credential, station client, plugins,
 /// workflow, outbox).
 pub fn open(config: LineConfig) -> anyhow::Result<Terminal> {
-    let outbox = Outbox::open(&config.state_dir)?;
     let setup = Setup::build(config, None)?;
+    let outbox = Outbox::open(&setup.config.state_dir)?;
     let workflow = super::workflow::from_config(&setup.config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
