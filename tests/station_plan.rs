@@ -225,9 +225,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
     // A JSON plan with an explicit list, for another day.
     let file = factory.file(
         "extra.json",
-        &format!(
-            r#"{{"plan":[{{"date":"2030-01-17","model":"3012","serials":["777001","777005"]}}]}}"#
-        ),
+        r#"{"plan":[{"date":"2030-01-17","model":"3012","serials":["777001","777005"]}]}"#,
     );
     let report = json(&[
         "station",
@@ -249,7 +247,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         factory.dir(),
         path(&factory.file(
             "again.csv",
-            &format!("date,model,first_serial,count\n2030-01-20,3012,000100,1\n"),
+            "date,model,first_serial,count\n2030-01-20,3012,000100,1\n",
         )),
     ]);
     assert!(

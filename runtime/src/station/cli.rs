@@ -483,7 +483,7 @@ fn serve_station(args: ServeArgs) -> anyhow::Result<()> {
 
 enum Admin {
     Local {
-        station: Station,
+        station: Box<Station>,
         actor: String,
     },
     Remote {
@@ -510,7 +510,7 @@ impl Admin {
             )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
             return Ok(Admin::Local {
-                station,
+                station: Box::new(station),
                 actor: format!("admin:{}", target.user),
             });
         }
