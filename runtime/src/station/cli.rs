@@ -376,6 +376,7 @@ fn fetch_days(station: &Station, day: Option<&str>) -> anyhow::Result<Vec<time::
 }
 
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {
+    dir::read_config(&args.dir.dir)?;
     let _lock = dir::lock_fetch(&args.dir.dir)?;
     let opened = args.dir.open()?;
     let credential = opened.credential.expect("opened with a passphrase");
