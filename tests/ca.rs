@@ -5,10 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
 
 use common::*;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use x509_parser::prelude::*;
 
 fn device_cert(pack: &Path) -> Vec<u8> {
@@ -354,25 +352,6 @@ fn id_lists_with_bad_ids_are_refused_before_anything_is_issued() {
 
 // ---- the HTTPS API ----
 
-fn tls_client(root: &[u8], identity: Option<(Vec<Vec<u8>>, Vec<u8>)>) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(root.to_vec())).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(
-                chain.into_iter().map(CertificateDer::from).collect(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    }
-}
-
 /// The chain and key of a credential or pack file set, for presenting as a client.
 fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
     let mut chain = pem_file(cert_file, "CERTIFICATE");
@@ -380,36 +359,6 @@ fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
         chain.pop(); // a credential ends with its root
     }
     (chain, pem_file(key_file, "PRIVATE KEY").remove(0))
-}
-
-/// Sends one request (a POST when there is a body); Err means the TLS layer refused.
-fn send(
-    url: &str,
-    tls: rustls::ClientConfig,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<(u16, Vec<u8>), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap();
-        let request = match body {
-            Some(body) => client
-                .post(format!("{url}{path}"))
-                .header("content-type", "application/json")
-                .body(body.to_vec()),
-            None => client.get(format!("{url}{path}")),
-        };
-        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
-        Ok((status, bytes.to_vec()))
-    })
 }
 
 fn post(

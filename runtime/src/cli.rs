@@ -24,6 +24,8 @@ pub enum Command {
     Ca(crate::ca::cli::CaCommand),
     /// A reference device (flash and NVRAM as files) speaking the example protocols.
     DeviceSim(crate::device_sim::cli::DeviceSimArgs),
+    /// The remote-management center: decides contract / no contract / revoked from a device's certificate.
+    Center(crate::center::cli::CenterArgs),
     /// The whole system on loopback with embedded defaults, then a summary.
     Demo(crate::demo::DemoArgs),
     /// One production line's terminal: scanner in, station and device out.
@@ -59,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
         Command::Station(cmd) => crate::station::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Center(args) => crate::center::cli::run(args),
     }
 }
 

@@ -7,6 +7,7 @@
 //! client and a server share.
 
 pub mod ca;
+pub mod center;
 pub mod cli;
 pub mod demo;
 pub mod device_sim;
@@ -18,4 +19,6 @@ pub mod scanner;
 pub mod service;
 pub mod station;
 pub mod store;
+pub mod table;
+pub mod watch;
 pub mod wire;

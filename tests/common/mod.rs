@@ -5,7 +5,10 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 pub const PASSPHRASE: &str = "test passphrase, not for production";
 
@@ -214,4 +217,54 @@ pub fn pem_file(path: &Path, label: &str) -> Vec<Vec<u8>> {
         .filter(|p| p.tag() == label)
         .map(|p| p.into_contents())
         .collect()
+}
+
+/// A rustls client trusting `root`, presenting `identity` (chain DER, PKCS#8 key) if given.
+pub fn tls_client(root: &[u8], identity: Option<(Vec<Vec<u8>>, Vec<u8>)>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(root.to_vec())).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(
+                chain.into_iter().map(CertificateDer::from).collect(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// Sends one request (a POST when there is a body); Err means the TLS layer refused.
+pub fn send(
+    url: &str,
+    tls: rustls::ClientConfig,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap();
+        let request = match body {
+            Some(body) => client
+                .post(format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body(body.to_vec()),
+            None => client.get(format!("{url}{path}")),
+        };
+        let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, bytes.to_vec()))
+    })
 }

@@ -373,8 +373,12 @@ impl CertAuthority {
 
     /// Signs and stores fresh CRLs for both scopes, each with the next number.
     pub fn publish_crls(&mut self) -> anyhow::Result<()> {
+        self.publish_crls_valid_for(self.crl_validity())
+    }
+
+    /// As [`Self::publish_crls`], with a nextUpdate `validity` from now.
+    pub fn publish_crls_valid_for(&mut self, validity: time::Duration) -> anyhow::Result<()> {
         let revoked = self.ledger.revoked_entries()?;
-        let validity = self.crl_validity();
         let next_update = crate::store::db::time_text(time::OffsetDateTime::now_utc() + validity);
         let number = self.ledger.next_crl_number(SCOPE_ISSUING)?;
         let der = self.pki.issuing_crl(number, &revoked, validity)?;

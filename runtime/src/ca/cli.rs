@@ -172,6 +172,10 @@ pub struct CrlArgs {
     /// Write here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Publish fresh CRLs whose nextUpdate is this many seconds away (default:
+    /// the current CRLs, re-published once half their validity is gone).
+    #[arg(long, value_name = "SECONDS")]
+    pub valid_for: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -389,12 +393,30 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 fn crl(args: CrlArgs) -> anyhow::Result<()> {
+    use super::authority::{SCOPE_ISSUING, SCOPE_ROOT};
     let mut opened = args.dir.open()?;
-    let mut pem = to_pem("X509 CRL", &opened.ca.crl(super::authority::SCOPE_ISSUING)?);
-    pem.push_str(&to_pem(
-        "X509 CRL",
-        &opened.ca.crl(super::authority::SCOPE_ROOT)?,
-    ));
+    let mut pem = String::new();
+    for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
+        let der = match args.valid_for {
+            // Exactly the CRLs just published, not a re-publication of them.
+            Some(seconds) => {
+                anyhow::ensure!(seconds > 0, "--valid-for must be at least 1 second");
+                if scope == SCOPE_ISSUING {
+                    opened
+                        .ca
+                        .publish_crls_valid_for(time::Duration::seconds(i64::from(seconds)))?;
+                }
+                opened
+                    .ca
+                    .ledger()
+                    .current_crl(scope)?
+                    .context("no CRL was published")?
+                    .1
+            }
+            None => opened.ca.crl(scope)?,
+        };
+        pem.push_str(&to_pem("X509 CRL", &der));
+    }
     match args.out {
         Some(path) => {
             std::fs::write(&path, pem).with_context(|| format!("cannot write {}", path.display()))

@@ -20,7 +20,7 @@ const LINE_POLL: Duration = Duration::from_millis(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("transport").required(true).args(["listen", "pty"]))]
+#[command(group = clap::ArgGroup::new("transport").required(true).args(["listen", "pty", "report_to"]))]
 pub struct DeviceSimArgs {
     /// The device's folder: nvram/ (id, link credential) and flash/ (identity).
     #[arg(long)]
@@ -68,7 +68,16 @@ pub struct DeviceSimArgs {
     /// Fault: answer the first request of every session with garbage.
     #[arg(long)]
     pub garble: bool,
-    /// Print where it listens as JSON.
+    /// Instead of serving a line: connect to the remote-management center at
+    /// this URL with the identity in flash, ask for the device's status, send a
+    /// report (naming --report-id if given: an impersonation attempt), print the
+    /// answers and exit.
+    #[arg(long, value_name = "URL")]
+    pub report_to: Option<String>,
+    /// The counter reading to report (with --report-to).
+    #[arg(long, default_value_t = 0)]
+    pub counter: u64,
+    /// Print as JSON (where it listens, or the center's answers).
     #[arg(long)]
     pub json: bool,
 }
@@ -87,6 +96,11 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         );
     }
     let cred = Credential::load(&cred_path)?;
+    if let Some(url) = &args.report_to {
+        let claimed = args.report_id.clone().unwrap_or_else(|| id.to_string());
+        let answer = super::report::report_to_center(&device, &cred, url, &claimed, args.counter)?;
+        return crate::cli::emit(args.json, &answer, || answer.print(&id));
+    }
     let tls = link::device_config(&cred)?;
     let protocol = args.protocol.unwrap_or(if args.pty {
         Protocol::Tlv

@@ -18,6 +18,7 @@
 //! fault knobs ([`Faults`]) make it misbehave the ways real devices do.
 
 pub mod cli;
+pub mod report;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

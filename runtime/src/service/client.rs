@@ -59,7 +59,7 @@ impl ServiceClient {
     /// A client presenting `cred`.
     pub fn new(base_url: &str, cred: &Credential, timeout: Duration) -> anyhow::Result<Self> {
         let tls = super::tls::client_config(cred)?;
-        Self::build(base_url, (*tls).clone(), timeout)
+        Self::with_tls(base_url, (*tls).clone(), timeout)
     }
 
     /// A client with no certificate of its own (CRL and health).
@@ -69,10 +69,15 @@ impl ServiceClient {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let tls = super::tls::anonymous_client_config(root)?;
-        Self::build(base_url, (*tls).clone(), timeout)
+        Self::with_tls(base_url, (*tls).clone(), timeout)
     }
 
-    fn build(base_url: &str, tls: rustls::ClientConfig, timeout: Duration) -> anyhow::Result<Self> {
+    /// A client with any TLS configuration (see `tls::identity_client_config`).
+    pub fn with_tls(
+        base_url: &str,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let base = base_url.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
             anyhow::bail!("service URL {base_url:?} must start with https:// (nothing is spoken in clear text)");

@@ -26,6 +26,9 @@ pub struct Peer {
     pub role: Option<(Role, String)>,
     /// Serial (hex) of the presented certificate, for revocation checks.
     pub serial: Option<String>,
+    /// The certificates the peer presented (DER, leaf first), already verified
+    /// to chain to our root by the TLS layer.
+    pub chain: std::sync::Arc<Vec<Vec<u8>>>,
 }
 
 impl Peer {
@@ -42,6 +45,13 @@ impl Peer {
                     .ok()
                     .map(|(_, cert)| hex::encode(cert.raw_serial()))
             }),
+            chain: std::sync::Arc::new(
+                certs
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| c.as_ref().to_vec())
+                    .collect(),
+            ),
         }
     }
 

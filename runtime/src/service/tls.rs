@@ -47,13 +47,23 @@ pub fn server_config(cred: &Credential, auth: ClientAuth) -> anyhow::Result<Arc<
 
 /// A client that presents `cred` and trusts only `cred`'s root.
 pub fn client_config(cred: &Credential) -> anyhow::Result<Arc<ClientConfig>> {
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(roots(&cred.root)?, provider()).build()?;
+    identity_client_config(cred.chain.clone(), cred.key(), &cred.root)
+        .map_err(|e| anyhow::anyhow!("credential {}: {e:#}", cred.name()))
+}
+
+/// A client that presents any certificate chain and key (a device presenting
+/// its identity to the center) and trusts only `root`.
+pub fn identity_client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    root: &CertificateDer<'static>,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(root)?, provider()).build()?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_webpki_verifier(verifier)
-        .with_client_auth_cert(cred.chain.clone(), cred.key())
-        .map_err(|e| anyhow::anyhow!("credential {} is unusable for a client: {e}", cred.name()))?;
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("the certificate and key are unusable for a client: {e}"))?;
     Ok(Arc::new(config))
 }
 

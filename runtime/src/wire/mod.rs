@@ -1,6 +1,7 @@
 //! Request and response types shared by clients and servers, one definition each.
 
 pub mod ca;
+pub mod center;
 pub mod station;
 
 use serde::{Deserialize, Serialize};
