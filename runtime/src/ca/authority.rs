@@ -230,6 +230,11 @@ impl CertAuthority {
                 .abandon_reserved(Some(&serials), &format!("commit failed: {err:#}"));
             return Err(CaError::Internal(err));
         }
+        // A replacement revoked the certificate it replaces (in `reserve`):
+        // the CRL must say so now, not when the cached one is half expired.
+        if reservations.iter().any(|r| r.replaces.is_some()) {
+            self.publish_crls().map_err(CaError::Internal)?;
+        }
         let packs = signed
             .into_iter()
             .zip(committed)
