@@ -1,11 +1,15 @@
-//! `certline demo`: the system on loopback with embedded defaults. Each role
-//! runs as its own `certline` process, as it would in a factory.
-//!
-//! Today it runs the CA end to end (init, serve, a station's batch over mTLS,
-//! a revocation, the CRL) and checks every pack with webpki; the full factory
-//! day grows here as the station, lines and center land.
+//! `certline demo`: one whole factory day on loopback, with embedded
+//! defaults. Every role runs as its own `certline` process, as it would in a
+//! factory: a CA, a station, two lines (imaging devices over TCP with the XML
+//! plugin; meters over a serial pseudo-terminal with the TLV plugin), device
+//! simulators, and the remote-management center. Progress goes to stderr; the
+//! summary (a table per model, the center's decisions, the invariant checks)
+//! to stdout, or as one JSON document with `--json`. The command exits
+//! non-zero if any invariant check fails.
 
+pub mod floor;
 pub mod process;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,46 +17,212 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::pki::credential::Credential;
-use crate::pki::crl::Reason;
-use crate::pki::pack::Pack;
-use crate::pki::verify::verify_pack;
-use crate::service::client::ServiceClient;
-use crate::wire::ca::{self as api, RevokeRequest, Revoked};
+use floor::{Cable, Line, Step};
 use process::{Certline, Service};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Where to keep the demo's state (default: a new folder under the system temp dir).
+    /// Where to keep the demo's state (default: a new folder under the system
+    /// temp dir). Refused if it already holds a demo.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Devices in the day's batch.
-    #[arg(long, default_value_t = 500)]
-    pub devices: usize,
+    /// The folder holding the example plugins (certline_plugin_imaging.wasm,
+    /// certline_plugin_meter.wasm) [default: plugins/target/wasm32-wasip2/release
+    /// of the source tree, built by plugins/build.sh].
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// The example factory's scripts (line.lua, retention.lua) [default:
+    /// scripts/example of the source tree].
+    #[arg(long)]
+    pub scripts: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
+/// One model in the day's production plan.
+pub struct Planned {
+    pub model: &'static str,
+    pub first: u32,
+    pub count: u32,
+    pub width: usize,
+    pub certificate: bool,
+    pub what: &'static str,
+}
+
+impl Planned {
+    pub fn ids(&self) -> Vec<String> {
+        (self.first..self.first + self.count)
+            .map(|n| format!("{}-{n:0w$}", self.model, w = self.width))
+            .collect()
+    }
+}
+
+/// The day's production plan.
+pub const PLAN: &[Planned] = &[
+    Planned {
+        model: "3012",
+        first: 1,
+        count: 12,
+        width: 6,
+        certificate: true,
+        what: "A4 printer, line-1 (XML over TCP)",
+    },
+    Planned {
+        model: "3013",
+        first: 1,
+        count: 6,
+        width: 6,
+        certificate: true,
+        what: "A3 printer, discontinued today, line-1",
+    },
+    Planned {
+        model: "A123",
+        first: 1,
+        count: 8,
+        width: 6,
+        certificate: true,
+        what: "meter, line-2 (TLV over serial)",
+    },
+    Planned {
+        model: "K7",
+        first: 1001,
+        count: 3,
+        width: 4,
+        certificate: false,
+        what: "finisher accessory, no certificate",
+    },
+];
+
+/// The model the factory stops building today: its leftovers are discarded.
+pub const DISCONTINUED: &str = "3013";
+/// A written device whose board is replaced after the line (a rework): its
+/// certificate is revoked at the CA and the center must say so.
+pub const REWORKED: &str = "3012-000003";
+/// A written device that reports as another one (to have its counter billed
+/// to someone else's contract).
+pub const IMPERSONATOR: (&str, &str) = ("3012-000007", "3012-000001");
+/// A device that was never written (scanned, not in the plan): it connects
+/// to the center without an identity.
+pub const STRAY: &str = "3012-999999";
+/// The maintenance contracts the center knows (CSV: devices,contract,from,to).
+pub fn contracts(day: &str) -> String {
+    format!(
+        "devices,contract,from,to\n\
+         3012-000001..3012-000006,MC-2041-ACME,{day},\n\
+         3013-000001,MC-2042-GLOBEX,{day},\n\
+         A123-000001..A123-000003,MC-7001-CITYGRID,{day},\n"
+    )
+}
+
+pub(crate) fn progress(text: &str) {
+    eprintln!("{text}");
+}
+
 fn step(n: usize, what: &str) {
-    eprintln!("[{n}] {what}");
+    progress(&format!("[{n:>2}] {what}"));
+}
+
+pub(crate) fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// The marker that says a folder holds a demo.
+const MARKER: &str = "certline-demo.txt";
+
+fn source_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn find_plugins(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = given.unwrap_or_else(|| source_tree().join("plugins/target/wasm32-wasip2/release"));
+    for name in ["certline_plugin_imaging.wasm", "certline_plugin_meter.wasm"] {
+        if !dir.join(name).is_file() {
+            anyhow::bail!(
+                "{} is missing: build the example plugins first with plugins/build.sh \
+                 (it installs the wasm32-wasip2 target), or name their folder with --plugins",
+                dir.join(name).display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// The example factory's scripts, if they are there (issue 7).
+fn find_scripts(given: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    let dir = match given {
+        Some(d) => {
+            if !d.join("retention.lua").is_file() || !d.join("line.lua").is_file() {
+                anyhow::bail!("{} holds no line.lua and retention.lua", d.display());
+            }
+            d
+        }
+        None => source_tree().join("scripts/example"),
+    };
+    Ok((dir.join("retention.lua").is_file() && dir.join("line.lua").is_file()).then_some(dir))
+}
+
+fn today() -> String {
+    let d = time::OffsetDateTime::now_utc().date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = match args.dir {
         Some(dir) => dir,
-        None => std::env::temp_dir().join(format!("certline-demo-{}", std::process::id())),
+        None => std::env::temp_dir().join(format!(
+            "certline-demo-{}-{}",
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+            std::process::id()
+        )),
     };
-    if dir.join("ca").exists() {
+    if dir.join(MARKER).exists() || dir.join("ca").exists() {
         anyhow::bail!(
             "{} already holds a demo; pass another --dir or remove it",
             dir.display()
         );
     }
+    let plugins = find_plugins(args.plugins)?;
+    let scripts = find_scripts(args.scripts)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let day = today();
+    std::fs::write(
+        dir.join(MARKER),
+        format!("certline demo of {day}: every role's state is in this folder\n"),
+    )?;
     let certline = Certline::new(&dir)?;
+    progress(&format!(
+        "certline demo: one factory day ({day}) on loopback, state in {}",
+        dir.display()
+    ));
 
-    step(1, "CA: init (root + issuing CA, sealed keys, empty ledger)");
+    // The factory's scripts, copied so that the demo's state is complete and
+    // they can be edited while it runs.
+    let scripts = match scripts {
+        Some(from) => {
+            let to = dir.join("scripts/example");
+            copy_dir(&from, &to)?;
+            Some(to)
+        }
+        None => None,
+    };
+
+    step(
+        1,
+        "CA: init (root + issuing CA), enroll the station, lines, device link and center; serve over mTLS",
+    );
     let ca_dir = dir.join("ca");
     certline.run(&[
         "ca",
@@ -62,21 +232,32 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "--org",
         "certline Demo Vendor",
     ])?;
-    let station_cred = dir.join("station.pem");
-    certline.run(&[
-        "ca",
-        "enroll",
-        "--dir",
-        path(&ca_dir),
-        "--role",
-        "station",
-        "--name",
-        "station-1",
-        "--out",
-        path(&station_cred),
-    ])?;
-
-    step(2, "CA: serve over mutual TLS");
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    let enroll = |role: &str, name: &str| -> anyhow::Result<PathBuf> {
+        let out = creds.join(format!("{name}.pem"));
+        certline.run(&[
+            "ca",
+            "enroll",
+            "--dir",
+            path(&ca_dir),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--out",
+            path(&out),
+        ])?;
+        Ok(out)
+    };
+    let station_cred = enroll("station", "station-1")?;
+    let line1_cred = enroll("line", "line-1")?;
+    let line2_cred = enroll("line", "line-2")?;
+    let link_cred = enroll("device-link", "demo-boards")?;
+    let center_dir = dir.join("center");
+    std::fs::create_dir_all(&center_dir)?;
+    let center_cred = enroll("center", "center-1")?;
+    std::fs::copy(&center_cred, center_dir.join("credential.pem"))?;
     let ca = Service::start(
         &certline,
         &[
@@ -88,122 +269,444 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "127.0.0.1:0",
         ],
         "CA listening on ",
+        "ca",
     )?;
 
     step(
-        3,
-        &format!(
-            "station: ask for the day's {} packs in one batch",
-            args.devices
-        ),
+        2,
+        "station: init (models 3012 3013 A123 with certificates, K7 without; admin password set)",
     );
-    let ids: Vec<String> = (1..=args.devices).map(|n| format!("3012-{n:06}")).collect();
-    let ids_file = dir.join("ids.txt");
-    std::fs::write(&ids_file, ids.join("\n") + "\n")?;
-    let packs_dir = dir.join("packs");
-    let batch_start = Instant::now();
-    certline.run(&[
-        "ca",
-        "request",
-        "--url",
+    let st = dir.join("station");
+    let mut init = vec![
+        "station",
+        "init",
+        "--dir",
+        path(&st),
+        "--ca",
         &ca.url,
         "--credential",
         path(&station_cred),
-        "--ids",
-        path(&ids_file),
-        "--out",
-        path(&packs_dir),
-        "--chunk",
-        "250",
-    ])?;
-    let batch_time = batch_start.elapsed();
-
-    step(
-        4,
-        "check every pack independently (webpki): chain to the root, id in SAN and subject",
-    );
-    for id in &ids {
-        let pack = Pack::read_dir(&packs_dir.join(id))?;
-        let identity = verify_pack(&pack).with_context(|| format!("pack {id}"))?;
-        anyhow::ensure!(
-            identity.id.to_string() == *id,
-            "pack {id} names {}",
-            identity.id
-        );
+        "--chunk-size",
+        "10",
+        "--json",
+    ];
+    for p in PLAN {
+        init.push(if p.certificate {
+            "--model"
+        } else {
+            "--model-without-cert"
+        });
+        init.push(p.model);
+    }
+    certline.run(&init)?;
+    configure_station(&st, scripts.as_deref())?;
+    match &scripts {
+        Some(s) => progress(&format!(
+            "     retention policy: {} (Lua)",
+            s.join("retention.lua").display()
+        )),
+        None => progress(
+            "     retention policy: built-in (A123 delete, others flag); scripts/example not found",
+        ),
     }
 
+    step(3, "station: import the day's production plan");
+    let plan_file = dir.join("plan.csv");
+    let mut csv = String::from("date,model,first_serial,count\n");
+    for p in PLAN {
+        csv.push_str(&format!(
+            "{day},{},{:0w$},{}\n",
+            p.model,
+            p.first,
+            p.count,
+            w = p.width
+        ));
+        progress(&format!(
+            "     {:<5} {:>3} devices  {}",
+            p.model, p.count, p.what
+        ));
+    }
+    std::fs::write(&plan_file, csv)?;
+    certline.json(&[
+        "station",
+        "plan",
+        "import",
+        "--dir",
+        path(&st),
+        path(&plan_file),
+        "--json",
+    ])?;
+
+    step(4, "station: fetch the day's packs from the CA");
+    // Without --json the fetch shows its progress on stderr (chunks of 10
+    // packs, as set at init); the numbers are read back from the stock.
+    let fetch = certline.run_with_progress(
+        &["station", "fetch", "--dir", path(&st), "--day", &day],
+        "fetch:",
+        "     ",
+    )?;
+    for line in fetch.lines().filter(|l| !l.trim().is_empty()).take(2) {
+        progress(&format!("     {}", line.trim()));
+    }
+    let after_fetch = certline.json(&[
+        "station",
+        "admin",
+        "stock",
+        "--dir",
+        path(&st),
+        "--today",
+        &day,
+        "--json",
+    ])?;
+
+    step(5, "station: serve the lines (mTLS)");
+    let station = Service::start(
+        &certline,
+        &[
+            "station",
+            "serve",
+            "--dir",
+            path(&st),
+            "--listen",
+            "127.0.0.1:0",
+            "--today",
+            &day,
+        ],
+        "station listening on ",
+        "station",
+    )?;
+
     step(
-        5,
-        "station: report one device failed; the CA revokes its certificate and the CRL lists it",
+        6,
+        "lines: line-1 (imaging, XML over TCP) and line-2 (meters, TLV over a serial pty) work their scans",
     );
-    let cred = Credential::load(&station_cred)?;
-    let client = ServiceClient::new(&ca.url, &cred, Duration::from_secs(30))?;
-    let failed = ids[0].clone();
-    let crl_number = crate::cli::runtime()?.block_on(async {
-        let revoked: Revoked = client
-            .post(
-                api::REVOKE,
-                &RevokeRequest {
-                    serial: None,
-                    id: Some(failed.clone()),
-                    reason: Reason::Superseded,
-                },
-            )
-            .await?;
-        let crl = client.get_bytes(api::CRL).await?;
-        let (_, parsed) =
-            x509_parser::parse_x509_crl(&crl).map_err(|e| anyhow::anyhow!("CRL: {e}"))?;
-        anyhow::ensure!(
-            parsed
-                .iter_revoked_certificates()
-                .any(|r| hex::encode(r.raw_serial()) == revoked.serial),
-            "the CRL does not list {}",
-            revoked.serial
-        );
-        Ok::<_, anyhow::Error>(
-            parsed
-                .crl_number()
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-        )
+    let lines_dir = dir.join("lines");
+    let devices = dir.join("devices");
+    std::fs::create_dir_all(&devices)?;
+    let mut line_plugins = Vec::new();
+    for (name, wasm) in [
+        ("line-1", "certline_plugin_imaging.wasm"),
+        ("line-2", "certline_plugin_meter.wasm"),
+    ] {
+        let to = lines_dir.join(name).join("plugins");
+        std::fs::create_dir_all(&to)?;
+        std::fs::copy(plugins.join(wasm), to.join(wasm))?;
+        line_plugins.push(to);
+    }
+    let cable = floor::free_addr()?;
+    let port = lines_dir.join("line-2").join("meter-port");
+    // HOOK (issue 7): the line gets the example factory's line.lua through
+    // `[scripts] dir`; a line build without the Lua workflow says so in its
+    // log and parses plates with the built-in MODEL-SERIAL parser.
+    let line1 = Line {
+        name: "line-1".into(),
+        config: floor::write_config(
+            &lines_dir.join("line-1"),
+            "line-1",
+            &station.url,
+            &line1_cred,
+            &cable,
+            &line_plugins[0],
+            scripts.as_deref(),
+        )?,
+        cable: Cable::Tcp(cable.clone()),
+        steps: line1_steps(),
+    };
+    let line2 = Line {
+        name: "line-2".into(),
+        config: floor::write_config(
+            &lines_dir.join("line-2"),
+            "line-2",
+            &station.url,
+            &line2_cred,
+            path(&port),
+            &line_plugins[1],
+            scripts.as_deref(),
+        )?,
+        cable: Cable::Serial(port),
+        steps: line2_steps(),
+    };
+    let scans = std::thread::scope(|s| -> anyhow::Result<Vec<floor::ScanResult>> {
+        let a = s.spawn(|| floor::run_line(&certline, &line1, &devices, &link_cred));
+        let b = s.spawn(|| floor::run_line(&certline, &line2, &devices, &link_cred));
+        let mut all = a.join().map_err(|_| anyhow::anyhow!("line-1 panicked"))??;
+        all.extend(b.join().map_err(|_| anyhow::anyhow!("line-2 panicked"))??);
+        Ok(all)
     })?;
+
+    step(
+        7,
+        &format!(
+            "admin: log in over HTTPS and discard the leftover packs of discontinued model {DISCONTINUED}"
+        ),
+    );
+    let root = st.join("root.pem");
+    let admin = |cmd: &[&str]| -> anyhow::Result<serde_json::Value> {
+        let mut args = vec!["station", "admin"];
+        args.extend_from_slice(cmd);
+        args.extend([
+            "--url",
+            &station.url,
+            "--root",
+            path(&root),
+            "--user",
+            "admin",
+            "--json",
+        ]);
+        certline.json(&args)
+    };
+    let discard = admin(&["discard", "--model", DISCONTINUED, "--day", &day])?;
+    progress(&format!("     {}", compact(&discard)));
+
+    step(
+        8,
+        &format!("admin: rework {REWORKED} (board replaced): its certificate is revoked at the CA"),
+    );
+    let rework = admin(&[
+        "rework",
+        "--id",
+        REWORKED,
+        "--reason",
+        "main board replaced after burn-in",
+    ])?;
+    progress(&format!("     {}", compact(&rework)));
+    wait_queue(&certline, &st)?;
+    if let Some(serial) = rework["revoked_serial"].as_str() {
+        wait_revoked(&certline, &ca_dir, REWORKED, serial)?;
+    }
+    let stock = admin(&["stock"])?;
+
+    step(
+        9,
+        "center: every written device connects with the identity in its flash",
+    );
+    let contracts_file = center_dir.join("contracts.csv");
+    std::fs::write(&contracts_file, contracts(&day))?;
+    let center = Service::start(
+        &certline,
+        &[
+            "center",
+            "--dir",
+            path(&center_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--contracts",
+            path(&contracts_file),
+            "--ca",
+            &ca.url,
+        ],
+        "center listening on ",
+        "center",
+    )?;
+    let written: Vec<String> = report::written_ids(&scans);
+    let center_rows = report::connect_all(&certline, &center.url, &devices, &written, &day)?;
+    drop(center);
+
+    step(10, "summary and invariant checks");
+    let gathered = report::gather(&certline, &ca_dir, &st)?;
+    drop(station);
     drop(ca);
-
-    step(6, "CA: the audit log's hash chain is intact");
-    certline.run(&["ca", "audit", "verify", "--dir", path(&ca_dir)])?;
-
-    let summary = serde_json::json!({
-        "dir": dir,
-        "devices": args.devices,
-        "packs_verified": ids.len(),
-        "batch_seconds": batch_time.as_secs_f64(),
-        "packs_per_second": ids.len() as f64 / batch_time.as_secs_f64(),
-        "revoked": [failed],
-        "crl_number": crl_number,
-        "wall_seconds": started.elapsed().as_secs_f64(),
-    });
-    crate::cli::emit(args.json, &summary, || {
-        println!();
-        println!("certline demo: summary");
-        println!(
-            "  packs issued over mTLS   {:>8}   ({:.0} packs/s for the batch)",
-            ids.len(),
-            summary["packs_per_second"].as_f64().unwrap_or(0.0)
+    let summary = report::Summary::build(
+        &dir,
+        &day,
+        scripts.as_deref(),
+        &after_fetch,
+        &stock,
+        &scans,
+        &center_rows,
+        &gathered,
+        &ca_dir,
+        &devices,
+        started,
+    )?;
+    let value = serde_json::to_value(&summary)?;
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&value)?,
+    )?;
+    crate::cli::emit(args.json, &value, || summary.print())?;
+    if !summary.ok {
+        let failed: Vec<&str> = summary
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        anyhow::bail!(
+            "{} invariant check(s) failed: {}; the state is in {}",
+            failed.len(),
+            failed.join("; "),
+            dir.display()
         );
-        println!("  packs verified (webpki)  {:>8}", ids.len());
-        println!(
-            "  revoked                  {:>8}   ({failed}, CRL number {crl_number})",
-            1
-        );
-        println!("  audit log                   intact");
-        println!(
-            "  wall time                {:>8.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        println!("  state left in            {}", dir.display());
-    })
+    }
+    Ok(())
 }
 
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap_or_default()
+fn compact(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    if s.len() > 160 {
+        format!("{}...", &s[..157])
+    } else {
+        s
+    }
+}
+
+/// The demo's station: every day a working day (the demo runs any day), and
+/// the example factory's retention policy.
+fn configure_station(st: &Path, scripts: Option<&Path>) -> anyhow::Result<()> {
+    let file = st.join("station.toml");
+    let text = std::fs::read_to_string(&file)?;
+    let mut config: toml::Table = toml::from_str(&text)?;
+    config.insert(
+        "working_days".into(),
+        toml::Value::Array(
+            ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+                .iter()
+                .map(|d| toml::Value::String(d.to_string()))
+                .collect(),
+        ),
+    );
+    let retention = config
+        .entry("retention")
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    if let toml::Value::Table(r) = retention {
+        match scripts {
+            Some(s) => {
+                r.insert(
+                    "script".into(),
+                    toml::Value::String(path(&s.join("retention.lua")).to_string()),
+                );
+            }
+            None => {
+                let mut models = toml::Table::new();
+                models.insert("A123".into(), toml::Value::String("delete".into()));
+                r.insert("models".into(), toml::Value::Table(models));
+            }
+        }
+    }
+    std::fs::write(&file, toml::to_string(&config)?)?;
+    Ok(())
+}
+
+/// Waits until the station has nothing waiting for the CA (revocations and
+/// replacements are sent as they happen; this is the belt and braces).
+fn wait_queue(certline: &Certline, st: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let q = certline.json(&["station", "admin", "queue", "--dir", path(st), "--json"])?;
+        let waiting = q["items"].as_array().map(Vec::len).unwrap_or(0);
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{waiting} item(s) still wait for the CA: {q}");
+        }
+        let _ = certline.run(&["station", "admin", "retry", "--dir", path(st), "--json"]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until the CA's ledger lists `serial` of `id` as revoked.
+fn wait_revoked(certline: &Certline, ca_dir: &Path, id: &str, serial: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history =
+            certline.json(&["ca", "status", "--dir", path(ca_dir), "--id", id, "--json"])?;
+        let revoked = history
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["serial"] == serial && c["status"] == "revoked");
+        if revoked {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the CA never revoked {id}'s certificate {serial}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// line-1: imaging devices over TCP, and most of the bad scans.
+fn line1_steps() -> Vec<Step> {
+    let mut steps = vec![
+        Step::new("3012-000001", Some("3012-000001"), "ok", "written"),
+        Step::new(
+            "]C13012-000002",
+            Some("3012-000002"),
+            "ok",
+            "written (scanner sent an AIM prefix)",
+        ),
+        Step::new("3012-000003", Some("3012-000003"), "ok", "written"),
+        Step::new("3012000004", None, "refused", "malformed barcode"),
+        Step::new("7777-000001", None, "refused", "unknown model"),
+        Step::new(
+            "K7-1001",
+            None,
+            "refused",
+            "model without certificate: nothing to write",
+        ),
+        Step::new(
+            STRAY,
+            Some(STRAY),
+            "refused",
+            "not in the plan: nothing taken",
+        ),
+        Step::faulty(
+            "3012-000004",
+            &["--drop-after-received"],
+            "failed",
+            "device drops the link mid-write: certificate revoked, re-issued",
+        ),
+        Step::new(
+            "3012-000004",
+            Some("3012-000004"),
+            "ok",
+            "rescanned: written with the re-issued certificate",
+        ),
+        Step::new(
+            "3012-000001",
+            Some("3012-000001"),
+            "refused",
+            "duplicate scan: already written",
+        ),
+    ];
+    for n in 5..=10 {
+        let id = format!("3012-{n:06}");
+        steps.push(Step::new(&id, Some(&id), "ok", "written"));
+    }
+    for n in 1..=2 {
+        let id = format!("3013-{n:06}");
+        steps.push(Step::new(&id, Some(&id), "ok", "written"));
+    }
+    steps
+}
+
+/// line-2: meters over a serial pseudo-terminal.
+fn line2_steps() -> Vec<Step> {
+    vec![
+        Step::new("A123-000001", Some("A123-000001"), "ok", "written"),
+        Step::new(
+            "]Q3A123-000002",
+            Some("A123-000002"),
+            "ok",
+            "written (scanner sent an AIM prefix)",
+        ),
+        Step::new("A123-000003", Some("A123-000003"), "ok", "written"),
+        Step::faulty(
+            "A123-000004",
+            &["--fail-write", "flash worn out"],
+            "failed",
+            "meter refuses the write: certificate revoked, re-issued",
+        ),
+        Step::new(
+            "A123-000004",
+            Some("A123-000004"),
+            "ok",
+            "rescanned: written with the re-issued certificate",
+        ),
+        Step::new("A123_000005", None, "refused", "malformed barcode"),
+        Step::new("A123-000005", Some("A123-000005"), "ok", "written"),
+        Step::new("A123-000006", Some("A123-000006"), "ok", "written"),
+    ]
 }

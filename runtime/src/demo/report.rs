@@ -1,0 +1,839 @@
+//! The end of the demo's day: every written device talks to the center, the
+//! CA's ledger and the station's stock are read back through their own
+//! commands, and the summary (per-model table, center decisions, invariant
+//! checks) is built from what the roles say, not from what the demo meant
+//! to do.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::floor::ScanResult;
+use super::process::Certline;
+use super::{path, progress, Planned, DISCONTINUED, IMPERSONATOR, PLAN, REWORKED, STRAY};
+use crate::pki::pack::Pack;
+use crate::pki::verify::verify_pack;
+
+/// Pack states in which a pack's certificate is the id's live one.
+const LIVE: &[&str] = &[
+    "stocked",
+    "handed_out",
+    "received",
+    "written",
+    "flagged",
+    "deleted",
+];
+
+/// Ids whose identity a line wrote (and verified), in scan order.
+pub fn written_ids(scans: &[ScanResult]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    scans
+        .iter()
+        .filter(|s| s.status == "ok")
+        .filter_map(|s| s.id.clone())
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+/// One device's conversation with the center.
+#[derive(Debug, Clone, Serialize)]
+pub struct CenterRow {
+    pub id: String,
+    pub verdict: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    pub reason: String,
+    pub reported_as: String,
+    pub report_accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_refused: Option<String>,
+    /// The verdict the demo's day should lead to.
+    pub expected: String,
+}
+
+fn expected_verdict(id: &str, day: &str) -> &'static str {
+    if id == STRAY {
+        return "unknown";
+    }
+    if id == REWORKED {
+        return "revoked";
+    }
+    let contracts = crate::center::contracts::Contracts::parse("contracts", &super::contracts(day));
+    let covered = contracts.ok().and_then(|c| {
+        let id: crate::pki::id::DeviceId = id.parse().ok()?;
+        c.find(&id, time::OffsetDateTime::now_utc().date())
+            .map(|_| ())
+    });
+    if covered.is_some() {
+        "contract"
+    } else {
+        "no_contract"
+    }
+}
+
+/// Every written device (and the stray one, which holds no identity)
+/// connects to the center with its flash and reports a counter; one reports
+/// as another device.
+pub fn connect_all(
+    certline: &Certline,
+    url: &str,
+    devices: &Path,
+    written: &[String],
+    day: &str,
+) -> anyhow::Result<Vec<CenterRow>> {
+    let mut ids: Vec<String> = written.to_vec();
+    ids.push(STRAY.to_string());
+    let rows = std::sync::Mutex::new(Vec::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(id) = ids.get(i) else { break };
+                let row = connect_one(certline, url, devices, id, i as u64, day);
+                rows.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((i, row));
+            });
+        }
+    });
+    let mut rows = rows.into_inner().unwrap_or_else(|p| p.into_inner());
+    rows.sort_by_key(|(i, _)| *i);
+    let rows = rows
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for r in &rows {
+        progress(&format!(
+            "     {:<12} {:<12} {:<18} {}",
+            r.id,
+            r.verdict,
+            r.contract.as_deref().unwrap_or("-"),
+            match &r.report_refused {
+                None => format!("report as {}: accepted", r.reported_as),
+                Some(why) => format!("report as {}: REFUSED ({why})", r.reported_as),
+            }
+        ));
+    }
+    Ok(rows)
+}
+
+fn connect_one(
+    certline: &Certline,
+    url: &str,
+    devices: &Path,
+    id: &str,
+    n: u64,
+    day: &str,
+) -> anyhow::Result<CenterRow> {
+    let (model, serial) = id.split_once('-').unwrap_or((id, ""));
+    let counter = (1000 + n * 137).to_string();
+    let dir = devices.join(id);
+    let mut args = vec![
+        "device-sim",
+        "--dir",
+        path(&dir),
+        "--model",
+        model,
+        "--serial",
+        serial,
+        "--report-to",
+        url,
+        "--counter",
+        &counter,
+        "--json",
+    ];
+    if id == IMPERSONATOR.0 {
+        args.extend(["--report-id", IMPERSONATOR.1]);
+    }
+    let v = certline.json(&args)?;
+    let d = &v["decision"];
+    Ok(CenterRow {
+        id: id.to_string(),
+        verdict: d["verdict"].as_str().unwrap_or("?").to_string(),
+        contract: d["contract"].as_str().map(str::to_string),
+        reason: d["reason"].as_str().unwrap_or("").to_string(),
+        reported_as: v["reported_as"].as_str().unwrap_or("").to_string(),
+        report_accepted: v["report_accepted"].as_bool().unwrap_or(false),
+        report_refused: v["report_refused"].as_str().map(str::to_string),
+        expected: expected_verdict(id, day).to_string(),
+    })
+}
+
+/// What the CA's ledger and the station's stock say about every planned id.
+pub struct Gathered {
+    /// id → the CA's certificate history (`ca status --id`).
+    pub ledger: BTreeMap<String, Vec<serde_json::Value>>,
+    /// id → the station's report (`station admin device`).
+    pub station: BTreeMap<String, serde_json::Value>,
+    /// `ca status --json`.
+    pub ca_counts: serde_json::Value,
+    pub ca_audit_intact: Result<(), String>,
+    pub station_audit: serde_json::Value,
+}
+
+pub fn gather(certline: &Certline, ca_dir: &Path, st: &Path) -> anyhow::Result<Gathered> {
+    let ids: Vec<String> = PLAN
+        .iter()
+        .filter(|p| p.certificate)
+        .flat_map(Planned::ids)
+        .collect();
+    let ledger = std::sync::Mutex::new(BTreeMap::new());
+    let station = std::sync::Mutex::new(BTreeMap::new());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let errors = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(id) = ids.get(i) else { break };
+                // An id the CA never issued for has no history (an error).
+                let history: Vec<serde_json::Value> = certline
+                    .json(&["ca", "status", "--dir", path(ca_dir), "--id", id, "--json"])
+                    .ok()
+                    .and_then(|v| serde_json::from_value(v).ok())
+                    .unwrap_or_default();
+                ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), history);
+                match certline.json(&[
+                    "station",
+                    "admin",
+                    "device",
+                    "--dir",
+                    path(st),
+                    "--id",
+                    id,
+                    "--json",
+                ]) {
+                    Ok(v) => {
+                        station
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id.clone(), v);
+                    }
+                    Err(e) => errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(format!("{e:#}")),
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().unwrap_or_default().into_iter().next() {
+        anyhow::bail!("cannot read the station's view of a device: {e}");
+    }
+    let ca_counts = certline.json(&["ca", "status", "--dir", path(ca_dir), "--json"])?;
+    let ca_audit_intact = certline
+        .run(&["ca", "audit", "verify", "--dir", path(ca_dir)])
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"));
+    let station_audit = certline
+        .json(&[
+            "station",
+            "admin",
+            "audit",
+            "--dir",
+            path(st),
+            "--last",
+            "1",
+            "--json",
+        ])
+        .unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }));
+    Ok(Gathered {
+        ledger: ledger.into_inner().unwrap_or_default(),
+        station: station.into_inner().unwrap_or_default(),
+        ca_counts,
+        ca_audit_intact,
+        station_audit,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ModelRow {
+    pub model: String,
+    pub certificate: bool,
+    pub planned: u64,
+    pub fetched: u64,
+    pub written: u64,
+    pub failed: u64,
+    pub reissued: u64,
+    pub revoked: u64,
+    pub discarded: u64,
+    pub in_stock: u64,
+    /// Retention: written packs kept, flagged (for rework).
+    pub flagged: u64,
+    /// Retention: written packs whose key was wiped.
+    pub deleted: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CenterTally {
+    pub devices: usize,
+    pub contract: usize,
+    pub no_contract: usize,
+    pub revoked: usize,
+    pub unknown: usize,
+    pub unverifiable: usize,
+    pub reports_accepted: usize,
+    pub reports_refused: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub ok: bool,
+    pub dir: String,
+    pub day: String,
+    pub wall_seconds: f64,
+    /// The example factory's scripts the station and lines were given.
+    pub scripts: Option<String>,
+    pub models: Vec<ModelRow>,
+    pub totals: ModelRow,
+    pub scans: ScanTally,
+    pub center: CenterTally,
+    pub center_devices: Vec<CenterRow>,
+    pub checks: Vec<Check>,
+    pub ca_ledger: serde_json::Value,
+    pub scan_log: Vec<ScanResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ScanTally {
+    pub total: usize,
+    pub ok: usize,
+    pub refused: usize,
+    pub failed: usize,
+    /// Operator-line codes and how often each came.
+    pub codes: BTreeMap<String, usize>,
+}
+
+fn model_of(id: &str) -> &str {
+    id.split_once('-').map(|(m, _)| m).unwrap_or(id)
+}
+
+fn stock_field(stock: &serde_json::Value, model: &str, field: &str) -> u64 {
+    stock["models"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["model"] == model))
+        .and_then(|m| m[field].as_u64())
+        .unwrap_or(0)
+}
+
+impl Summary {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        dir: &Path,
+        day: &str,
+        scripts: Option<&Path>,
+        after_fetch: &serde_json::Value,
+        stock: &serde_json::Value,
+        scans: &[ScanResult],
+        center: &[CenterRow],
+        g: &Gathered,
+        ca_root: &Path,
+        devices: &Path,
+        started: Instant,
+    ) -> anyhow::Result<Summary> {
+        let written = written_ids(scans);
+        let mut models = Vec::new();
+        for p in PLAN {
+            let ids: BTreeSet<String> = p.ids().into_iter().collect();
+            let mut row = ModelRow {
+                model: p.model.to_string(),
+                certificate: p.certificate,
+                planned: p.count as u64,
+                fetched: stock_field(after_fetch, p.model, "in_stock"),
+                discarded: stock_field(stock, p.model, "discarded"),
+                in_stock: stock_field(stock, p.model, "in_stock"),
+                ..Default::default()
+            };
+            for s in scans {
+                if s.id.as_deref().map(model_of) == Some(p.model) {
+                    match s.status.as_str() {
+                        "ok" => row.written += 1,
+                        "failed" => row.failed += 1,
+                        _ => {}
+                    }
+                }
+            }
+            for id in &ids {
+                for cert in g.ledger.get(id).into_iter().flatten() {
+                    if cert["status"] == "revoked" {
+                        row.revoked += 1;
+                    }
+                    if !cert["replaces"].is_null() {
+                        row.reissued += 1;
+                    }
+                }
+                if let Some(report) = g.station.get(id) {
+                    for pack in report["packs"].as_array().into_iter().flatten() {
+                        match pack["state"].as_str() {
+                            Some("flagged") => row.flagged += 1,
+                            Some("deleted") => row.deleted += 1,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            models.push(row);
+        }
+        let mut totals = ModelRow {
+            model: "total".into(),
+            certificate: true,
+            ..Default::default()
+        };
+        for r in &models {
+            totals.planned += r.planned;
+            totals.fetched += r.fetched;
+            totals.written += r.written;
+            totals.failed += r.failed;
+            totals.reissued += r.reissued;
+            totals.revoked += r.revoked;
+            totals.discarded += r.discarded;
+            totals.in_stock += r.in_stock;
+            totals.flagged += r.flagged;
+            totals.deleted += r.deleted;
+        }
+
+        let mut tally = ScanTally {
+            total: scans.len(),
+            ..Default::default()
+        };
+        for s in scans {
+            match s.status.as_str() {
+                "ok" => tally.ok += 1,
+                "refused" => tally.refused += 1,
+                _ => tally.failed += 1,
+            }
+            *tally.codes.entry(s.code.clone()).or_default() += 1;
+        }
+        let mut ct = CenterTally {
+            devices: center.len(),
+            ..Default::default()
+        };
+        for r in center {
+            match r.verdict.as_str() {
+                "contract" => ct.contract += 1,
+                "no_contract" => ct.no_contract += 1,
+                "revoked" => ct.revoked += 1,
+                "unknown" => ct.unknown += 1,
+                _ => ct.unverifiable += 1,
+            }
+            if r.report_accepted {
+                ct.reports_accepted += 1;
+            } else {
+                ct.reports_refused += 1;
+            }
+        }
+
+        let checks = checks(scans, center, g, &written, ca_root, devices, stock);
+        Ok(Summary {
+            ok: checks.iter().all(|c| c.ok),
+            dir: dir.display().to_string(),
+            day: day.to_string(),
+            wall_seconds: started.elapsed().as_secs_f64(),
+            scripts: scripts.map(|s| s.display().to_string()),
+            models,
+            totals,
+            scans: tally,
+            center: ct,
+            center_devices: center.to_vec(),
+            checks,
+            ca_ledger: g.ca_counts.clone(),
+            scan_log: scans.to_vec(),
+        })
+    }
+
+    pub fn print(&self) {
+        println!();
+        println!(
+            "certline demo: one factory day ({}), {:.1} s",
+            self.day, self.wall_seconds
+        );
+        println!();
+        println!(
+            "  {:<6} {:>7} {:>7} {:>7} {:>6} {:>9} {:>7} {:>9} {:>8}",
+            "model",
+            "planned",
+            "fetched",
+            "written",
+            "failed",
+            "re-issued",
+            "revoked",
+            "discarded",
+            "in stock"
+        );
+        for r in self.models.iter().chain(std::iter::once(&self.totals)) {
+            if r.model == "total" {
+                println!("  {}", "-".repeat(79));
+            }
+            println!(
+                "  {:<6} {:>7} {:>7} {:>7} {:>6} {:>9} {:>7} {:>9} {:>8}{}",
+                r.model,
+                r.planned,
+                r.fetched,
+                r.written,
+                r.failed,
+                r.reissued,
+                r.revoked,
+                r.discarded,
+                r.in_stock,
+                if r.certificate {
+                    ""
+                } else {
+                    "   (no certificate)"
+                }
+            );
+        }
+        println!();
+        let codes: Vec<String> = self
+            .scans
+            .codes
+            .iter()
+            .filter(|(c, _)| c.as_str() != "written")
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        println!(
+            "  scans      {} ({} OK, {} refused, {} failed): {}",
+            self.scans.total,
+            self.scans.ok,
+            self.scans.refused,
+            self.scans.failed,
+            codes.join(", ")
+        );
+        println!(
+            "  retention  {} written pack(s) flagged (kept for rework), {} deleted (key wiped){}",
+            self.totals.flagged,
+            self.totals.deleted,
+            match &self.scripts {
+                Some(_) => " by retention.lua",
+                None => " by the built-in policy",
+            }
+        );
+        let c = &self.center;
+        println!(
+            "  center     {} device(s) connected: {} contract, {} no contract, {} revoked, {} unknown{}",
+            c.devices,
+            c.contract,
+            c.no_contract,
+            c.revoked,
+            c.unknown,
+            if c.unverifiable > 0 {
+                format!(", {} unverifiable", c.unverifiable)
+            } else {
+                String::new()
+            }
+        );
+        let refused: Vec<String> = self
+            .center_devices
+            .iter()
+            .filter(|r| !r.report_accepted)
+            .map(|r| {
+                if r.reported_as != r.id {
+                    format!("{} claimed to be {} (impersonation)", r.id, r.reported_as)
+                } else {
+                    format!("{} ({})", r.id, r.verdict)
+                }
+            })
+            .collect();
+        println!(
+            "             reports: {} accepted, {} refused: {}",
+            c.reports_accepted,
+            c.reports_refused,
+            refused.join("; ")
+        );
+        println!();
+        println!("  checks");
+        for check in &self.checks {
+            println!(
+                "    {}  {} — {}",
+                if check.ok { "ok  " } else { "FAIL" },
+                check.name,
+                check.detail
+            );
+        }
+        println!();
+        println!("  state left in {}", self.dir);
+        println!("  (ca/, station/, lines/, devices/<id>/flash, center/, logs/; summary.json)");
+    }
+}
+
+fn check(name: &str, problems: Vec<String>, fine: String) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            fine
+        } else {
+            problems.join("; ")
+        },
+    }
+}
+
+fn checks(
+    scans: &[ScanResult],
+    center: &[CenterRow],
+    g: &Gathered,
+    written: &[String],
+    ca_root: &Path,
+    devices: &Path,
+    stock: &serde_json::Value,
+) -> Vec<Check> {
+    let mut out = Vec::new();
+
+    // Every scan ended the way the day's script said it would.
+    let problems: Vec<String> = scans
+        .iter()
+        .filter(|s| s.status != s.expected)
+        .map(|s| {
+            format!(
+                "{} on {}: expected {}, got {} {} ({})",
+                s.scan, s.line, s.expected, s.status, s.code, s.message
+            )
+        })
+        .collect();
+    out.push(check(
+        "every scan ended as expected",
+        problems,
+        format!("{} scans", scans.len()),
+    ));
+
+    // Every written device's flash verifies to the CA's root and names its own id.
+    let root = std::fs::read_to_string(ca_root.join("root.pem")).unwrap_or_default();
+    let root_der = crate::pki::pem_blocks(&root, "CERTIFICATE").unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut flash_fp = BTreeMap::new();
+    for id in written {
+        let flash = devices.join(id).join("flash");
+        let verdict = (|| -> anyhow::Result<String> {
+            let pack = Pack::read_dir(&flash)?;
+            let identity = verify_pack(&pack)?;
+            anyhow::ensure!(
+                identity.id.to_string() == *id,
+                "the flash holds {}",
+                identity.id
+            );
+            let pack_root = crate::pki::pem_blocks(&pack.root_pem, "CERTIFICATE")?;
+            anyhow::ensure!(
+                !root_der.is_empty() && pack_root.first() == root_der.first(),
+                "root.pem in the flash is not the CA's root"
+            );
+            pack.fingerprint()
+        })();
+        match verdict {
+            Ok(fp) => {
+                flash_fp.insert(id.clone(), fp);
+            }
+            Err(e) => problems.push(format!("{id}: {e:#}")),
+        }
+    }
+    out.push(check(
+        "every written device's flash verifies to the root and holds its own id",
+        problems,
+        format!("{} devices", written.len()),
+    ));
+
+    // No id has two valid certificates (the CA's ledger).
+    let problems: Vec<String> = g
+        .ledger
+        .iter()
+        .filter_map(|(id, h)| {
+            let valid = h.iter().filter(|c| c["status"] == "valid").count();
+            (valid > 1).then(|| format!("{id} has {valid} valid certificates"))
+        })
+        .collect();
+    out.push(check(
+        "no id has two valid certificates",
+        problems,
+        format!("{} planned ids in the CA's ledger", g.ledger.len()),
+    ));
+
+    // Stock and ledger agree: the station's live pack is the CA's valid certificate.
+    let mut problems = Vec::new();
+    for (id, history) in &g.ledger {
+        let valid: BTreeSet<&str> = history
+            .iter()
+            .filter(|c| c["status"] == "valid")
+            .filter_map(|c| c["serial"].as_str())
+            .collect();
+        let report = g.station.get(id);
+        let live: BTreeSet<&str> = report
+            .and_then(|r| r["packs"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|p| p["state"].as_str().is_some_and(|s| LIVE.contains(&s)))
+            .filter_map(|p| p["serial"].as_str())
+            .collect();
+        if valid != live {
+            problems.push(format!("{id}: CA valid {valid:?}, station live {live:?}"));
+        }
+        let waiting = report
+            .and_then(|r| r["waiting_for_ca"].as_array())
+            .map(Vec::len)
+            .unwrap_or(0);
+        if waiting > 0 {
+            problems.push(format!("{id}: {waiting} item(s) still wait for the CA"));
+        }
+    }
+    out.push(check(
+        "stock and ledger agree",
+        problems,
+        format!(
+            "{} ids: the station's live pack is the CA's one valid certificate",
+            g.ledger.len()
+        ),
+    ));
+
+    // Each written device holds its id's valid certificate, except the reworked one.
+    let mut problems = Vec::new();
+    for (id, fp) in &flash_fp {
+        let status = g
+            .ledger
+            .get(id)
+            .and_then(|h| h.iter().find(|c| c["fingerprint"] == fp.as_str()))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("not in the ledger");
+        let want = if id == REWORKED { "revoked" } else { "valid" };
+        if status != want {
+            problems.push(format!(
+                "{id}: the flash's certificate is {status}, expected {want}"
+            ));
+        }
+    }
+    out.push(check(
+        "every device holds its id's valid certificate (the reworked one a revoked one)",
+        problems,
+        format!("{} devices", flash_fp.len()),
+    ));
+
+    // Retention: no written pack is left merely "written".
+    let mut problems = Vec::new();
+    for id in written {
+        let packs = g
+            .station
+            .get(id)
+            .and_then(|r| r["packs"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        if packs
+            .iter()
+            .any(|p| p["state"] == "written" || p["state"] == "received")
+        {
+            problems.push(format!("{id}: a written pack was not flagged or deleted"));
+        }
+        for p in &packs {
+            if p["state"] == "deleted" && p["key_held"] == true {
+                problems.push(format!("{id}: a deleted pack still holds its key"));
+            }
+        }
+    }
+    out.push(check(
+        "retention applied to every written pack",
+        problems,
+        "flagged or deleted, keys of deleted packs wiped".into(),
+    ));
+
+    // The discontinued model's leftovers: none in stock, every discarded one revoked.
+    let mut problems = Vec::new();
+    let left = stock_field(stock, DISCONTINUED, "in_stock");
+    if left > 0 {
+        problems.push(format!("{left} {DISCONTINUED} pack(s) still in stock"));
+    }
+    let mut discarded = 0;
+    for (id, report) in &g.station {
+        if model_of(id) != DISCONTINUED {
+            continue;
+        }
+        for p in report["packs"].as_array().into_iter().flatten() {
+            if p["state"] == "discarded" {
+                discarded += 1;
+                let serial = p["serial"].as_str().unwrap_or("");
+                let revoked = g.ledger.get(id).is_some_and(|h| {
+                    h.iter()
+                        .any(|c| c["serial"] == serial && c["status"] == "revoked")
+                });
+                if !revoked {
+                    problems.push(format!(
+                        "{id}: discarded pack {serial} is not revoked at the CA"
+                    ));
+                }
+            }
+        }
+    }
+    if discarded == 0 {
+        problems.push(format!("no {DISCONTINUED} pack was discarded"));
+    }
+    out.push(check(
+        "leftovers of the discontinued model discarded and revoked",
+        problems,
+        format!("{discarded} pack(s) of {DISCONTINUED}"),
+    ));
+
+    // The center told every device what the day should have led to.
+    let mut problems = Vec::new();
+    for r in center {
+        if r.verdict != r.expected {
+            problems.push(format!(
+                "{}: {} ({}), expected {}",
+                r.id, r.verdict, r.reason, r.expected
+            ));
+        }
+        let impersonating = r.reported_as != r.id;
+        let report_ok = if impersonating || r.expected == "revoked" || r.expected == "unknown" {
+            !r.report_accepted
+        } else {
+            r.report_accepted
+        };
+        if !report_ok {
+            problems.push(format!(
+                "{}: report as {} {}",
+                r.id,
+                r.reported_as,
+                if r.report_accepted {
+                    "accepted"
+                } else {
+                    "refused"
+                }
+            ));
+        }
+    }
+    if !center
+        .iter()
+        .any(|r| r.reported_as != r.id && !r.report_accepted)
+    {
+        problems.push("no impersonation attempt was refused".into());
+    }
+    out.push(check(
+        "the center's decisions match the day",
+        problems,
+        format!(
+            "{} devices; the revoked, the stray and the impersonator were refused",
+            center.len()
+        ),
+    ));
+
+    // The audit logs' hash chains.
+    let mut problems = Vec::new();
+    if let Err(e) = &g.ca_audit_intact {
+        problems.push(format!("CA: {e}"));
+    }
+    if g.station_audit.get("error").is_some() || g.station_audit["intact"] == false {
+        problems.push(format!("station: {}", g.station_audit));
+    }
+    out.push(check(
+        "audit logs intact",
+        problems,
+        "CA and station hash chains verify".into(),
+    ));
+    out
+}
