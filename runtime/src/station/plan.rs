@@ -57,82 +57,23 @@ fn field_error(
     anyhow::anyhow!("{}, field {field}: {message}", origin.describe(file))
 }
 
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                current.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut current)),
-            _ => current.push(c),
-        }
-    }
-    fields.push(current);
-    fields.into_iter().map(|f| f.trim().to_string()).collect()
-}
-
 fn parse_csv(file: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_start_matches('\u{feff}')))
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let (header_line, header) = lines.next().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{file}: the plan is empty (expected the header date,model,first_serial,count)"
-        )
-    })?;
-    let columns = split_csv_line(header);
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, column) in columns.iter().enumerate() {
-        let name = column.to_ascii_lowercase();
-        let Some(known) = CSV_COLUMNS.iter().find(|c| **c == name) else {
-            anyhow::bail!(
-                "{file} line {header_line}: unknown column {column:?} (the header is date,model,first_serial,count)"
-            );
-        };
-        if index.insert(known, i).is_some() {
-            anyhow::bail!("{file} line {header_line}: column {column:?} appears twice");
-        }
-    }
-    if let Some(missing) = CSV_COLUMNS.iter().find(|c| !index.contains_key(*c)) {
-        anyhow::bail!(
-            "{file} line {header_line}: missing column {missing:?} (the header is date,model,first_serial,count)"
-        );
-    }
-    let mut rows = Vec::new();
-    for (row, (line, text)) in lines.enumerate() {
-        let origin = Origin {
-            row: row + 1,
-            line: Some(line),
-        };
-        let fields = split_csv_line(text);
-        if fields.len() != columns.len() {
-            anyhow::bail!(
-                "{}: {} fields, but the header has {}",
-                origin.describe(file),
-                fields.len(),
-                columns.len()
-            );
-        }
-        let get = |name: &str| fields[index[name]].clone();
-        rows.push(RawRow {
-            date: get("date"),
-            model: get("model"),
+    let table = crate::table::Table::parse(file, text, &CSV_COLUMNS, &[])?;
+    Ok(table
+        .rows()
+        .map(|row| RawRow {
+            date: row.get("date").to_string(),
+            model: row.get("model").to_string(),
             serials: SerialSpec::Range {
-                first: get("first_serial"),
-                count: get("count"),
+                first: row.get("first_serial").to_string(),
+                count: row.get("count").to_string(),
             },
-            origin,
-        });
-    }
-    Ok(rows)
+            origin: Origin {
+                row: row.row,
+                line: Some(row.line),
+            },
+        })
+        .collect())
 }
 
 fn parse_json(file: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
