@@ -132,3 +132,24 @@ fn runs_a_whole_factory_day_and_refuses_to_run_twice_in_one_dir() {
     );
     assert_eq!(std::fs::read(dir.join("summary.json")).unwrap(), before);
 }
+
+#[test]
+fn refuses_missing_plugins_and_scripts_before_touching_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("day");
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (flag, says) in [
+        ("--plugins", "plugins/build.sh"),
+        ("--scripts", "holds no line.lua and retention.lua"),
+    ] {
+        let out = std::process::Command::new(common::bin())
+            .args(["demo", "--dir", path(&dir), flag, path(&empty)])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(says), "{flag}: {stderr}");
+        assert!(!dir.exists(), "{flag}: the demo created {}", dir.display());
+    }
+}

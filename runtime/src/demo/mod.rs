@@ -504,6 +504,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(10, "summary and invariant checks");
     let gathered = report::gather(&certline, &ca_dir, &st)?;
+    // The CRLs as a file, so the center can be started again on the state
+    // left behind without the CA (see the summary's "try" commands).
+    let crl_file = center_dir.join("crl.pem");
+    certline.run(&[
+        "ca",
+        "crl",
+        "--dir",
+        path(&ca_dir),
+        "--out",
+        path(&crl_file),
+    ])?;
     drop(station);
     drop(ca);
     let summary = report::Summary::build(

@@ -305,6 +305,8 @@ pub struct Summary {
     pub checks: Vec<Check>,
     pub ca_ledger: serde_json::Value,
     pub scan_log: Vec<ScanResult>,
+    /// Commands to talk to the center yourself with a written device's flash.
+    pub try_center: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -451,6 +453,7 @@ impl Summary {
             checks,
             ca_ledger: g.ca_counts.clone(),
             scan_log: scans.to_vec(),
+            try_center: try_center(dir),
         })
     }
 
@@ -561,6 +564,11 @@ impl Summary {
                 check.name,
                 check.detail
             );
+        }
+        println!();
+        println!("  talk to the center yourself with a device's flash:");
+        for line in &self.try_center {
+            println!("    {line}");
         }
         println!();
         println!("  state left in {}", self.dir);
@@ -836,4 +844,19 @@ fn checks(
         "CA and station hash chains verify".into(),
     ));
     out
+}
+
+/// The center started again on the demo's state (CRLs from the file the demo
+/// wrote), and `openssl s_client` speaking as a written device.
+fn try_center(dir: &Path) -> Vec<String> {
+    let d = dir.display();
+    let flash = format!("{d}/devices/3012-000001/flash");
+    vec![
+        format!(
+            "certline center --dir {d}/center --listen 127.0.0.1:8445 --contracts {d}/center/contracts.csv --crl-file {d}/center/crl.pem &"
+        ),
+        format!(
+            "printf 'GET /v1/status HTTP/1.0\\r\\n\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:8445 -CAfile {d}/ca/root.pem -cert {flash}/chain.pem -cert_chain {flash}/chain.pem -key {flash}/key.pem"
+        ),
+    ]
 }
