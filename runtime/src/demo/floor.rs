@@ -70,6 +70,8 @@ pub struct ScanResult {
     pub expected: String,
     pub note: String,
     pub ms: f64,
+    /// The line's workflow when it handled this scan.
+    pub workflow: String,
 }
 
 /// A production line of the demo.
@@ -122,6 +124,10 @@ pub fn run_line(
     link_credential: &Path,
 ) -> anyhow::Result<Vec<ScanResult>> {
     let mut terminal = LineProc::start(certline, &line.config, &line.name)?;
+    progress(&format!(
+        "    {:<7} ready, workflow: {}",
+        line.name, terminal.workflow
+    ));
     let mut results = Vec::new();
     for step in &line.steps {
         let device = match &step.device {
@@ -170,6 +176,7 @@ pub fn run_line(
             expected: step.expect.to_string(),
             note: step.note.to_string(),
             ms: started.elapsed().as_secs_f64() * 1000.0,
+            workflow: terminal.workflow.clone(),
         };
         progress(&format!(
             "    {:<7} {:<16} {:<8} {:<20} {}{}",

@@ -199,6 +199,8 @@ impl Drop for Service {
 /// wedge): the demo types the scans, and reads the operator lines back.
 pub struct LineProc {
     child: Child,
+    /// The workflow the line said it runs (built-in parser or a script).
+    pub workflow: String,
     stdin: Option<ChildStdin>,
     events: Receiver<serde_json::Value>,
 }
@@ -228,13 +230,16 @@ impl LineProc {
             }
         });
         let stdin = child.stdin.take();
-        let line = LineProc {
+        let mut line = LineProc {
             child,
+            workflow: String::new(),
             stdin,
             events,
         };
-        line.event("ready")
+        let ready = line
+            .event("ready")
             .with_context(|| format!("the line did not start; see logs/{log}.log"))?;
+        line.workflow = ready["workflow"].as_str().unwrap_or("?").to_string();
         Ok(line)
     }
 

@@ -297,6 +297,8 @@ pub struct Summary {
     pub wall_seconds: f64,
     /// The example factory's scripts the station and lines were given.
     pub scripts: Option<String>,
+    /// Line name → the workflow it ran (the built-in parser or line.lua).
+    pub line_workflows: BTreeMap<String, String>,
     pub models: Vec<ModelRow>,
     pub totals: ModelRow,
     pub scans: ScanTally,
@@ -445,6 +447,10 @@ impl Summary {
             day: day.to_string(),
             wall_seconds: started.elapsed().as_secs_f64(),
             scripts: scripts.map(|s| s.display().to_string()),
+            line_workflows: scans
+                .iter()
+                .map(|s| (s.line.clone(), s.workflow.clone()))
+                .collect(),
             models,
             totals,
             scans: tally,
@@ -523,6 +529,12 @@ impl Summary {
                 None => " by the built-in policy",
             }
         );
+        let workflows: Vec<String> = self
+            .line_workflows
+            .iter()
+            .map(|(l, w)| format!("{l}: {w}"))
+            .collect();
+        println!("  workflow   {}", workflows.join("; "));
         let c = &self.center;
         println!(
             "  center     {} device(s) connected: {} contract, {} no contract, {} revoked, {} unknown{}",
