@@ -634,6 +634,11 @@ fn replacing_revokes_the_old_certificate_in_the_same_step() {
         (Some("revoked"), Some("superseded"))
     );
 
+    // The replaced certificate is on the CRL served right away, not at the next republication.
+    let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    let (_, entries) = crl_entries(&crl);
+    assert_eq!(entries, vec![(old.clone(), "Superseded".to_string())]);
+
     // Lookup names the live certificate, for a station resuming a fetch.
     let (_, live) = post(
         &server.url,
