@@ -268,3 +268,33 @@ pub fn send(
         Ok((status, bytes.to_vec()))
     })
 }
+
+/// `openssl verify` of a device chain file (device cert, then issuing CA)
+/// against `root`, and its SAN naming `id` as urn:dev:ops:32473-<id>.
+#[track_caller]
+pub fn assert_chain_verifies_for(chain: &Path, root: &Path, id: &str) {
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(root)
+        .arg("-untrusted")
+        .arg(chain)
+        .arg(chain)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(
+        out.status.success(),
+        "openssl verify failed: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(chain)
+        .output()
+        .unwrap();
+    let san = text(&out.stdout);
+    assert!(
+        san.contains(&format!("URI:urn:dev:ops:32473-{id}")),
+        "SAN does not name {id}: {san}"
+    );
+}

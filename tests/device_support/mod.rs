@@ -257,30 +257,5 @@ pub fn assert_flash_holds(flash: &Path, pack: &Path, id: &str) {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600, "key.pem in flash must be owner-only");
-    let root = flash.join("root.pem");
-    let chain = flash.join("chain.pem");
-    let out = Command::new("openssl")
-        .args(["verify", "-CAfile"])
-        .arg(&root)
-        .arg("-untrusted")
-        .arg(&chain)
-        .arg(&chain)
-        .output()
-        .expect("openssl is needed for this test");
-    assert!(
-        out.status.success(),
-        "openssl verify failed: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-        .arg(&chain)
-        .output()
-        .unwrap();
-    let san = text(&out.stdout);
-    assert!(
-        san.contains(&format!("URI:urn:dev:ops:32473-{id}")),
-        "SAN does not name {id}: {san}"
-    );
+    crate::common::assert_chain_verifies_for(&flash.join("chain.pem"), &flash.join("root.pem"), id);
 }

@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -234,30 +234,7 @@ impl Device {
     #[track_caller]
     pub fn assert_holds(&self, root: &Path, id: &str, fingerprint: &str) {
         let chain = self.flash().join("chain.pem");
-        let out = Command::new("openssl")
-            .args(["verify", "-CAfile"])
-            .arg(root)
-            .arg("-untrusted")
-            .arg(&chain)
-            .arg(&chain)
-            .output()
-            .expect("openssl is needed for this test");
-        assert!(
-            out.status.success(),
-            "openssl verify: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        let out = Command::new("openssl")
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(&chain)
-            .output()
-            .unwrap();
-        let san = text(&out.stdout);
-        assert!(
-            san.contains(&format!("URI:urn:dev:ops:32473-{id}")),
-            "SAN does not name {id}: {san}"
-        );
+        crate::common::assert_chain_verifies_for(&chain, root, id);
         let pem = std::fs::read_to_string(&chain).unwrap();
         let der = certline::pki::pem_blocks(&pem, "CERTIFICATE").unwrap();
         assert_eq!(certline::pki::fingerprint(&der[0]), fingerprint);
