@@ -33,6 +33,9 @@ pub enum Command {
     /// A device vendor's tools: check a plugin, try it against a device.
     #[command(subcommand)]
     Plugin(crate::plugin::cli::PluginCommand),
+    /// The factory's Lua scripts: check one, measure what they cost.
+    #[command(subcommand)]
+    Script(crate::script::cli::ScriptCommand),
     /// The factory's station: plans, the day's fetch, the encrypted stock, lines, admin.
     #[command(subcommand)]
     Station(crate::station::cli::StationCommand),
@@ -59,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DeviceSim(args) => crate::device_sim::cli::run(args),
         Command::Line(args) => crate::line::cli::run(args),
         Command::Plugin(cmd) => crate::plugin::cli::run(cmd),
+        Command::Script(cmd) => crate::script::cli::run(cmd),
         Command::Station(cmd) => crate::station::cli::run(cmd),
         Command::Demo(args) => crate::demo::run(args),
         Command::Center(args) => crate::center::cli::run(args),

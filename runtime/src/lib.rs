@@ -16,6 +16,7 @@ pub mod link;
 pub mod pki;
 pub mod plugin;
 pub mod scanner;
+pub mod script;
 pub mod service;
 pub mod station;
 pub mod store;

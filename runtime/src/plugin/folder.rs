@@ -15,8 +15,6 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 
 use super::{Plugin, PluginEngine};
 
@@ -53,7 +51,7 @@ pub struct PluginFolder {
     changed: (Mutex<u64>, Condvar),
     /// Serialises reloads (the watcher thread and `reload`).
     reloading: Mutex<()>,
-    watcher: Mutex<Option<Debouncer<notify::RecommendedWatcher, RecommendedCache>>>,
+    watcher: Mutex<Option<crate::watch::FolderWatch>>,
 }
 
 /// One plugin as listed by [`PluginFolder::status`].
@@ -91,33 +89,19 @@ impl PluginFolder {
     /// Starts watching the folder (non-recursively) and reloading on changes.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<()> {
         let weak = Arc::downgrade(self);
-        let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| {
-            let Some(folder) = weak.upgrade() else { return };
-            let relevant = match result {
-                Ok(events) => events.iter().any(|e| {
-                    // Access events come from our own reads; reacting to them
-                    // would make a reload loop.
-                    matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_))
-                        && e.paths.iter().any(|p| is_plugin_file(p))
-                }),
-                Err(errors) => {
-                    for e in errors {
-                        tracing::warn!(folder = %folder.dir.display(), "watching the plugin folder: {e}");
-                    }
-                    true
-                }
-            };
-            if relevant {
+        let watch = crate::watch::watch_folder(
+            &self.dir,
+            "plugin folder",
+            DEBOUNCE,
+            is_plugin_file,
+            move || {
+                let Some(folder) = weak.upgrade() else { return };
                 if let Err(e) = folder.reload() {
                     tracing::error!(folder = %folder.dir.display(), "plugin reload failed: {e:#}");
                 }
-            }
-        })
-        .context("cannot start watching the plugin folder")?;
-        debouncer
-            .watch(&self.dir, RecursiveMode::NonRecursive)
-            .with_context(|| format!("cannot watch plugin folder {}", self.dir.display()))?;
-        *self.watcher.lock().unwrap() = Some(debouncer);
+            },
+        )?;
+        *self.watcher.lock().unwrap() = Some(watch);
         Ok(())
     }
 

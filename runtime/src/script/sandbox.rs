@@ -1,0 +1,654 @@
+//! One loaded script: a Lua 5.4 state that holds only `string`, `table`,
+//! `math`, `utf8`, the safe part of the base library and a read-only `host`
+//! table, and that runs every call under an instruction budget, a wall-clock
+//! deadline and a memory limit.
+//!
+//! How the budget holds against a script that tries to keep running:
+//! - A global count hook fires every [`HOOK_STEP`] instructions and adds up
+//!   the instructions of the call. Global, so that every Lua thread the state
+//!   creates inherits it.
+//! - Once a call is over its instruction budget or past its deadline (or hit
+//!   the memory limit) the call is *fatal*: the hook is switched to fire on
+//!   every instruction and raises the budget error each time. `pcall` catches
+//!   one raise, but the very next instruction raises again, so the error
+//!   climbs out of every `pcall` until it leaves the script.
+//! - The script's `pcall` and `xpcall` are host wrappers that re-raise a fatal
+//!   error and a memory error instead of returning it, and whatever a fatal
+//!   call returns is discarded: the call fails with the budget error.
+//! - Script code that runs outside a host call (a `__gc` finalizer) is stopped
+//!   at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mlua::chunk::ChunkMode;
+use mlua::debug::Debug as LuaDebug;
+use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
+
+/// The hook runs every this many VM instructions while a call is within budget.
+pub const HOOK_STEP: u32 = 1000;
+
+/// The largest script file accepted.
+pub const MAX_SOURCE_BYTES: usize = 1 << 20;
+
+/// What one script may use.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Limits {
+    /// VM instructions per call (and for running the file at load).
+    pub instructions: u64,
+    /// Wall-clock time per call.
+    pub wall: Duration,
+    /// Bytes the whole Lua state may hold.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            instructions: 2_000_000,
+            wall: Duration::from_millis(250),
+            memory_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A script's failure: the message names the file and, where Lua knows it,
+/// the line (`path:line: what`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ScriptError {
+    pub file: PathBuf,
+    /// The line, when the message carries one.
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+impl ScriptError {
+    pub fn new(file: &Path, message: impl Into<String>) -> ScriptError {
+        let message = message.into();
+        let line = line_of(&message);
+        ScriptError {
+            file: file.to_path_buf(),
+            line,
+            message,
+        }
+    }
+}
+
+/// The line number in a `file:line: message` text.
+fn line_of(message: &str) -> Option<u32> {
+    message
+        .split(':')
+        .skip(1)
+        .find_map(|part| part.trim().parse::<u32>().ok())
+}
+
+#[derive(Default)]
+struct BudgetState {
+    /// A host call is running.
+    active: bool,
+    used: u64,
+    limit: u64,
+    deadline: Option<Instant>,
+    wall: Duration,
+    memory_bytes: usize,
+    /// The hook fires on every instruction.
+    strict: bool,
+    /// Why the running call must end.
+    fatal: Option<String>,
+    /// Where the hook last saw the script (for memory errors, which Lua
+    /// reports without a position).
+    last_seen: Option<(String, usize)>,
+    /// The script's file, when nothing better is known.
+    file: String,
+}
+
+struct Budget {
+    state: Mutex<BudgetState>,
+}
+
+fn location(debug: &LuaDebug) -> Option<(String, usize)> {
+    let line = debug.current_line()?;
+    let src = debug.source().short_src.map(|s| s.to_string())?;
+    Some((src, line))
+}
+
+fn hook(budget: &Arc<Budget>, lua: &Lua, debug: &LuaDebug) -> mlua::Result<VmState> {
+    let mut s = budget.state.lock().unwrap();
+    let here = location(debug);
+    if here.is_some() {
+        s.last_seen.clone_from(&here);
+    }
+    if !s.strict {
+        s.used += u64::from(HOOK_STEP);
+    }
+    if s.fatal.is_none() {
+        let at = match &here {
+            Some((src, line)) => format!("{src}:{line}"),
+            None => s.file.clone(),
+        };
+        if !s.active {
+            s.fatal = Some(format!(
+                "{at}: script code ran outside a host call (a __gc finalizer?) and was stopped"
+            ));
+        } else if s.used > s.limit {
+            s.fatal = Some(format!(
+                "{at}: over the instruction budget of {} instructions per call (an endless loop?)",
+                s.limit
+            ));
+        } else if s.deadline.is_some_and(|d| Instant::now() > d) {
+            s.fatal = Some(format!(
+                "{at}: over the time budget of {} ms per call",
+                s.wall.as_millis()
+            ));
+        }
+    }
+    let Some(message) = s.fatal.clone() else {
+        return Ok(VmState::Continue);
+    };
+    if !s.strict {
+        s.strict = true;
+        drop(s);
+        let again = budget.clone();
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(1),
+            move |lua, debug| hook(&again, lua, debug),
+        )?;
+    }
+    Err(mlua::Error::runtime(message))
+}
+
+/// The sandbox set-up, run once per state before the script: wraps `pcall`
+/// and `xpcall`, removes what a script must not have, protects the string
+/// metatable and builds the read-only `host` table.
+const PRELUDE: &str = r##"
+local host_raw, is_fatal, mark_fatal, log = ...
+local raw_pcall, raw_xpcall, error, next, type, tostring, setmetatable, raw_setmetatable =
+      pcall, xpcall, error, next, type, tostring, setmetatable, setmetatable
+
+local function pass(ok, ...)
+  if not ok then
+    local e = ...
+    if e == "not enough memory" then
+      mark_fatal()
+      error(e, 0)
+    end
+    if is_fatal() then error(e, 0) end
+  end
+  return ok, ...
+end
+pcall = function(f, ...) return pass(raw_pcall(f, ...)) end
+xpcall = function(f, h, ...) return pass(raw_xpcall(f, h, ...)) end
+
+-- A finalizer would run whenever the collector gets to it, outside any host
+-- call (even while the state closes): no __gc for scripts. Lua marks an
+-- object for finalization only if its metatable has __gc when set.
+local rawget = rawget
+_ENV.setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not available to scripts", 2)
+  end
+  local ok, r = raw_pcall(raw_setmetatable, t, mt)
+  if not ok then
+    if r == "not enough memory" then mark_fatal() end
+    error(r, 2)
+  end
+  return r
+end
+
+dofile, loadfile, load, require, collectgarbage, rawset, warn, module =
+  nil, nil, nil, nil, nil, nil, nil, nil
+string.dump = nil
+print = function(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[#parts + 1] = tostring((select(i, ...))) end
+  log("info", table.concat(parts, "\t"))
+end
+getmetatable("").__metatable = "the string metatable is read-only"
+
+local function freeze(t)
+  for k, v in next, t do
+    if type(v) == "table" then t[k] = freeze(v) end
+  end
+  local proxy = {}
+  setmetatable(proxy, {
+    __index = t,
+    __newindex = function(_, k)
+      error("the host API is read-only (cannot set " .. tostring(k) .. ")", 2)
+    end,
+    __pairs = function()
+      local k
+      return function()
+        local v
+        k, v = next(t, k)
+        return k, v
+      end
+    end,
+    __len = function() return #t end,
+    __metatable = "the host API is read-only",
+  })
+  return proxy
+end
+host = freeze(host_raw)
+"##;
+
+/// What the host hands a script besides the built-in helpers: the role's
+/// name and data (turned into read-only Lua tables).
+#[derive(Debug, Clone, Default)]
+pub struct HostApi {
+    /// "line", "retention", ...: shown in logs.
+    pub role: String,
+    /// Extra fields of `host` (objects become tables, arrays sequences).
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One loaded script.
+pub struct Script {
+    lua: Lua,
+    budget: Arc<Budget>,
+    path: PathBuf,
+    limits: Limits,
+    sha256: String,
+    /// One call at a time (the budget is per call).
+    calls: Mutex<()>,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Script")
+            .field("path", &self.path)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+pub fn json_to_lua(lua: &Lua, value: &serde_json::Value) -> mlua::Result<Value> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::Null => Value::Nil,
+        J::Bool(b) => Value::Boolean(*b),
+        J::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::String(lua.create_string(s)?),
+        J::Array(items) => {
+            let t = lua.create_table()?;
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, json_to_lua(lua, item)?)?;
+            }
+            Value::Table(t)
+        }
+        J::Object(map) => {
+            let t = lua.create_table()?;
+            for (k, v) in map {
+                t.raw_set(k.as_str(), json_to_lua(lua, v)?)?;
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+fn date_table(lua: &Lua, t: i64) -> mlua::Result<Table> {
+    let at = time::OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|e| mlua::Error::runtime(format!("host.date: {t} is not a time ({e})")))?;
+    let table = lua.create_table()?;
+    table.raw_set("year", at.year())?;
+    table.raw_set("month", u8::from(at.month()))?;
+    table.raw_set("day", at.day())?;
+    table.raw_set("hour", at.hour())?;
+    table.raw_set("min", at.minute())?;
+    table.raw_set("sec", at.second())?;
+    // ISO weekday: 1 = Monday.
+    table.raw_set("wday", at.weekday().number_from_monday())?;
+    table.raw_set("yday", at.ordinal())?;
+    Ok(table)
+}
+
+fn iso(t: i64) -> mlua::Result<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp(t)
+        .map_err(|e| mlua::Error::runtime(format!("host.iso: {t} is not a time ({e})")))?;
+    at.format(&time::format_description::well_known::Rfc3339)
+        .map_err(mlua::Error::runtime)
+}
+
+impl Script {
+    /// Loads `source` (the content of `path`) into a fresh sandbox and runs
+    /// its top level under the budget. Refuses binary chunks.
+    pub fn load(
+        path: &Path,
+        source: &[u8],
+        host: &HostApi,
+        limits: Limits,
+    ) -> Result<Script, ScriptError> {
+        let shown = path.display().to_string();
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(ScriptError::new(
+                path,
+                format!(
+                    "{shown}: {} bytes is more than the {MAX_SOURCE_BYTES} a script may have",
+                    source.len()
+                ),
+            ));
+        }
+        if source.starts_with(b"\x1bLua") {
+            return Err(ScriptError::new(
+                path,
+                format!(
+                    "{shown}:1: a precompiled (binary) Lua chunk; only Lua source text is accepted"
+                ),
+            ));
+        }
+        let fail = |e: mlua::Error| {
+            ScriptError::new(
+                path,
+                format!("{shown}: cannot set up the script sandbox: {e}"),
+            )
+        };
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8,
+            LuaOptions::default(),
+        )
+        .map_err(fail)?;
+        let budget = Arc::new(Budget {
+            state: Mutex::new(BudgetState {
+                wall: limits.wall,
+                memory_bytes: limits.memory_bytes,
+                limit: limits.instructions,
+                file: shown.clone(),
+                ..Default::default()
+            }),
+        });
+        let script = Script {
+            lua,
+            budget,
+            path: path.to_path_buf(),
+            limits,
+            sha256: crate::pki::fingerprint(source),
+            calls: Mutex::new(()),
+        };
+        script.prepare(host).map_err(fail)?;
+        script.install_hook().map_err(fail)?;
+        script
+            .lua
+            .set_memory_limit(limits.memory_bytes)
+            .map_err(fail)?;
+
+        let chunk = script
+            .lua
+            .load(source)
+            .set_name(format!("@{shown}"))
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| script.error(e, "loading"))?;
+        script.run("running the file", |_| chunk.call::<()>(()))?;
+        Ok(script)
+    }
+
+    fn prepare(&self, host: &HostApi) -> mlua::Result<()> {
+        let lua = &self.lua;
+        let raw = lua.create_table()?;
+        for (k, v) in &host.data {
+            raw.raw_set(k.as_str(), json_to_lua(lua, v)?)?;
+        }
+        let file = self.path.display().to_string();
+        let role = host.role.clone();
+        raw.raw_set("script", file.clone())?;
+        raw.raw_set("role", role.clone())?;
+        raw.raw_set("DAY", 86_400)?;
+        raw.raw_set("HOUR", 3_600)?;
+        raw.raw_set(
+            "now",
+            lua.create_function(|_, ()| Ok(time::OffsetDateTime::now_utc().unix_timestamp()))?,
+        )?;
+        raw.raw_set(
+            "date",
+            lua.create_function(|lua, t: Option<i64>| {
+                date_table(
+                    lua,
+                    t.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp()),
+                )
+            })?,
+        )?;
+        raw.raw_set(
+            "iso",
+            lua.create_function(|_, t: Option<i64>| {
+                iso(t.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp()))
+            })?,
+        )?;
+        let log_file = file.clone();
+        let log_role = role.clone();
+        let log = lua.create_function(move |_, (level, message): (String, String)| {
+            match level.as_str() {
+                "warn" => tracing::warn!(script = %log_file, role = %log_role, "{message}"),
+                "error" => tracing::error!(script = %log_file, role = %log_role, "{message}"),
+                _ => tracing::info!(script = %log_file, role = %log_role, "{message}"),
+            }
+            Ok(())
+        })?;
+        raw.raw_set("log", {
+            let log = log.clone();
+            lua.create_function(move |_, message: String| log.call::<()>(("info", message)))?
+        })?;
+        raw.raw_set("warn", {
+            let log = log.clone();
+            lua.create_function(move |_, message: String| log.call::<()>(("warn", message)))?
+        })?;
+
+        let budget = self.budget.clone();
+        let is_fatal =
+            lua.create_function(move |_, ()| Ok(budget.state.lock().unwrap().fatal.is_some()))?;
+        let budget = self.budget.clone();
+        let mark_fatal = lua.create_function(move |lua, ()| {
+            // Where the script called pcall: the first frame up the stack
+            // that is the script's own.
+            let caller = (1..32).find_map(|level| {
+                lua.inspect_stack(level, location)
+                    .flatten()
+                    .filter(|(src, _)| src != "sandbox")
+            });
+            let mut s = budget.state.lock().unwrap();
+            if s.fatal.is_none() {
+                let at = match caller.as_ref().or(s.last_seen.as_ref()) {
+                    Some((src, line)) => format!("{src}:{line}"),
+                    None => s.file.clone(),
+                };
+                s.fatal = Some(memory_message(&at, s.memory_bytes));
+            }
+            Ok(())
+        })?;
+        lua.load(PRELUDE)
+            .set_name("=sandbox")
+            .set_mode(ChunkMode::Text)
+            .call::<()>((raw, is_fatal, mark_fatal, log))?;
+        Ok(())
+    }
+
+    fn install_hook(&self) -> mlua::Result<()> {
+        let budget = self.budget.clone();
+        self.lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_STEP),
+            move |lua, debug| hook(&budget, lua, debug),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Bytes the state holds now.
+    pub fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+
+    /// The global function `name`, if the script defines one.
+    pub fn function(&self, name: &str) -> Option<Function> {
+        match self.lua.globals().raw_get::<Value>(name) {
+            Ok(Value::Function(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// A global value of the script (raw, no metamethods run).
+    pub fn global(&self, name: &str) -> Value {
+        self.lua
+            .globals()
+            .raw_get::<Value>(name)
+            .unwrap_or(Value::Nil)
+    }
+
+    /// "file:line" where the global function `name` is defined.
+    pub fn where_defined(&self, name: &str) -> String {
+        let shown = self.path.display();
+        match self.function(name).and_then(|f| f.info().line_defined) {
+            Some(line) => format!("{shown}:{line}"),
+            None => shown.to_string(),
+        }
+    }
+
+    /// Calls the script's global function `name` under the budget: `args`
+    /// builds the arguments and `read` turns the results into what the host
+    /// wants (a message on a wrong type, which is reported with the place the
+    /// function is defined).
+    pub fn call<R>(
+        &self,
+        name: &str,
+        args: impl FnOnce(&Lua) -> mlua::Result<MultiValue>,
+        read: impl FnOnce(MultiValue) -> Result<R, String>,
+    ) -> Result<R, ScriptError> {
+        let Some(f) = self.function(name) else {
+            return Err(ScriptError::new(
+                &self.path,
+                format!(
+                    "{}: the script defines no function {name}",
+                    self.path.display()
+                ),
+            ));
+        };
+        let results = self.run(name, |lua| {
+            let args = args(lua)?;
+            f.call::<MultiValue>(args)
+        })?;
+        read(results).map_err(|why| {
+            ScriptError::new(
+                &self.path,
+                format!("{}: function {name} {why}", self.where_defined(name)),
+            )
+        })
+    }
+
+    /// Runs `body` with the budget armed.
+    fn run<T>(
+        &self,
+        what: &str,
+        body: impl FnOnce(&Lua) -> mlua::Result<T>,
+    ) -> Result<T, ScriptError> {
+        let _one = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let was_strict = {
+            let mut s = self.budget.state.lock().unwrap();
+            let was_strict = s.strict;
+            s.active = true;
+            s.used = 0;
+            s.fatal = None;
+            s.strict = false;
+            s.last_seen = None;
+            s.deadline = Some(Instant::now() + self.limits.wall);
+            was_strict
+        };
+        if was_strict {
+            if let Err(e) = self.install_hook() {
+                self.disarm();
+                return Err(self.error(e, what));
+            }
+        }
+        let result = body(&self.lua);
+        let fatal = self.disarm();
+        match (result, fatal) {
+            (_, Some(message)) => Err(ScriptError::new(&self.path, message)),
+            (Ok(v), None) => Ok(v),
+            (Err(e), None) => Err(self.error(e, what)),
+        }
+    }
+
+    fn disarm(&self) -> Option<String> {
+        let mut s = self.budget.state.lock().unwrap();
+        s.active = false;
+        s.deadline = None;
+        s.fatal.take()
+    }
+
+    /// Turns an mlua error into a message with the file and, where known, the line.
+    fn error(&self, e: mlua::Error, what: &str) -> ScriptError {
+        let shown = self.path.display().to_string();
+        let message = describe(&e);
+        let message = if message.starts_with(&shown) || message.contains(".lua:") {
+            message
+        } else if matches!(root(&e), mlua::Error::MemoryError(_)) {
+            let at = self
+                .budget
+                .state
+                .lock()
+                .unwrap()
+                .last_seen
+                .as_ref()
+                .map(|(src, line)| format!("{src}:{line}"))
+                .unwrap_or_else(|| shown.clone());
+            memory_message(&at, self.limits.memory_bytes)
+        } else {
+            format!("{shown}: {what}: {message}")
+        };
+        ScriptError::new(&self.path, message)
+    }
+}
+
+fn memory_message(at: &str, limit: usize) -> String {
+    format!(
+        "{at}: over the memory limit of {} KiB for this script (near this line)",
+        limit / 1024
+    )
+}
+
+fn root(e: &mlua::Error) -> &mlua::Error {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => root(cause),
+        mlua::Error::WithContext { cause, .. } => root(cause),
+        other => other,
+    }
+}
+
+/// The message of an mlua error without its Rust-side decoration (and
+/// without the traceback: the operator reads the first line).
+fn describe(e: &mlua::Error) -> String {
+    let text = describe_all(e);
+    match text.split_once("\nstack traceback:") {
+        Some((head, _)) => head.to_string(),
+        None => text,
+    }
+}
+
+fn describe_all(e: &mlua::Error) -> String {
+    match root(e) {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::FromLuaConversionError { from, to, message } => match message {
+            Some(m) => format!("a {from} where a {to} was expected ({m})"),
+            None => format!("a {from} where a {to} was expected"),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Lua's name for the type of a value.
+pub fn type_name(v: &Value) -> &'static str {
+    v.type_name()
+}
