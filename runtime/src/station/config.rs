@@ -80,6 +80,10 @@ pub struct RetentionConfig {
     /// Flagged packs older than this many days are deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delete_flagged_after_days: Option<u32>,
+    /// A Lua retention policy (see scripts/README.md) that decides instead of
+    /// the fields above; relative to the station folder; hot-reloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

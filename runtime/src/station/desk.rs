@@ -128,7 +128,13 @@ impl Station {
             None => (None, None),
         };
         let stock = super::dir::open_stock(dir)?;
-        let policy = Box::new(BuiltinPolicy::new(config.retention.clone()));
+        let policy: Box<dyn RetentionPolicy> = match &config.retention.script {
+            Some(script) => Box::new(super::retention::ScriptedPolicy::open(
+                &dir.join(script),
+                &config,
+            )?),
+            None => Box::new(BuiltinPolicy::new(config.retention.clone())),
+        };
         Ok(Opened {
             station: Station {
                 config,

@@ -4,6 +4,8 @@
 //! its place without the station changing.
 
 use super::config::{RetentionAction, RetentionConfig};
+use crate::script::retention::{PackFacts, RetentionScript, Verdict};
+use crate::script::{Limits, ScriptFile};
 
 /// What the policy sees of a written pack.
 #[derive(Debug, Clone)]
@@ -73,6 +75,71 @@ impl RetentionPolicy for BuiltinPolicy {
         Ok(match action {
             RetentionAction::Flag => Decision::Flag,
             RetentionAction::Delete => Decision::Delete,
+        })
+    }
+}
+
+/// The policy from a Lua script (`[retention] script` in station.toml),
+/// reloaded when the file changes; an edit that does not load keeps the
+/// previous version deciding.
+pub struct ScriptedPolicy {
+    file: std::sync::Arc<ScriptFile<RetentionScript>>,
+}
+
+impl ScriptedPolicy {
+    /// Loads the script (refusing to start with one that does not load) and
+    /// watches it.
+    pub fn open(
+        path: &std::path::Path,
+        config: &super::config::StationConfig,
+    ) -> anyhow::Result<Self> {
+        let models = serde_json::to_value(&config.models)?;
+        let file = ScriptFile::open(path, move |path, source| {
+            RetentionScript::load(path, source, models.clone(), Limits::default())
+        })
+        .map_err(|e| anyhow::anyhow!("retention script refused: {e}"))?;
+        if let Err(e) = file.watch() {
+            tracing::warn!(
+                "retention script {} will not reload on changes: {e:#}",
+                path.display()
+            );
+        }
+        Ok(ScriptedPolicy { file })
+    }
+
+    pub fn file(&self) -> &ScriptFile<RetentionScript> {
+        &self.file
+    }
+}
+
+impl RetentionPolicy for ScriptedPolicy {
+    fn name(&self) -> String {
+        format!(
+            "script {} (version {})",
+            self.file.path().display(),
+            self.file.version()
+        )
+    }
+
+    fn decide(&self, pack: &WrittenPack<'_>) -> anyhow::Result<Decision> {
+        let facts = PackFacts {
+            id: pack.id.to_string(),
+            model: pack.model.to_string(),
+            serial: pack
+                .id
+                .split_once('-')
+                .map_or(pack.id, |(_, serial)| serial)
+                .to_string(),
+            cert_serial: pack.serial.to_string(),
+            line: pack.line.to_string(),
+            written_at: pack.written_at,
+            age_secs: pack.age_secs,
+            flagged: pack.flagged,
+        };
+        Ok(match self.file.current().decide(&facts)? {
+            Verdict::Flag => Decision::Flag,
+            Verdict::Delete => Decision::Delete,
+            Verdict::Keep => Decision::Keep,
         })
     }
 }
