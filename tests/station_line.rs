@@ -342,3 +342,45 @@ fn a_swapped_key_row_is_quarantined_and_never_handed_out() {
     line.provision("3012-000003");
     factory.assert_agree(&ids("3012", 1, 3, 6));
 }
+
+#[test]
+fn a_line_whose_credential_the_ca_revoked_takes_no_more_packs() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    let station = factory.serve_with(&[], &["--crl-refresh", "1"]);
+    let good = factory.line("line-1", &station);
+    let stolen = factory.line("line-2", &station);
+    stolen.take("3012-000001").unwrap();
+
+    // The CA revokes line-2's credential (a terminal was stolen, say).
+    let cred = factory.ca.file("line-line-2.pem");
+    let leaf = common::pem_file(&cred, "CERTIFICATE").remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let serial = hex::encode(parsed.raw_serial());
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        factory.ca.dir(),
+        "--serial",
+        &serial,
+        "--reason",
+        "key-compromise",
+    ]);
+
+    // The station learns it from the CA's CRL at its next refresh; until then
+    // the line's report on its pack is merely wrong, afterwards it is forbidden.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while code(stolen.received("3012-000001", "00")) != "forbidden" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the station never refused the revoked line"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(code(stolen.take("3012-000002")), "forbidden");
+    // Other lines go on.
+    good.take("3012-000002").unwrap();
+    assert_eq!(factory.states("3012-000003"), vec!["stocked".to_string()]);
+}

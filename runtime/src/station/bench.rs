@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use super::config::day_text;
 use super::desk::Station;
@@ -253,10 +252,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{lines} line clients: take + written for {count} ids..."
     ));
     let tls = server_config(&station_cred, ClientAuth::Optional)?;
-    let state = ServeState {
-        shared: shared.clone(),
-        wake: Arc::new(Notify::new()),
-    };
+    let state = ServeState::new(shared.clone());
     let next = Arc::new(AtomicUsize::new(0));
     let elapsed = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

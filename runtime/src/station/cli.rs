@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use tokio::sync::Notify;
 
 use super::config::{day_text, parse_day, RetentionAction};
 use super::desk::{Station, StationError};
@@ -152,6 +151,10 @@ pub struct ServeArgs {
     /// Another CA URL than station.toml's.
     #[arg(long)]
     pub ca: Option<String>,
+    /// Seconds between fetches of the CA's CRL (lines whose credential it
+    /// lists are refused).
+    #[arg(long, default_value_t = 60)]
+    pub crl_refresh: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -466,10 +469,8 @@ fn serve_station(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| station.config.ca_url.clone());
     let ca = Arc::new(CaLink::new(&ca_url, &credential)?);
     let tls = server_config(&credential, ClientAuth::Optional)?;
-    let state = ServeState {
-        shared: Arc::new(Mutex::new(station)),
-        wake: Arc::new(Notify::new()),
-    };
+    let mut state = ServeState::new(Arc::new(Mutex::new(station)));
+    state.crl_refresh = Duration::from_secs(args.crl_refresh.max(1));
     let dir = args.dir.dir.clone();
     runtime()?.block_on(async move {
         let listener = bind(&listen, "station").await?;

@@ -59,6 +59,18 @@ impl CaLink {
         })
     }
 
+    /// The serials (hex) the CA's current CRL lists.
+    pub async fn revoked_serials(&self) -> anyhow::Result<std::collections::HashSet<String>> {
+        let der = self.client.get_bytes(crate::wire::ca::CRL).await?;
+        let (_, crl) = x509_parser::parse_x509_crl(&der)
+            .map_err(|e| anyhow::anyhow!("the CA's CRL does not parse: {e}"))?;
+        let serials = crl
+            .iter_revoked_certificates()
+            .map(|r| hex::encode(r.raw_serial()))
+            .collect();
+        Ok(serials)
+    }
+
     pub fn url(&self) -> &str {
         self.client.base()
     }

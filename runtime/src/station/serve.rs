@@ -5,8 +5,9 @@
 //! Line endpoints take a line credential (mTLS); admin endpoints take a
 //! session token from the admin login, with or without a client certificate.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Extension, RawQuery, State};
@@ -30,9 +31,36 @@ pub struct ServeState {
     pub shared: Shared,
     /// Wakes the background loop (a failure queued CA work, say).
     pub wake: Arc<Notify>,
+    /// Serials (hex) the CA's CRL lists, refreshed by the background loop: a
+    /// line whose credential was revoked may take no more packs.
+    pub revoked: Arc<RwLock<HashSet<String>>>,
+    /// How often the background loop fetches the CA's CRL.
+    pub crl_refresh: Duration,
 }
 
 impl ServeState {
+    pub fn new(shared: Shared) -> ServeState {
+        ServeState {
+            shared,
+            wake: Arc::new(Notify::new()),
+            revoked: Arc::new(RwLock::new(HashSet::new())),
+            crl_refresh: Duration::from_secs(60),
+        }
+    }
+
+    /// The name of the line on the other end, refused unless it presents a
+    /// line credential that the CA has not revoked.
+    fn line_of(&self, peer: &Peer) -> Result<String, ApiError> {
+        let name = peer.require(&[Role::Line])?.to_string();
+        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if peer.serial.as_ref().is_some_and(|s| revoked.contains(s)) {
+            return Err(ApiError::forbidden(format!(
+                "the credential of line {name} has been revoked by the CA"
+            )));
+        }
+        Ok(name)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Station) -> Result<T, StationError> + Send + 'static,
@@ -87,16 +115,12 @@ pub fn router(state: ServeState) -> Router {
         .with_state(state)
 }
 
-fn line_of(peer: &Peer) -> Result<String, ApiError> {
-    Ok(peer.require(&[Role::Line])?.to_string())
-}
-
 async fn take(
     State(state): State<ServeState>,
     Extension(peer): Extension<Peer>,
     JsonBody(request): JsonBody<TakeRequest>,
 ) -> Result<Json<TakeResponse>, ApiError> {
-    let line = line_of(&peer)?;
+    let line = state.line_of(&peer)?;
     let result = state.run(move |s| s.take(&line, &request.id)).await;
     if matches!(&result, Err(e) if e.code == codes::QUARANTINED) {
         state.wake.notify_one();
@@ -109,7 +133,7 @@ async fn received(
     Extension(peer): Extension<Peer>,
     JsonBody(r): JsonBody<ReceivedRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let line = line_of(&peer)?;
+    let line = state.line_of(&peer)?;
     Ok(Json(
         state
             .run(move |s| s.received(&line, &r.id, &r.serial))
@@ -122,7 +146,7 @@ async fn written(
     Extension(peer): Extension<Peer>,
     JsonBody(r): JsonBody<WrittenRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let line = line_of(&peer)?;
+    let line = state.line_of(&peer)?;
     Ok(Json(
         state
             .run(move |s| s.written(&line, &r.id, &r.serial, &r.fingerprint))
@@ -135,7 +159,7 @@ async fn failed(
     Extension(peer): Extension<Peer>,
     JsonBody(r): JsonBody<FailedRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
-    let line = line_of(&peer)?;
+    let line = state.line_of(&peer)?;
     let response = state
         .run(move |s| s.failed(&line, &r.id, &r.serial, &r.reason))
         .await?;
@@ -326,6 +350,8 @@ pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
     let mut last_retention = Instant::now();
     let mut last_drop: Option<Instant> = None;
     let mut last_scheduled: Option<time::Date> = None;
+    let mut scheduled_retry: Option<Instant> = None;
+    let mut last_crl: Option<Instant> = None;
     loop {
         tokio::select! {
             () = state.wake.notified() => {}
@@ -351,6 +377,15 @@ pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
             let dir = dir.clone();
             if let Err(e) = blocking(&state.shared, move |s| drop_folder(s, &dir)).await {
                 tracing::error!("plan drop folder: {e:#}");
+            }
+        }
+        if last_crl.is_none_or(|at| at.elapsed() >= state.crl_refresh) {
+            last_crl = Some(Instant::now());
+            match ca.revoked_serials().await {
+                Ok(serials) => *state.revoked.write().unwrap_or_else(|p| p.into_inner()) = serials,
+                Err(e) => {
+                    tracing::warn!("cannot refresh the CA's CRL (keeping the last one): {e:#}")
+                }
             }
         }
         if last_retention.elapsed() >= Duration::from_secs(60) {
@@ -379,7 +414,9 @@ pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
         .ok()
         .flatten();
         if let Some((today, days)) = due {
-            if last_scheduled != Some(today) {
+            if last_scheduled != Some(today)
+                && scheduled_retry.is_none_or(|at| Instant::now() >= at)
+            {
                 last_scheduled = Some(today);
                 match super::dir::lock_fetch(&dir) {
                     Ok(_lock) => {
@@ -392,9 +429,10 @@ pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
                                 tracing::error!(
                                     "scheduled fetch failed (retried in 10 minutes): {e:#}"
                                 );
-                                // Try again later today.
+                                // Try again later today, without holding up
+                                // timeouts and the CA queue meanwhile.
                                 last_scheduled = None;
-                                tokio::time::sleep(Duration::from_secs(600)).await;
+                                scheduled_retry = Some(Instant::now() + Duration::from_secs(600));
                             }
                         }
                     }
