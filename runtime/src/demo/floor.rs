@@ -24,6 +24,10 @@ pub enum Cable {
 }
 
 /// One scan on a line: what is on the cable, what is typed, what should happen.
+/// The code a line reports when its workflow waits for the operator's
+/// confirming rescan.
+const CONFIRM: &str = "confirm";
+
 pub struct Step {
     pub scan: String,
     /// The device on the cable (id, simulator fault flags), if any.
@@ -154,15 +158,25 @@ pub fn run_line(
         };
         let started = Instant::now();
         let mut v = terminal.scan(&step.scan)?;
-        // A failed write is replaced by the station; if the replacement is not
-        // in stock yet, the operator scans again a moment later.
         let mut tries = 0;
-        while v["status"] == "refused"
-            && v["code"] == crate::wire::station::codes::REPLACEMENT_PENDING
-            && tries < 40
-        {
-            std::thread::sleep(Duration::from_millis(250));
+        while v["status"] == "refused" && tries < 40 {
             tries += 1;
+            if v["code"] == CONFIRM {
+                // line.lua asks the operator to check the device first (meters
+                // in service mode); the operator confirms by scanning again.
+                progress(&format!(
+                    "    {:<7} {:<16} operator confirms: {}",
+                    line.name,
+                    step.scan,
+                    v["message"].as_str().unwrap_or("")
+                ));
+            } else if v["code"] == crate::wire::station::codes::REPLACEMENT_PENDING {
+                // A failed write is replaced by the station; if the replacement
+                // is not in stock yet, the operator scans again a moment later.
+                std::thread::sleep(Duration::from_millis(250));
+            } else {
+                break;
+            }
             v = terminal.scan(&step.scan)?;
         }
         drop(device);

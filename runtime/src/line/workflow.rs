@@ -127,15 +127,132 @@ impl Workflow for PlateWorkflow {
     }
 }
 
-/// The workflow a configuration asks for. Today that is always the built-in
-/// one; the scripting issue returns the factory's Lua workflow from here when
-/// `[scripts] dir` is set.
+/// The workflow a configuration asks for: the factory's Lua workflow
+/// (`line.lua` in `[scripts] dir`, hot-reloaded) when a script folder is
+/// set, the built-in one otherwise.
 pub fn from_config(config: &LineConfig) -> anyhow::Result<Box<dyn Workflow>> {
-    if let Some(dir) = &config.script_dir {
-        tracing::info!(
-            scripts = %dir.display(),
-            "script folder configured; this build runs the built-in MODEL-SERIAL workflow"
-        );
+    match &config.script_dir {
+        Some(dir) => Ok(Box::new(LuaWorkflow::open(dir, &config.name)?)),
+        None => Ok(Box::new(PlateWorkflow)),
     }
-    Ok(Box::new(PlateWorkflow))
+}
+
+/// How long a confirmation (the same code scanned again) is waited for.
+const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The factory's workflow from `line.lua` (see scripts/README.md). A
+/// `confirm` step is answered by scanning the same code again.
+pub struct LuaWorkflow {
+    file: std::sync::Arc<crate::script::ScriptFile<crate::script::line::LineScript>>,
+    /// A scan waiting for its confirming rescan.
+    pending: Option<(String, std::time::Instant)>,
+    /// The refusal already shown to the operator.
+    shown_refusal: Option<String>,
+}
+
+impl LuaWorkflow {
+    pub fn open(dir: &std::path::Path, line: &str) -> anyhow::Result<LuaWorkflow> {
+        let file = crate::script::line::open_folder(dir, line, crate::script::Limits::default())
+            .map_err(|e| anyhow::anyhow!("line script refused: {e}"))?;
+        file.watch()?;
+        Ok(LuaWorkflow {
+            file,
+            pending: None,
+            shown_refusal: None,
+        })
+    }
+}
+
+impl Workflow for LuaWorkflow {
+    fn name(&self) -> String {
+        format!(
+            "script {} (version {})",
+            self.file.path().display(),
+            self.file.version()
+        )
+    }
+
+    fn on_scan(&mut self, scan: &str, host: &mut dyn LineHost) -> Report {
+        use crate::script::line::{ParseOutcome, Step};
+        // A refused edit is shown once, with the next scan.
+        let mut note = String::new();
+        if let Some(r) = self.file.refused() {
+            if self.shown_refusal.as_deref() != Some(r.message.as_str()) {
+                note = format!(
+                    " [line.lua edit refused, previous version running: {}]",
+                    r.message
+                );
+                self.shown_refusal = Some(r.message);
+            }
+        }
+        let with_note = |mut report: Report| {
+            report.message.push_str(&note);
+            report
+        };
+        let (outcome, steps) =
+            match self.file.current().on_scan(scan) {
+                Ok(v) => v,
+                Err(e) => return with_note(host.refuse(
+                    scan,
+                    "script_error",
+                    format!("the line script failed on this scan: {}", e.message),
+                    "set the device aside and tell the line engineer; the next scan runs normally",
+                )),
+            };
+        let parsed = match outcome {
+            ParseOutcome::Device(p) => p,
+            ParseOutcome::NotADevice(why) => {
+                return with_note(host.refuse(
+                    scan,
+                    "malformed_barcode",
+                    why,
+                    "scan the barcode on the device's rating plate again",
+                ))
+            }
+        };
+        let confirmed = self
+            .pending
+            .take()
+            .is_some_and(|(s, at)| s == scan && at.elapsed() < CONFIRM_WITHIN);
+        let mut messages = Vec::new();
+        for step in steps {
+            match step {
+                Step::Message { text } => messages.push(text),
+                Step::Confirm { prompt } if !confirmed => {
+                    self.pending = Some((scan.to_string(), std::time::Instant::now()));
+                    return with_note(host.refuse(
+                        scan,
+                        "confirm",
+                        format!(
+                                "{prompt}{}",
+                                messages
+                                    .iter()
+                                    .map(|m| format!(" ({m})"))
+                                    .collect::<String>()
+                            ),
+                        "scan the same code again to confirm",
+                    ));
+                }
+                Step::Confirm { .. } => {}
+                Step::Refuse {
+                    code,
+                    message,
+                    next,
+                } => return with_note(host.refuse(scan, &code, message, &next)),
+                Step::Provision => {
+                    let mut report = host.provision(scan, &parsed.id);
+                    for m in &messages {
+                        report.message.push_str(&format!(" ({m})"));
+                    }
+                    return with_note(report);
+                }
+            }
+        }
+        with_note(host.refuse(
+            scan,
+            "script_error",
+            "the line script gave no provision or refuse step".into(),
+            "tell the line engineer",
+        ))
+    }
 }
