@@ -298,3 +298,21 @@ pub fn assert_chain_verifies_for(chain: &Path, root: &Path, id: &str) {
         "SAN does not name {id}: {san}"
     );
 }
+
+/// A component built from plugins/ (`plugins/build.sh` builds them).
+pub fn wasm(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first with plugins/build.sh",
+        path.display()
+    );
+    path
+}
+
+pub const IMAGING: &str = "certline_plugin_imaging";
+pub const METER: &str = "certline_plugin_meter";
+pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
+pub const DUP_MODEL: &str = "certline_test_plugin_dup_model";

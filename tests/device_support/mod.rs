@@ -33,23 +33,8 @@ pub fn ok(cmd: &mut Command) -> String {
     text(&out.stdout)
 }
 
-/// A component built from plugins/ (see the README for the build command).
-pub fn wasm(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugins first with\n  rustup target add wasm32-wasip2\n  (cd plugins && cargo build --release --target wasm32-wasip2)",
-        path.display()
-    );
-    path
-}
-
-pub const IMAGING: &str = "certline_plugin_imaging";
-pub const METER: &str = "certline_plugin_meter";
-pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
-pub const DUP_MODEL: &str = "certline_test_plugin_dup_model";
+#[allow(unused_imports)] // each test file uses its own few
+pub use crate::common::{wasm, DUP_MODEL, IMAGING, METER, MISBEHAVE};
 pub const FUTURE_VERSION: &str = "certline_test_plugin_future_version";
 pub const WRONG_WORLD: &str = "certline-test-plugin-wrong-world";
 pub const SNEAKY: &str = "certline_test_plugin_sneaky";

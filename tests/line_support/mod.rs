@@ -17,21 +17,8 @@ use crate::support::{certline, Factory, Proc, DAY};
 /// awaited line arrives.
 pub const WAIT: Duration = Duration::from_secs(120);
 
-pub fn wasm(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../plugins/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the plugins first with\n  rustup target add wasm32-wasip2\n  cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml",
-        path.display()
-    );
-    path
-}
-
-pub const IMAGING: &str = "certline_plugin_imaging";
-pub const METER: &str = "certline_plugin_meter";
-pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
+#[allow(unused_imports)] // each test file uses its own few
+pub use crate::common::{wasm, IMAGING, METER, MISBEHAVE};
 
 /// A free loopback port (bound, then released) for the device "cable".
 pub fn free_addr() -> String {
