@@ -38,7 +38,18 @@ pub fn text(bytes: &[u8]) -> String {
 /// Runs and insists on success, returning stdout.
 #[track_caller]
 pub fn ok(args: &[&str]) -> String {
-    let out = run(args);
+    succeeds(run(args), args)
+}
+
+/// Runs and insists on failure, returning stderr.
+#[track_caller]
+pub fn fails(args: &[&str]) -> String {
+    failed(run(args), args)
+}
+
+/// stdout of a run that must have succeeded (for callers with their own command).
+#[track_caller]
+pub fn succeeds(out: Output, args: &[&str]) -> String {
     assert!(
         out.status.success(),
         "certline {args:?} failed:\nstdout: {}\nstderr: {}",
@@ -48,10 +59,9 @@ pub fn ok(args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// Runs and insists on failure, returning stderr.
+/// stderr of a run that must have failed.
 #[track_caller]
-pub fn fails(args: &[&str]) -> String {
-    let out = run(args);
+pub fn failed(out: Output, args: &[&str]) -> String {
     assert!(
         !out.status.success(),
         "certline {args:?} should have failed:\nstdout: {}",

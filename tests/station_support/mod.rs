@@ -17,7 +17,7 @@ use certline::wire::station::{
     WrittenRequest,
 };
 
-use crate::common::{self, path, text, Ca, Server};
+use crate::common::{self, path, Ca, Server};
 
 pub const ADMIN_PASSWORD: &str = "admin password for tests";
 /// The station's today (UTC, the default offset): shown with `{DAY}`.
@@ -58,25 +58,12 @@ pub fn run(args: &[&str]) -> Output {
 
 #[track_caller]
 pub fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "certline {args:?} failed:\nstdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    common::succeeds(run(args), args)
 }
 
 #[track_caller]
 pub fn fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        !out.status.success(),
-        "certline {args:?} should have failed:\nstdout: {}",
-        text(&out.stdout)
-    );
-    text(&out.stderr)
+    common::failed(run(args), args)
 }
 
 #[track_caller]

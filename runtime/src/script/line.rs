@@ -221,15 +221,7 @@ impl LineScript {
         host.data.insert("line".into(), line.into());
         host.data.insert("models".into(), models);
         let script = Script::load(path, source, &host, limits)?;
-        if script.function("parse").is_none() {
-            return Err(ScriptError::new(
-                path,
-                format!(
-                    "{}: a line script must define function parse(raw)",
-                    path.display()
-                ),
-            ));
-        }
+        script.require_function(path, "line", "parse(raw)")?;
         let line = LineScript { script };
         line.self_check()?;
         Ok(line)

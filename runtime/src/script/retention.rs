@@ -95,15 +95,7 @@ impl RetentionScript {
         };
         host.data.insert("models".into(), models);
         let script = Script::load(path, source, &host, limits)?;
-        if script.function("decide").is_none() {
-            return Err(ScriptError::new(
-                path,
-                format!(
-                    "{}: a retention script must define function decide(pack)",
-                    path.display()
-                ),
-            ));
-        }
+        script.require_function(path, "retention", "decide(pack)")?;
         let policy = RetentionScript { script };
         policy.self_check()?;
         Ok(policy)

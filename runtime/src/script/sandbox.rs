@@ -498,6 +498,27 @@ impl Script {
         }
     }
 
+    /// Refuses a script that does not define the function its role calls;
+    /// `signature` is how the error names it, e.g. `parse(raw)`.
+    pub fn require_function(
+        &self,
+        path: &Path,
+        role: &str,
+        signature: &str,
+    ) -> Result<(), ScriptError> {
+        let name = signature.split('(').next().unwrap_or(signature);
+        if self.function(name).is_some() {
+            return Ok(());
+        }
+        Err(ScriptError::new(
+            path,
+            format!(
+                "{}: a {role} script must define function {signature}",
+                path.display()
+            ),
+        ))
+    }
+
     /// A global value of the script (raw, no metamethods run).
     pub fn global(&self, name: &str) -> Value {
         self.lua
