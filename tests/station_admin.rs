@@ -75,6 +75,7 @@ fn login_refuses_wrong_passwords_and_locks_out() {
     let client = certline::service::client::ServiceClient::anonymous(
         &station.url,
         &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
         std::time::Duration::from_secs(10),
     )
     .unwrap();

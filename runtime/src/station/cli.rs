@@ -529,7 +529,12 @@ impl Admin {
         .into_iter()
         .next()
         .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", root_path.display()))?;
-        let client = ServiceClient::anonymous(url, &root.into(), Duration::from_secs(60))?;
+        let client = ServiceClient::anonymous(
+            url,
+            &root.into(),
+            crate::pki::role::Role::Station,
+            Duration::from_secs(60),
+        )?;
         let password = super::admin::read_password(&format!("password of {}: ", target.user))?;
         let rt = runtime()?;
         let login: LoginResponse = rt.block_on(client.post(
