@@ -17,6 +17,14 @@
 //!   call returns is discarded: the call fails with the budget error.
 //! - Script code that runs outside a host call (a `__gc` finalizer) is stopped
 //!   at once.
+//! - The hook never fires inside a C function, so the library functions that
+//!   loop in C are replaced (see PRELUDE): the pattern functions by the
+//!   metered port in [`super::pattern`], the table and bulk string functions
+//!   by wrappers that charge their work to the call ([`Budget::charge`])
+//!   before it is done. An `xpcall` handler (which Lua runs with hooks off
+//!   for an error raised by the hook) is skipped once the call is fatal.
+//! - The libraries are read-only proxies: a script cannot replace what its
+//!   later calls, or the methods of strings, run.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
