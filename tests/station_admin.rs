@@ -2,9 +2,8 @@
 //! API (--url): wrong and missing passwords, lockout, the stock view, discard
 //! of leftovers (revoked at the CA), the audit log, rework of a written device.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use common::path;
 use support::*;

@@ -7,9 +7,7 @@
 //! so (it prints "station paused at <point>" and waits); the test then kills
 //! it for real.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::station_support as support;
 
 use support::*;
 
