@@ -9,7 +9,7 @@
 //! - slow and idle connections are dropped and cannot crowd out a real
 //!   request (short limits set through the environment).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
