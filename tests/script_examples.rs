@@ -170,7 +170,20 @@ fn a_looping_retention_decide_ends_with_a_clear_error() {
             Limits::default(),
         )
         .unwrap();
-        let err = policy.decide(&pack).expect_err(body);
+        // Run with a guard against a hang (before the fix this never returned).
+        let err = std::thread::scope(|s| {
+            let call = s.spawn(|| policy.decide(&pack));
+            let start = std::time::Instant::now();
+            while !call.is_finished() {
+                assert!(
+                    start.elapsed() < std::time::Duration::from_secs(120),
+                    "{body}: decide never ended"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            call.join().unwrap()
+        })
+        .expect_err(body);
         assert!(
             err.message.contains("factory/retention.lua:2") && err.message.contains("budget"),
             "{body}: {}",
