@@ -1,7 +1,7 @@
 //! Black-box tests of `certline ca`: the real binary, real TLS, a real SQLite
 //! ledger; certificates checked with x509-parser and `openssl`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

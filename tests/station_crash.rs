@@ -8,9 +8,8 @@
 //! <point>" and waits); the test then kills it for real. These tests need
 //! the binary built with `--features certline/failpoints`.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use support::*;
 

@@ -4,9 +4,8 @@
 //! (the CA work waits durably); retention that deletes key bytes from the file
 //! and its WAL; a tampered row quarantined and never handed out.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use certline::wire::station::PackState;
 use support::*;
