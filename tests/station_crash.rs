@@ -239,7 +239,7 @@ fn killed_at_every_state_change_the_station_keeps_its_invariants() {
             let line = Line::new(&url, &cred);
             let admin = |args: &[&str]| {
                 let mut all = args.to_vec();
-                all.extend(["--url", &url, "--root", common::path(&root)]);
+                all.extend(["--url", &url, "--root", crate::common::path(&root)]);
                 let _ = run(&all);
             };
             let _ = &dir;
