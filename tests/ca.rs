@@ -1,7 +1,7 @@
 //! Black-box tests of `certline ca`: the real binary, real TLS, a real SQLite
 //! ledger; certificates checked with x509-parser and `openssl`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -1361,60 +1361,20 @@ fn the_ca_directory_ledger_and_keys_are_private() {
 
 // ---- the crash matrix (issue 12): SIGKILL at every state change of the CA ----
 
-/// A `ca serve` armed with one fail point (`FAILPOINTS=<point>=return`): it
-/// stops at that point, says so on stderr, and waits to be killed.
+/// A `ca serve` armed with one fail point (`FAILPOINTS=<point>=pause`): it
+/// stops at that point and says so on stderr; the test then SIGKILLs it there.
 #[cfg(feature = "failpoints")]
-struct Armed {
-    child: std::process::Child,
-    url: String,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-#[cfg(feature = "failpoints")]
-impl Armed {
-    fn serve(ca: &Ca, point: &str) -> Armed {
-        use std::io::BufRead;
-        let mut child = certline()
-            .env("FAILPOINTS", format!("{point}=return"))
-            .args(["ca", "serve", "--dir", ca.dir(), "--listen", "127.0.0.1:0"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stderr) = std::sync::mpsc::channel();
-        let err = std::io::BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in err.lines().map_while(Result::ok) {
-                eprintln!("[armed CA] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = out.next().expect("the armed CA exited").unwrap();
-            if let Some(url) = line.split("CA listening on ").nth(1) {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in out {});
-        Armed { child, url, stderr }
-    }
-
-    /// Waits until the CA stopped at its fail point, then SIGKILLs it there.
-    fn kill_at(mut self, point: &str) {
-        let wanted = format!("failpoint {point} reached");
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(std::time::Duration::from_secs(120))
-                .unwrap_or_else(|_| panic!("the CA never reached {point}"));
-            if line.contains(&wanted) {
-                break;
-            }
-        }
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
+fn armed_ca(ca: &Ca, point: &str) -> crate::station_support::Proc {
+    let mut cmd = certline();
+    cmd.env("FAILPOINTS", format!("{point}=pause")).args([
+        "ca",
+        "serve",
+        "--dir",
+        ca.dir(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    crate::station_support::Proc::start(cmd, "CA listening on ")
 }
 
 #[cfg(feature = "failpoints")]
@@ -1448,6 +1408,12 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
         ("ca-after-commit", Op::Replace, 409),
         ("ca-revoke-before-crl", Op::Revoke, 409),
     ];
+    for point in certline::ca::issuance::FAIL_POINTS {
+        assert!(
+            matrix.iter().any(|(p, _, _)| p == point),
+            "the crash matrix has no row for {point}"
+        );
+    }
     for &(point, op, retry_status) in matrix {
         let what = format!("{point} during {op:?}");
         let ca = Ca::init(&[]);
@@ -1479,12 +1445,13 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
             ),
         };
 
-        let armed = Armed::serve(&ca, point);
+        let mut armed = armed_ca(&ca, point);
         let url = armed.url.clone();
         let tls = client();
         let body_ = body.clone();
         let asked = std::thread::spawn(move || post(&url, tls, path_, &body_));
-        armed.kill_at(point);
+        armed.wait_stderr(&format!("ca reached fail point {point}"));
+        armed.kill(); // SIGKILL, right there
         assert!(
             asked.join().unwrap().is_err(),
             "{what}: the station got an answer from a killed CA"

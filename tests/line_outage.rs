@@ -3,11 +3,8 @@
 //! survive a restart of the line, and are delivered in order when the station
 //! is back. The kept-alive station connection recovers by itself.
 
-mod common;
-#[path = "line_support/mod.rs"]
-mod line;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::line_support as line;
+use crate::station_support as support;
 
 use line::*;
 

@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Crash tests only: `FAILPOINTS=name=action;…` arms the `fail` points.
+    // Crash tests set fail points through FAILPOINTS (only with the `failpoints` feature).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = certline::cli::Cli::parse();

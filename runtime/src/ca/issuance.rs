@@ -191,21 +191,17 @@ impl Requester {
     }
 }
 
-/// Crash-test hook (cargo feature `failpoints`): with `FAILPOINTS=<name>=return`
-/// the process says `failpoint <name> reached` on stderr and stops there until
-/// it is killed; any other `fail` action (`panic`, `sleep(ms)`) works too.
-/// Without the feature this is nothing at all.
-fn crash_point(name: &str) {
-    let _ = name;
-    fail::fail_point!(name, |_| hold(name));
-}
+/// The CA's crash points, in cycle order (see [`crate::failpoint`] and
+/// `ISSUANCE-CYCLE.md`); the crash matrix in `tests/ca.rs` kills the CA at each.
+pub const FAIL_POINTS: &[&str] = &[
+    "ca-after-reserve",
+    "ca-after-sign",
+    "ca-after-commit",
+    "ca-revoke-before-crl",
+];
 
-#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-fn hold(name: &str) -> ! {
-    eprintln!("failpoint {name} reached");
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
+fn crash_point(name: &'static str) {
+    crate::failpoint::point("ca", name)
 }
 
 pub struct CertAuthority {

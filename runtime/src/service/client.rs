@@ -135,6 +135,25 @@ impl ServiceClient {
         })
     }
 
+    /// `GET path?query` with the query's fields percent-encoded by reqwest.
+    pub async fn get_json_query<Q: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<Resp, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .authorize(self.http.get(&url))
+            .query(query)
+            .send()
+            .await;
+        let bytes = self.check(&url, response).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Garbage {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
         let response = self.authorize(self.http.get(&url)).send().await;

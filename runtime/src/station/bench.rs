@@ -15,9 +15,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::config::day_text;
-use super::desk::Station;
 use super::fetch::{CaLink, Shared};
 use super::serve::{router, ServeState};
+use super::Station;
 use crate::pki::credential::Credential;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
@@ -252,7 +252,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{lines} line clients: take + written for {count} ids..."
     ));
     let tls = server_config(&station_cred, ClientAuth::Optional)?;
-    let state = ServeState::new(shared.clone());
+    let state = rt.block_on(ServeState::open(shared.clone(), &dir, &station_cred, &link))?;
     let next = Arc::new(AtomicUsize::new(0));
     let elapsed = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
