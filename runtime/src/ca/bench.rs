@@ -168,7 +168,7 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
             router(state),
             std::future::pending(),
         ));
-        let client = ServiceClient::new(&url, &station, Duration::from_secs(600))?;
+        let client = ServiceClient::new(&url, &station, Role::Ca, Duration::from_secs(600))?;
         let start = Instant::now();
         let batch: PackBatch = client.post(api::PACKS, &request).await?;
         let elapsed = start.elapsed();

@@ -368,7 +368,7 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
 fn request(args: RequestArgs) -> anyhow::Result<()> {
     let ids = super::request::read_ids(&args.ids)?;
     let cred = Credential::load(&args.credential)?;
-    let client = ServiceClient::new(&args.url, &cred, Duration::from_secs(600))?;
+    let client = ServiceClient::new(&args.url, &cred, Role::Ca, Duration::from_secs(600))?;
     let json = args.json;
     let written = runtime()?.block_on(super::request::request_packs(
         &client,

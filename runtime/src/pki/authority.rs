@@ -206,7 +206,8 @@ impl Authority {
     }
 
     /// Signs a service credential: role in the SAN URI and OU, usable as a TLS
-    /// client and (for the hosts named) as a TLS server.
+    /// client and, for a server role only ([`Role::is_server`]), as a TLS
+    /// server for the hosts named.
     pub fn sign_service(
         &self,
         role: Role,
@@ -227,10 +228,14 @@ impl Authority {
         params.not_after = seconds(now) + SERVICE_VALIDITY;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = if role.is_server() {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         params.use_authority_key_identifier_extension = true;
         let mut sans = vec![SanType::URI(role.uri(name).try_into()?)];
         for host in hosts {

@@ -173,7 +173,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The CA's own rate for the same batches (ids the station will not use).
     say(&format!("CA alone: {count} packs in batches of {chunk}..."));
-    let ca_client = ServiceClient::new(&ca.url, &station_cred, Duration::from_secs(600))?;
+    let ca_client = ServiceClient::new(
+        &ca.url,
+        &station_cred,
+        crate::pki::role::Role::Ca,
+        Duration::from_secs(600),
+    )?;
     let start = Instant::now();
     rt.block_on(async {
         let ids: Vec<String> = (0..count).map(|n| format!("CABENCH-{n:08}")).collect();
@@ -265,7 +270,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
         let clients: Vec<ServiceClient> = line_creds
             .iter()
-            .map(|c| ServiceClient::new(&url, c, Duration::from_secs(60)))
+            .map(|c| {
+                ServiceClient::new(
+                    &url,
+                    c,
+                    crate::pki::role::Role::Station,
+                    Duration::from_secs(60),
+                )
+            })
             .collect::<anyhow::Result<_>>()?;
         // Warm the connections (one handshake each) before the clock starts.
         for client in &clients {

@@ -56,7 +56,12 @@ pub struct CaLink {
 impl CaLink {
     pub fn new(url: &str, credential: &Credential) -> anyhow::Result<CaLink> {
         Ok(CaLink {
-            client: ServiceClient::new(url, credential, Duration::from_secs(600))?,
+            client: ServiceClient::new(
+                url,
+                credential,
+                crate::pki::role::Role::Ca,
+                Duration::from_secs(600),
+            )?,
             root_der: credential.root.to_vec(),
         })
     }
