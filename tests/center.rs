@@ -2,7 +2,7 @@
 //! real CA, center and device processes on loopback, devices connecting with
 //! the identity in their flash files.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

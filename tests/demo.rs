@@ -1,7 +1,7 @@
 //! `certline demo`: the whole factory day, run once as a separate process
 //! (it starts every role as its own process). The slowest test: one run.
 
-mod common;
+use crate::common;
 
 use common::{path, text};
 

@@ -2,9 +2,7 @@
 //! device-sim` as a separate process, real TLS, real pseudo-terminals, the
 //! example plugins built from plugins/, driven by `certline plugin try`.
 
-mod common;
-#[path = "device_support/mod.rs"]
-mod support;
+use crate::device_support as support;
 
 use support::*;
 

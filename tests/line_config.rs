@@ -3,11 +3,9 @@
 //! previous configuration keeps writing devices. Keyboard-wedge input on
 //! standard input; end of input ends the line cleanly.
 
-mod common;
-#[path = "line_support/mod.rs"]
-mod line;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::line_support as line;
+use crate::station_support as support;
 
 use std::io::Write;
 use std::process::Stdio;

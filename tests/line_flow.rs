@@ -4,11 +4,7 @@
 //! in one clear operator line, changes nothing it should not, and the line
 //! goes on to write the next device.
 
-mod common;
-#[path = "line_support/mod.rs"]
-mod line;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::line_support as line;
 
 use line::*;
 

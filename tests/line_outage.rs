@@ -3,11 +3,8 @@
 //! survive a restart of the line, and are delivered in order when the station
 //! is back. The kept-alive station connection recovers by itself.
 
-mod common;
-#[path = "line_support/mod.rs"]
-mod line;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::line_support as line;
+use crate::station_support as support;
 
 use line::*;
 
@@ -130,25 +127,25 @@ fn a_line_killed_around_the_outbox_delivers_each_result_exactly_once() {
     let config = rig.config("line.toml", &scanner.section(0), &cable, "");
 
     for (n, point) in [
-        "line::written-before-outbox",
-        "line::outbox-before-delivery",
-        "line::delivered-before-settle",
+        "line-written-before-outbox",
+        "line-outbox-before-delivery",
+        "line-delivered-before-settle",
     ]
     .into_iter()
     .enumerate()
     {
         let id = format!("3012-00000{}", n + 1);
         let device = rig.device(&id, Some(&cable), &[]);
-        let arm = format!("{point}=return");
+        let arm = format!("{point}=pause");
         let mut line = Line::start_env(&config, Stdio::null(), &[("FAILPOINTS", &arm)]);
         scanner.scan(&id);
-        line.wait_log(&["fail point reached", point]);
+        line.wait_log(&["line reached fail point", point]);
         line.kill();
         // Whatever the station knew at the kill, it holds one pack for the id.
         assert_eq!(rig.states(&id).len(), 1, "{point}: {:?}", rig.states(&id));
 
         let line = Line::start(&config);
-        if point == "line::written-before-outbox" {
+        if point == "line-written-before-outbox" {
             // Nothing was committed: the restarted line asks the device.
             let v = line.event("resumed");
             assert_eq!(v["id"], id.as_str(), "{v:#}");
@@ -184,10 +181,10 @@ fn a_line_killed_around_the_outbox_delivers_each_result_exactly_once() {
     let mut line = Line::start_env(
         &config,
         Stdio::null(),
-        &[("FAILPOINTS", "line::written-before-outbox=return")],
+        &[("FAILPOINTS", "line-written-before-outbox=pause")],
     );
     scanner.scan(id);
-    line.wait_log(&["fail point reached", "line::written-before-outbox"]);
+    line.wait_log(&["line reached fail point line-written-before-outbox"]);
     line.kill();
     drop(device);
     let line = Line::start(&config);

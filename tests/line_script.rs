@@ -3,11 +3,8 @@
 //! is parsed; a broken edit is refused, shown to the operator, and scanning
 //! goes on with the previous version.
 
-mod common;
-#[path = "line_support/mod.rs"]
-mod line;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::line_support as line;
 
 use std::io::Write;
 use std::path::Path;

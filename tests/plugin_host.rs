@@ -3,9 +3,7 @@
 //! fail one write each and the next write on the same host succeeds; the
 //! folder refuses bad files and hot-reloads.
 
-mod common;
-#[path = "device_support/mod.rs"]
-mod support;
+use crate::device_support as support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,9 +2,8 @@
 //! API (--url): wrong and missing passwords, lockout, the stock view, discard
 //! of leftovers (revoked at the CA), the audit log, rework of a written device.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use common::path;
 use support::*;
@@ -75,6 +74,7 @@ fn login_refuses_wrong_passwords_and_locks_out() {
     let client = certline::service::client::ServiceClient::anonymous(
         &station.url,
         &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
         std::time::Duration::from_secs(10),
     )
     .unwrap();
@@ -319,4 +319,102 @@ fn stock_discard_audit_and_rework() {
         "{}",
         common::text(&out.stdout)
     );
+}
+
+#[test]
+fn logins_keep_little_of_a_name_and_are_limited_per_address() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    let station = factory.serve();
+    let root = factory.dir.join("root.pem");
+    let client = certline::service::client::ServiceClient::anonymous(
+        &station.url,
+        &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
+        std::time::Duration::from_secs(30),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let login = |user: &str, password: &str| {
+        rt.block_on(client.post::<_, serde_json::Value>(
+            certline::wire::station::ADMIN_LOGIN,
+            &serde_json::json!({"user": user, "password": password}),
+        ))
+    };
+    // A 60 KB user name: refused, and the audit log keeps a short excerpt.
+    let huge = format!("\u{1b}[31m{}", "x".repeat(60_000));
+    assert_eq!(code(login(&huge, "wrong password!")), "unauthorized");
+    let audit = factory.audit(5);
+    let entry = audit["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "login_failed")
+        .unwrap_or_else(|| panic!("no failed login in {audit}"));
+    let kept = entry["detail"].to_string();
+    assert!(kept.len() < 300, "{} bytes of a user name kept", kept.len());
+    assert!(!kept.contains('\u{1b}'), "{kept}");
+    let entries_before = audit["entries"].as_i64().unwrap();
+    // Failed logins from one address: past the limit the address is refused
+    // before any password is checked, and nothing more is written.
+    let mut refused = 0;
+    for _ in 0..30 {
+        if code(login("mallory", "wrong password!")) == "rate_limited" {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 30 were rate limited");
+    let entries_after = factory.audit(1)["entries"].as_i64().unwrap();
+    assert!(
+        entries_after - entries_before <= 21,
+        "{} audit rows for 30 failed logins",
+        entries_after - entries_before
+    );
+    // The right password from that address waits too; the user is not locked.
+    assert_eq!(code(login("admin", ADMIN_PASSWORD)), "rate_limited");
+    let out = with_password(
+        ADMIN_PASSWORD,
+        &[
+            "station",
+            "admin",
+            "stock",
+            "--dir",
+            factory.dir(),
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+}
+
+#[test]
+fn the_station_directory_is_its_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,2")]);
+    factory.fetch(DAY);
+    let station = factory.serve();
+    factory.line("line-1", &station).provision("3012-000001");
+    let mode = |name: &str| {
+        std::fs::metadata(factory.dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "the station directory");
+    assert_eq!(mode("plans"), 0o700);
+    for file in [
+        "stock.db",
+        "stock.db-wal",
+        "stock.db-shm",
+        "keys.json",
+        "station.toml",
+        "credential.pem",
+        "fetch.lock",
+        "ca-crl.der",
+    ] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
 }

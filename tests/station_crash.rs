@@ -3,19 +3,18 @@
 //! in exactly one state, none was lost or handed out twice, the CA's ledger
 //! and the stock agree, and no id has two valid certificates.
 //!
-//! The station stops at a named point when `CERTLINE_STATION_PAUSE_AT` says
-//! so (it prints "station paused at <point>" and waits); the test then kills
-//! it for real.
+//! The station stops at a named fail point when `FAILPOINTS` says so
+//! (`FAILPOINTS=<point>=pause`: it prints "station reached fail point
+//! <point>" and waits); the test then kills it for real. These tests need
+//! the binary built with `--features certline/failpoints`.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::station_support as support;
 
 use support::*;
 
 fn fetch_process(factory: &Factory, pause_at: &str) -> Proc {
     let mut cmd = certline();
-    cmd.env("CERTLINE_STATION_PAUSE_AT", pause_at).args([
+    cmd.env("FAILPOINTS", format!("{pause_at}=pause")).args([
         "station",
         "fetch",
         "--dir",
@@ -35,7 +34,7 @@ fn killed_during_a_fetch_the_next_fetch_completes_it() {
 
     // Killed after the CA issued the first chunk, before the station stored it.
     let mut fetch = fetch_process(&factory, "fetch-before-store");
-    fetch.wait_stderr("station paused at fetch-before-store");
+    fetch.wait_stderr("station reached fail point fetch-before-store");
     fetch.kill();
     assert!(
         factory.packs().is_empty(),
@@ -46,7 +45,7 @@ fn killed_during_a_fetch_the_next_fetch_completes_it() {
 
     // Killed after storing the first chunk.
     let mut fetch = fetch_process(&factory, "fetch-after-store");
-    fetch.wait_stderr("station paused at fetch-after-store");
+    fetch.wait_stderr("station reached fail point fetch-after-store");
     fetch.kill();
     assert_eq!(factory.packs().len(), 10);
     // The next chunk may have been issued while the first was stored: the CA
@@ -129,10 +128,8 @@ fn killed_during_retention_no_key_byte_survives_the_restart() {
         )
         .unwrap();
     drop(conn);
-    let mut station = factory.serve_with(
-        &[("CERTLINE_STATION_PAUSE_AT", "retention-before-checkpoint")],
-        &[],
-    );
+    let mut station =
+        factory.serve_with(&[("FAILPOINTS", "retention-before-checkpoint=pause")], &[]);
     let cred = factory.ca.enroll("line", "line-1");
     let url = station.url.clone();
     // The written report never gets its answer: the station stops mid-retention.
@@ -142,7 +139,7 @@ fn killed_during_retention_no_key_byte_survives_the_restart() {
         let _ = line.written("3012-000001", &pack.serial, &pack.fingerprint);
         pack
     });
-    station.wait_stderr("station paused at retention-before-checkpoint");
+    station.wait_stderr("station reached fail point retention-before-checkpoint");
     station.kill();
     let pack = reporter.join().unwrap();
 
@@ -165,4 +162,129 @@ fn killed_during_retention_no_key_byte_survives_the_restart() {
     );
     line.provision("3012-000002");
     factory.assert_agree(&ids("3012", 1, 2, 6));
+}
+
+#[test]
+fn serve_revokes_what_an_interrupted_fetch_left_valid_at_the_ca() {
+    let factory = Factory::new(&["3012"], &[], &["--chunk-size", "10"]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,10")]);
+    let all = ids("3012", 1, 10, 6);
+    let mut fetch = fetch_process(&factory, "fetch-before-store");
+    fetch.wait_stderr("station reached fail point fetch-before-store");
+    fetch.kill();
+    assert!(factory.packs().is_empty());
+    assert_eq!(factory.ca.history("3012-000001")[0]["status"], "valid");
+    // No fetch follows: serving alone cleans up the orphans.
+    let _station = factory.serve();
+    for id in &all {
+        factory.wait_device_ca(id);
+    }
+    factory.wait_queue_empty();
+    factory.assert_agree(&all);
+    assert_eq!(factory.audit(1)["intact"], true);
+}
+
+/// What the crash matrix does to reach a fail point in a serving station.
+#[derive(Clone, Copy)]
+enum Step {
+    Take,
+    Received,
+    Written,
+    Failed,
+    /// A hand-out left to time out (the station is set up with a 1 s timeout).
+    TimeOut,
+    Discard,
+    Rework,
+}
+
+/// Kills the station at every state change it makes, restarts it, and
+/// checks the invariants: every pack in one state, the stock and the CA's
+/// ledger agree (no id with two valid certificates, no orphan once `serve`
+/// ran), the audit chain intact, and the factory goes on.
+#[test]
+fn killed_at_every_state_change_the_station_keeps_its_invariants() {
+    let cases: &[(&str, Step)] = &[
+        ("take-after-commit", Step::Take),
+        ("received-after-commit", Step::Received),
+        ("written-after-commit", Step::Written),
+        ("retention-before-checkpoint", Step::Written),
+        ("failed-after-commit", Step::Failed),
+        ("replace-after-commit", Step::Failed),
+        ("timeout-after-commit", Step::TimeOut),
+        ("discard-after-commit", Step::Discard),
+        ("queue-after-ca", Step::Discard),
+        ("rework-after-commit", Step::Rework),
+    ];
+    for &(point, step) in cases {
+        eprintln!("---- crash matrix: {point}");
+        let mut extra = vec!["--retention", "delete"];
+        if matches!(step, Step::TimeOut) {
+            extra.extend(["--handout-timeout", "1"]);
+        }
+        let factory = Factory::new(&["3012"], &[], &extra);
+        factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+        factory.fetch(DAY);
+        let cred = factory.ca.enroll("line", "line-1");
+        if matches!(step, Step::Rework) {
+            let station = factory.serve();
+            Line::new(&station.url, &cred).provision("3012-000001");
+        }
+        let mut station = factory.serve_with(&[("FAILPOINTS", &format!("{point}=pause"))], &[]);
+        let url = station.url.clone();
+        let root = factory.dir.join("root.pem");
+        let dir = factory.dir.clone();
+        // The step runs on its own thread: its answer never comes.
+        let worker = std::thread::spawn(move || {
+            let line = Line::new(&url, &cred);
+            let admin = |args: &[&str]| {
+                let mut all = args.to_vec();
+                all.extend(["--url", &url, "--root", crate::common::path(&root)]);
+                let _ = run(&all);
+            };
+            let _ = &dir;
+            match step {
+                Step::Take => drop(line.take("3012-000001")),
+                Step::Received => {
+                    let pack = line.take("3012-000001").unwrap();
+                    let _ = line.received("3012-000001", &pack.serial);
+                }
+                Step::Written => {
+                    let pack = line.take("3012-000001").unwrap();
+                    let _ = line.received("3012-000001", &pack.serial);
+                    let _ = line.written("3012-000001", &pack.serial, &pack.fingerprint);
+                }
+                Step::Failed => {
+                    let pack = line.take("3012-000001").unwrap();
+                    let _ = line.failed("3012-000001", &pack.serial, "crc error");
+                }
+                Step::TimeOut => drop(line.take("3012-000001")),
+                Step::Discard => admin(&["station", "admin", "discard", "--model", "3012"]),
+                Step::Rework => admin(&[
+                    "station",
+                    "admin",
+                    "rework",
+                    "--id",
+                    "3012-000001",
+                    "--reason",
+                    "board replaced",
+                ]),
+            }
+        });
+        station.wait_stderr(&format!("station reached fail point {point}"));
+        station.kill();
+        let _ = worker.join();
+
+        // Restarted: the invariants hold, and the work goes on.
+        factory.assert_one_state_each();
+        let station = factory.serve();
+        factory.wait_queue_empty();
+        factory.assert_one_state_each();
+        factory.assert_agree(&ids("3012", 1, 3, 6));
+        let audit = factory.audit(1);
+        assert_eq!(audit["intact"], true, "{point}: {audit}");
+        if !matches!(step, Step::Discard | Step::TimeOut) {
+            let line = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-1.pem"));
+            line.provision("3012-000003");
+        }
+    }
 }

@@ -3,9 +3,8 @@
 //! after a response that never reached the stock (the unknown certificate is
 //! revoked by the CA as the new one is issued: never two valid certificates).
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use common::path;
 use support::*;

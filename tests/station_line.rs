@@ -4,10 +4,10 @@
 //! (the CA work waits durably); retention that deletes key bytes from the file
 //! and its WAL; a tampered row quarantined and never handed out.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
+use certline::wire::station::PackState;
 use support::*;
 
 #[test]
@@ -64,7 +64,7 @@ fn takes_and_results_with_every_refusal() {
         "fingerprint_mismatch"
     );
     let done = line1.written(id, &pack.serial, &pack.fingerprint).unwrap();
-    assert_eq!(done.state, "flagged");
+    assert_eq!(done.state, PackState::Flagged);
     assert_eq!(
         code(line1.written(id, &pack.serial, &pack.fingerprint)),
         "duplicate_report"
@@ -78,7 +78,7 @@ fn takes_and_results_with_every_refusal() {
     let report = line1
         .failed(failed_id, &other.serial, "device answered CRC error")
         .unwrap();
-    assert_eq!(report.state, "revoked");
+    assert_eq!(report.state, PackState::Revoked);
     assert_eq!(
         code(line1.failed(failed_id, &other.serial, "again")),
         "duplicate_report"
@@ -383,4 +383,119 @@ fn a_line_whose_credential_the_ca_revoked_takes_no_more_packs() {
     // Other lines go on.
     good.take("3012-000002").unwrap();
     assert_eq!(factory.states("3012-000003"), vec!["stocked".to_string()]);
+}
+
+#[test]
+fn a_restarted_station_still_refuses_a_revoked_line_while_the_ca_is_down() {
+    let mut factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    factory.ca.enroll("line", "line-2");
+    factory.revoke_line("line-2");
+    // The station learns of it from the CA's CRL (at start), and keeps it.
+    let mut station = factory.serve();
+    let stolen = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-2.pem"));
+    assert_eq!(code(stolen.take("3012-000001")), "forbidden");
+    station.kill();
+    // Restarted while the CA is down: the kept CRL still refuses the line.
+    factory.stop_ca();
+    let station = factory.serve();
+    let stolen = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-2.pem"));
+    assert_eq!(code(stolen.take("3012-000001")), "forbidden");
+    assert_eq!(factory.states("3012-000001"), ["stocked"]);
+    let good = factory.line("line-1", &station);
+    assert!(good.health().crl.fresh);
+    good.take("3012-000001").unwrap();
+}
+
+#[test]
+fn without_a_fresh_crl_lines_are_refused_and_health_says_so() {
+    let mut factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    // The station never saw a CRL and the CA is down: it cannot tell a
+    // revoked line from a good one, so it hands out nothing.
+    factory.stop_ca();
+    let station = factory.serve_with(&[], &["--crl-refresh", "1"]);
+    let line = factory.line("line-1", &station);
+    assert_eq!(code(line.take("3012-000001")), "no_fresh_crl");
+    let health = line.health();
+    assert_eq!(health.status, "no_fresh_crl", "{health:?}");
+    assert!(!health.crl.fresh, "{health:?}");
+    assert_eq!(factory.states("3012-000001"), ["stocked"]);
+    // The CA comes back: the next refresh lets the lines in.
+    factory.start_ca();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !line.health().crl.fresh {
+        assert!(std::time::Instant::now() < deadline, "never got the CRL");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(line.health().status, "ok");
+    line.provision("3012-000001");
+}
+
+#[test]
+fn the_packs_a_revoked_line_holds_are_revoked_and_replaced_at_once() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    let station = factory.serve_with(&[], &["--crl-refresh", "1"]);
+    let stolen = factory.line("line-2", &station);
+    let pack = stolen.take("3012-000001").unwrap();
+    factory.revoke_line("line-2");
+    // Not after the 30-minute hand-out timeout: as soon as the CRL says so.
+    let report = factory.wait_device("3012-000001", "revoked and replaced", |r| {
+        let packs = r["packs"].as_array().unwrap();
+        packs.len() == 2 && packs[0]["state"] == "revoked" && packs[1]["state"] == "stocked"
+    });
+    assert!(
+        report["packs"][0]["end_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("line_lost"),
+        "{report}"
+    );
+    let old = factory
+        .ca
+        .history("3012-000001")
+        .into_iter()
+        .find(|r| r["serial"] == pack.serial.as_str())
+        .unwrap();
+    assert_eq!(old["status"], "revoked");
+    let good = factory.line("line-1", &station);
+    good.provision("3012-000001");
+    factory.assert_agree(&ids("3012", 1, 3, 6));
+}
+
+#[test]
+fn a_retention_script_that_never_returns_does_not_keep_the_station_from_starting() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,3")]);
+    factory.fetch(DAY);
+    let mut station = factory.serve();
+    factory.line("line-1", &station).provision("3012-000001");
+    station.kill();
+    assert_eq!(factory.states("3012-000001"), ["flagged"]);
+    // A policy that never answers for a flagged pack (a backtracking pattern
+    // runs inside one C call, out of reach of the instruction budget).
+    factory.retention_script(
+        r#"
+function decide(pack)
+  if pack.flagged then
+    return string.rep("a", 200000):find(".-.-.-.-.-b") and "keep" or "keep"
+  end
+  return "flag"
+end
+checks = { { pack = { model = "3012", age_days = 0 }, expect = "flag" } }
+"#,
+    );
+    // The port opens and lines are served while the sweep is stuck.
+    let station = factory.serve();
+    let line = Line::new(&station.url, &factory.ca.tmp.path().join("line-line-1.pem"));
+    assert_eq!(line.health().status, "ok");
+    line.provision("3012-000002");
+    // The stuck script holds its own decisions up, not the line: the pack
+    // stays written until a sweep can decide it.
+    let state = &factory.states("3012-000002")[0];
+    assert!(state == "written" || state == "flagged", "{state}");
 }

@@ -2,9 +2,8 @@
 //! rows or none, errors naming file, row and field), re-import, and a wrong
 //! key-encryption passphrase that must change nothing.
 
-mod common;
-#[path = "station_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::station_support as support;
 
 use common::path;
 use support::*;

@@ -11,6 +11,7 @@ pub mod center;
 pub mod cli;
 pub mod demo;
 pub mod device_sim;
+pub mod failpoint;
 pub mod line;
 pub mod link;
 pub mod pki;

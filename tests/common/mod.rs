@@ -156,8 +156,18 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str], marker: &str) -> Server {
-        let mut child = certline()
-            .args(args)
+        let mut cmd = certline();
+        cmd.args(args);
+        Self::start_command(cmd, marker)
+    }
+
+    /// As [`Server::start`], for a command with its own arguments and environment.
+    pub fn start_command(mut cmd: Command, marker: &str) -> Server {
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::common::{path, text};
-use crate::support::{certline, Factory, Proc, DAY};
+use crate::station_support::{certline, Factory, Proc, DAY};
 
 /// Long enough for a slow shared machine; every wait ends as soon as the
 /// awaited line arrives.

@@ -45,7 +45,7 @@ impl std::fmt::Display for Day {
 pub fn certline() -> Command {
     let mut cmd = common::certline();
     cmd.env("CERTLINE_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env_remove("CERTLINE_STATION_PAUSE_AT");
+        .env_remove("FAILPOINTS");
     cmd
 }
 
@@ -342,6 +342,124 @@ impl Factory {
         }
     }
 
+    /// Revokes a line credential at the CA (`ca revoke --serial`).
+    pub fn revoke_line(&self, name: &str) {
+        let cred = self.ca.file(&format!("line-{name}.pem"));
+        let leaf = common::pem_file(&cred, "CERTIFICATE").remove(0);
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let serial = hex::encode(parsed.raw_serial());
+        ok(&[
+            "ca",
+            "revoke",
+            "--dir",
+            self.ca.dir(),
+            "--serial",
+            &serial,
+            "--reason",
+            "key-compromise",
+        ]);
+    }
+
+    /// Sets `[retention] script` in station.toml to a script with this text.
+    pub fn retention_script(&self, lua: &str) {
+        std::fs::write(self.dir.join("retention.lua"), lua).unwrap();
+        let config_path = self.dir.join("station.toml");
+        let mut config: toml::Table = std::fs::read_to_string(&config_path)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let retention = config
+            .entry("retention")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        retention
+            .as_table_mut()
+            .unwrap()
+            .insert("script".into(), "retention.lua".into());
+        std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
+    }
+
+    /// The audit log through `station admin audit --dir`: whether its chain is intact.
+    pub fn audit(&self, last: u32) -> serde_json::Value {
+        let out = run(&[
+            "station",
+            "admin",
+            "audit",
+            "--dir",
+            self.dir(),
+            "--last",
+            &last.to_string(),
+            "--json",
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "admin audit: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Waits until the CA holds no valid certificate for the id that the
+    /// station does not hold as its live pack.
+    pub fn wait_device_ca(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let live: Vec<String> = self
+                .packs()
+                .into_iter()
+                .filter(|(i, _, s)| {
+                    i == id
+                        && certline::wire::station::PackState::parse(s).is_some_and(|s| s.is_live())
+                })
+                .map(|(_, serial, _)| serial)
+                .collect();
+            let stray: Vec<String> = self
+                .ca
+                .history(id)
+                .into_iter()
+                .filter(|r| r["status"] == "valid")
+                .filter_map(|r| r["serial"].as_str().map(str::to_string))
+                .filter(|s| !live.contains(s))
+                .collect();
+            if stray.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: the CA still holds {stray:?} valid, unknown to the stock"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until nothing waits for the CA.
+    pub fn wait_queue_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let queue = json(&["station", "admin", "queue", "--dir", self.dir(), "--json"]);
+            if queue["items"].as_array().is_some_and(|i| i.is_empty()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the CA queue never emptied: {queue}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every pack is in one known state and no id has two live packs.
+    #[track_caller]
+    pub fn assert_one_state_each(&self) {
+        let mut live = std::collections::HashSet::new();
+        for (id, serial, state) in self.packs() {
+            let state = certline::wire::station::PackState::parse(&state)
+                .unwrap_or_else(|| panic!("pack {serial} of {id} in unknown state {state}"));
+            if state.is_live() {
+                assert!(live.insert(id.clone()), "{id} has two live packs");
+            }
+        }
+    }
+
     pub fn stock_db(&self) -> PathBuf {
         self.dir.join("stock.db")
     }
@@ -393,15 +511,7 @@ impl Factory {
                 .iter()
                 .filter(|(i, _, s)| {
                     i == id
-                        && [
-                            "stocked",
-                            "handed_out",
-                            "received",
-                            "written",
-                            "flagged",
-                            "deleted",
-                        ]
-                        .contains(&s.as_str())
+                        && certline::wire::station::PackState::parse(s).is_some_and(|s| s.is_live())
                 })
                 .map(|(_, serial, _)| serial.as_str())
                 .collect();
@@ -445,7 +555,13 @@ impl Line {
     pub fn new(url: &str, cred: &Path) -> Line {
         let cred = Credential::load(cred).unwrap();
         Line {
-            client: ServiceClient::new(url, &cred, Duration::from_secs(60)).unwrap(),
+            client: ServiceClient::new(
+                url,
+                &cred,
+                certline::pki::role::Role::Station,
+                Duration::from_secs(60),
+            )
+            .unwrap(),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -498,6 +614,13 @@ impl Line {
                 reason: reason.into(),
             },
         ))
+    }
+
+    /// `GET /v1/health`.
+    pub fn health(&self) -> api::Health {
+        self.rt
+            .block_on(self.client.get_json(api::HEALTH))
+            .expect("health")
     }
 
     /// Take, received, written with the right fingerprint.

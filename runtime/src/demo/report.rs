@@ -16,16 +16,6 @@ use super::{path, progress, Planned, DISCONTINUED, IMPERSONATOR, PLAN, REWORKED,
 use crate::pki::pack::Pack;
 use crate::pki::verify::verify_pack;
 
-/// Pack states in which a pack's certificate is the id's live one.
-const LIVE: &[&str] = &[
-    "stocked",
-    "handed_out",
-    "received",
-    "written",
-    "flagged",
-    "deleted",
-];
-
 /// Ids whose identity a line wrote (and verified), in scan order.
 pub fn written_ids(scans: &[ScanResult]) -> Vec<String> {
     let mut seen = BTreeSet::new();
@@ -691,7 +681,10 @@ fn checks(
             .and_then(|r| r["packs"].as_array())
             .into_iter()
             .flatten()
-            .filter(|p| p["state"].as_str().is_some_and(|s| LIVE.contains(&s)))
+            .filter(|p| {
+                serde_json::from_value::<crate::wire::station::PackState>(p["state"].clone())
+                    .is_ok_and(|s| s.is_live())
+            })
             .filter_map(|p| p["serial"].as_str())
             .collect();
         if valid != live {

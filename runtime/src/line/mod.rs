@@ -15,13 +15,3 @@ pub mod run;
 pub mod terminal;
 pub mod workflow;
 
-/// Where the crash tests stop the line: with the `failpoints` feature, a fail
-/// point configured as `FAILPOINTS=<name>=return` says so on the log and
-/// holds the line there until the test kills it.
-#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
-pub(crate) fn hold_at(name: &str) -> ! {
-    tracing::warn!(target: "certline::line", failpoint = name, "fail point reached; holding here until killed");
-    loop {
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
-}

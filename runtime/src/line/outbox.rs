@@ -325,9 +325,7 @@ impl Outbox {
                 Ok(r) => {
                     // The station has it; a crash here delivers it again
                     // after a restart, and the station answers "duplicate".
-                    fail::fail_point!("line::delivered-before-settle", |_| {
-                        crate::line::hold_at("line::delivered-before-settle")
-                    });
+                    crate::failpoint::point("line", "line-delivered-before-settle");
                     let text = format!("state {}", r.state);
                     done.push((item.seq, text.clone()));
                     flushed.delivered.push((item, text));

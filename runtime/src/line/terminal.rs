@@ -48,7 +48,12 @@ impl Setup {
                 cred.name()
             );
         }
-        let client = ServiceClient::new(&config.station_url, &cred, config.station_timeout)?;
+        let client = ServiceClient::new(
+            &config.station_url,
+            &cred,
+            Role::Station,
+            config.station_timeout,
+        )?;
         let link_tls = link::line_config(&cred)?;
         let plugins = match previous {
             Some(p)
@@ -353,9 +358,7 @@ impl Steps<'_> {
         }
         let written = plugin.write(device, &job, Precheck::Skip);
         step(report, "write");
-        fail::fail_point!("line::written-before-outbox", |_| {
-            super::hold_at("line::written-before-outbox")
-        });
+        crate::failpoint::point("line", "line-written-before-outbox");
 
         // 5. The results: committed on the line, then delivered in order.
         match written {
@@ -458,9 +461,7 @@ impl Steps<'_> {
             // The line's own disk failed: deliver directly as a last resort.
             tracing::error!(%id, serial, "cannot keep the result on the line: {e:#}");
         }
-        fail::fail_point!("line::outbox-before-delivery", |_| {
-            super::hold_at("line::outbox-before-delivery")
-        });
+        crate::failpoint::point("line", "line-outbox-before-delivery");
         let client = self.delivery.client.read().unwrap().clone();
         let kept = match outbox.flush(&client, &self.delivery.rt) {
             Ok(f) => {

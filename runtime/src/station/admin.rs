@@ -1,205 +1,125 @@
-//! The admin login: users with Argon2id password hashes (PHC strings), a
-//! session token (only its SHA-256 is stored), lockout after repeated
-//! failures, constant-time comparisons, every attempt in the audit log.
+//! What an administrator may change: discard the leftover packs of a model
+//! (their certificates revoked), authorise the rework of a written device
+//! (revoked and a fresh pack fetched), add another administrator. Who the
+//! administrator is, is [`super::login`]'s job.
 
-use std::io::{BufRead, Write};
+use super::error::StationError;
+use super::failpoint::point;
+use super::Station;
+use crate::pki::id::DeviceId;
+use crate::store::stock::{apply, now_unix, Event, EventContext, Stock};
+use crate::wire::station::{codes, DiscardReport, ReworkReport};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use zeroize::Zeroizing;
-
-use super::config::AdminConfig;
-use super::desk::StationError;
-use crate::store::stock::{now_unix, unix_text, Stock};
-use crate::wire::station::codes;
-
+/// The environment variable that carries the admin password.
 pub const PASSWORD_ENV: &str = "CERTLINE_ADMIN_PASSWORD";
-const MIN_PASSWORD: usize = 8;
+/// The environment variable that carries a new administrator's password (`admin user-add`).
+pub const NEW_PASSWORD_ENV: &str = "CERTLINE_NEW_ADMIN_PASSWORD";
 
-/// Argon2id with the crate's recommended parameters, as a PHC string.
-pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-    let salt = SaltString::encode_b64(&bytes)
-        .map_err(|e| anyhow::anyhow!("cannot encode the salt: {e}"))?;
-    Ok(argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?
-        .to_string())
-}
-
-fn verify_password(password: &str, phc: &str) -> bool {
-    // The hash comparison inside verify_password is constant-time.
-    match PasswordHash::new(phc) {
-        Ok(hash) => argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// A hash that no password opens, verified against for unknown users so that
-/// a login takes as long whether or not the user exists.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash_password("certline: no such user").expect("hashing works"))
-}
-
-pub fn check_new_user(name: &str, password: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if !ok {
-        anyhow::bail!(
-            "admin user name {name:?} must be 1-64 characters of letters, digits, '-', '_', '.'"
-        );
-    }
-    if password.chars().count() < MIN_PASSWORD {
-        anyhow::bail!("the admin password must be at least {MIN_PASSWORD} characters");
-    }
-    Ok(())
-}
-
-/// The admin password: from CERTLINE_ADMIN_PASSWORD, else asked on the terminal.
-pub fn read_password(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
-    if let Ok(value) = std::env::var(PASSWORD_ENV) {
-        if !value.is_empty() {
-            return Ok(Zeroizing::new(value));
+impl Station {
+    pub fn discard(
+        &mut self,
+        actor: &str,
+        model: &str,
+        day: Option<&str>,
+    ) -> Result<DiscardReport, StationError> {
+        crate::pki::id::check_model(model).map_err(StationError::bad_request)?;
+        if let Some(day) = day {
+            super::config::parse_day(day).map_err(StationError::bad_request)?;
         }
+        let packs = self.stock.stocked_of_model(model, day)?;
+        if packs.is_empty() {
+            return Err(StationError::not_found(
+                codes::NOT_FOUND,
+                format!(
+                    "no stocked packs of model {model}{} to discard",
+                    day.map(|d| format!(" planned for {d}")).unwrap_or_default()
+                ),
+            ));
+        }
+        let now = now_unix();
+        let tx = self.stock.transaction()?;
+        for pack in &packs {
+            apply(
+                &tx,
+                pack,
+                Event::Discard,
+                &EventContext {
+                    actor,
+                    at: now,
+                    reason: Some("leftover discarded by an administrator"),
+                    ..Default::default()
+                },
+            )?;
+            Stock::mark_plan(&tx, &pack.id, true, false)?;
+        }
+        tx.commit()?;
+        point("discard-after-commit");
+        Ok(DiscardReport {
+            model: model.to_string(),
+            discarded: packs.iter().map(|p| p.id.clone()).collect(),
+            revocations_queued: packs.len(),
+        })
     }
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no admin password: set {PASSWORD_ENV} (there is no terminal to ask on)"
+
+    pub fn rework(
+        &mut self,
+        actor: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<ReworkReport, StationError> {
+        let id = DeviceId::parse(id)
+            .map_err(|e| StationError::bad_request(e.to_string()))?
+            .to_string();
+        if reason.trim().is_empty() {
+            return Err(StationError::bad_request(
+                "a rework needs a reason (e.g. \"board replaced in service\")",
+            ));
+        }
+        if self.stock.plan_entry(&id)?.is_none() {
+            return Err(StationError::not_found(
+                codes::NOT_IN_PLAN,
+                format!("{id} is in no plan at this station; import a plan that lists it first"),
+            ));
+        }
+        let pack = self.stock.live_pack(&id)?.ok_or_else(|| {
+            StationError::not_found(
+                codes::NOT_FOUND,
+                format!("{id} has no certificate written at this station"),
             )
         })?;
-    let stty = |arg: &str| {
-        std::process::Command::new("stty")
-            .arg(arg)
-            .stdin(tty.try_clone().expect("tty handle"))
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let mut out = tty.try_clone()?;
-    write!(out, "{prompt}")?;
-    out.flush()?;
-    let hidden = stty("-echo");
-    let mut line = Zeroizing::new(String::new());
-    let read = std::io::BufReader::new(tty.try_clone()?).read_line(&mut line);
-    if hidden {
-        stty("echo");
+        if !pack.state.is_written() {
+            return Err(StationError::conflict(
+                codes::WRONG_STATE,
+                format!(
+                    "{id}'s pack {} is {}, not written; a rework is for written devices",
+                    pack.serial, pack.state
+                ),
+            ));
+        }
+        let tx = self.stock.transaction()?;
+        apply(
+            &tx,
+            &pack,
+            Event::Rework,
+            &EventContext {
+                actor,
+                at: now_unix(),
+                reason: Some(reason.trim()),
+                ..Default::default()
+            },
+        )?;
+        Stock::mark_plan(&tx, &id, false, true)?;
+        tx.commit()?;
+        point("rework-after-commit");
+        Ok(ReworkReport {
+            id,
+            revoked_serial: pack.serial,
+            replacement: "queued".into(),
+        })
     }
-    writeln!(out)?;
-    read?;
-    let password = line.trim_end_matches(['\n', '\r']).to_string();
-    if password.is_empty() {
-        anyhow::bail!("no admin password given");
+
+    /// Adds an administrator (the password already checked and hashed).
+    pub fn add_user(&mut self, actor: &str, name: &str, phc: &str) -> anyhow::Result<()> {
+        self.stock.add_user(name, phc, actor)
     }
-    Ok(Zeroizing::new(password))
-}
-
-fn refuse(code: &'static str, message: impl Into<String>) -> StationError {
-    StationError::refused(axum::http::StatusCode::UNAUTHORIZED, code, message)
-}
-
-/// Checks a user's password, with lockout; records the outcome.
-pub fn check_login(
-    stock: &mut Stock,
-    config: &AdminConfig,
-    user: &str,
-    password: &str,
-    from: &str,
-) -> Result<(), StationError> {
-    let now = now_unix();
-    let Some(row) = stock.user(user)? else {
-        let _ = verify_password(password, dummy_hash());
-        stock.record_unknown_login(user, from)?;
-        return Err(refuse(codes::UNAUTHORIZED, "wrong user or password"));
-    };
-    if row.locked_until > now {
-        stock.record_login(&row.name, false, row.failures, row.locked_until, from)?;
-        return Err(StationError::refused(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            codes::LOCKED_OUT,
-            format!(
-                "user {user} is locked out after {} failed logins until {}",
-                row.failures,
-                unix_text(row.locked_until)
-            ),
-        ));
-    }
-    if verify_password(password, &row.phc) {
-        stock.record_login(&row.name, true, 0, 0, from)?;
-        return Ok(());
-    }
-    let failures = row.failures + 1;
-    if failures >= config.max_failures {
-        let until = now + config.lockout_secs;
-        stock.record_login(&row.name, false, failures, until, from)?;
-        return Err(StationError::refused(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            codes::LOCKED_OUT,
-            format!(
-                "wrong user or password; after {failures} failed logins user {user} is locked out until {}",
-                unix_text(until)
-            ),
-        ));
-    }
-    stock.record_login(&row.name, false, failures, 0, from)?;
-    Err(refuse(codes::UNAUTHORIZED, "wrong user or password"))
-}
-
-fn token_hash(token: &str) -> String {
-    hex::encode(aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        token.as_bytes(),
-    ))
-}
-
-/// Logs in and opens a session: returns the token and its expiry.
-pub fn login(
-    stock: &mut Stock,
-    config: &AdminConfig,
-    user: &str,
-    password: &str,
-    from: &str,
-) -> Result<(Zeroizing<String>, i64), StationError> {
-    check_login(stock, config, user, password, from)?;
-    let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-    let token = Zeroizing::new(hex::encode(bytes));
-    let expires = now_unix() + config.session_secs;
-    stock.create_session(&token_hash(&token), user, expires)?;
-    Ok((token, expires))
-}
-
-/// The user of a valid session token.
-pub fn authenticate(stock: &Stock, token: &str) -> Result<String, StationError> {
-    let hash = token_hash(token);
-    let Some((user, expires)) = stock.session(&hash)? else {
-        return Err(refuse(
-            codes::UNAUTHORIZED,
-            "no valid admin session: log in first (POST /v1/admin/login)",
-        ));
-    };
-    if expires <= now_unix() {
-        return Err(refuse(
-            codes::UNAUTHORIZED,
-            "the admin session has expired: log in again",
-        ));
-    }
-    Ok(user)
-}
-
-pub fn logout(stock: &mut Stock, token: &str) -> anyhow::Result<()> {
-    stock.end_session(&token_hash(token))
 }

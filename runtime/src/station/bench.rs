@@ -15,9 +15,9 @@ use clap::Args;
 use serde::Serialize;
 
 use super::config::day_text;
-use super::desk::Station;
 use super::fetch::{CaLink, Shared};
 use super::serve::{router, ServeState};
+use super::Station;
 use crate::pki::credential::Credential;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
@@ -173,7 +173,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The CA's own rate for the same batches (ids the station will not use).
     say(&format!("CA alone: {count} packs in batches of {chunk}..."));
-    let ca_client = ServiceClient::new(&ca.url, &station_cred, Duration::from_secs(600))?;
+    let ca_client = ServiceClient::new(
+        &ca.url,
+        &station_cred,
+        crate::pki::role::Role::Ca,
+        Duration::from_secs(600),
+    )?;
     let start = Instant::now();
     rt.block_on(async {
         let ids: Vec<String> = (0..count).map(|n| format!("CABENCH-{n:08}")).collect();
@@ -252,7 +257,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{lines} line clients: take + written for {count} ids..."
     ));
     let tls = server_config(&station_cred, ClientAuth::Optional)?;
-    let state = ServeState::new(shared.clone());
+    let state = rt.block_on(ServeState::open(shared.clone(), &dir, &station_cred, &link))?;
     let next = Arc::new(AtomicUsize::new(0));
     let elapsed = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -265,7 +270,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
         let clients: Vec<ServiceClient> = line_creds
             .iter()
-            .map(|c| ServiceClient::new(&url, c, Duration::from_secs(60)))
+            .map(|c| {
+                ServiceClient::new(
+                    &url,
+                    c,
+                    crate::pki::role::Role::Station,
+                    Duration::from_secs(60),
+                )
+            })
             .collect::<anyhow::Result<_>>()?;
         // Warm the connections (one handshake each) before the clock starts.
         for client in &clients {

@@ -96,6 +96,12 @@ pub struct AdminConfig {
     pub lockout_secs: i64,
     #[serde(default = "default_session")]
     pub session_secs: i64,
+    /// Failed logins from one peer address within `peer_window_secs` before
+    /// that address is refused (whatever user it names).
+    #[serde(default = "default_max_failures_per_peer")]
+    pub max_failures_per_peer: u32,
+    #[serde(default = "default_peer_window")]
+    pub peer_window_secs: i64,
 }
 
 impl Default for AdminConfig {
@@ -104,6 +110,8 @@ impl Default for AdminConfig {
             max_failures: default_max_failures(),
             lockout_secs: default_lockout(),
             session_secs: default_session(),
+            max_failures_per_peer: default_max_failures_per_peer(),
+            peer_window_secs: default_peer_window(),
         }
     }
 }
@@ -131,6 +139,12 @@ fn default_working_days() -> Vec<String> {
 }
 fn default_offset() -> String {
     "+00:00".into()
+}
+fn default_max_failures_per_peer() -> u32 {
+    20
+}
+fn default_peer_window() -> i64 {
+    60
 }
 fn default_max_failures() -> i64 {
     5

@@ -8,7 +8,11 @@
 //! DIR/stock.db         plans, packs (keys sealed), CA queue, users, audit log (SQLite)
 //! DIR/plans/           drop folder watched by `station serve`
 //! DIR/fetch.lock       held by whoever fetches, so two fetches never overlap
+//! DIR/ca-crl.der       the CA's last verified CRL (see `crl.rs`)
 //! ```
+//!
+//! The directory and its folders are the owner's only (0700), and so is
+//! every file the station writes (0600).
 
 use std::path::{Path, PathBuf};
 
@@ -51,15 +55,7 @@ pub struct InitOptions {
     pub handout_timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct InitReport {
-    pub dir: PathBuf,
-    pub name: String,
-    pub ca_url: String,
-    pub admin_user: String,
-    pub models: Vec<String>,
-    pub models_without_certificate: Vec<String>,
-}
+pub use crate::wire::station::InitReport;
 
 /// Creates a station in `dir` (missing or empty), with its first administrator.
 pub fn init(
@@ -94,7 +90,7 @@ pub fn init(
             credential.name()
         );
     }
-    super::admin::check_new_user(&options.admin_user, admin_password)?;
+    super::login::check_new_user(&options.admin_user, admin_password)?;
     let mut config = StationConfig::new(credential.name(), &options.ca_url);
     if let Some(chunk) = options.chunk_size {
         config.chunk_size = chunk;
@@ -124,6 +120,8 @@ pub fn init(
 
     std::fs::create_dir_all(dir.join(PLANS_DIR))
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    owner_only_dir(dir)?;
+    owner_only_dir(&dir.join(PLANS_DIR))?;
     let (kek, kdf) = Kek::create(passphrase)?;
     let mut chain_pem = String::new();
     for cert in credential
@@ -133,8 +131,11 @@ pub fn init(
     {
         chain_pem.push_str(&to_pem("CERTIFICATE", cert));
     }
-    std::fs::write(dir.join(CREDENTIAL_FILE), chain_pem)?;
-    std::fs::write(dir.join(ROOT_FILE), to_pem("CERTIFICATE", &credential.root))?;
+    write_private_file(&dir.join(CREDENTIAL_FILE), chain_pem.as_bytes())?;
+    write_private_file(
+        &dir.join(ROOT_FILE),
+        to_pem("CERTIFICATE", &credential.root).as_bytes(),
+    )?;
     let key_pem = credential.to_pem();
     let key = pem_blocks(&key_pem, "PRIVATE KEY")?
         .pop()
@@ -148,7 +149,7 @@ pub fn init(
         serde_json::to_string_pretty(&sealed)?.as_bytes(),
     )?;
     let mut stock = Stock::open(&dir.join(STOCK_FILE), true)?;
-    let phc = super::admin::hash_password(admin_password)?;
+    let phc = super::login::hash_password(admin_password)?;
     stock.add_user(&options.admin_user, &phc, "station init")?;
     stock.audit(
         "station init",
@@ -156,7 +157,10 @@ pub fn init(
         &serde_json::json!({"station": config.name, "ca": config.ca_url, "models": config.models.keys().collect::<Vec<_>>()}),
     )?;
     // Written last: a directory with station.toml is a complete station.
-    std::fs::write(dir.join(CONFIG_FILE), toml::to_string_pretty(&config)?)?;
+    write_private_file(
+        &dir.join(CONFIG_FILE),
+        toml::to_string_pretty(&config)?.as_bytes(),
+    )?;
     Ok(InitReport {
         dir: dir.to_path_buf(),
         name: config.name.clone(),
@@ -219,6 +223,13 @@ pub fn unlock(dir: &Path, passphrase: &str) -> anyhow::Result<(Kek, Credential)>
     Ok((kek, credential))
 }
 
+/// Sets a folder the station made to 0700.
+fn owner_only_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot restrict {} to its owner", dir.display()))
+}
+
 pub fn open_stock(dir: &Path) -> anyhow::Result<Stock> {
     Stock::open(&dir.join(STOCK_FILE), false)
 }
@@ -230,11 +241,13 @@ pub struct FetchLock {
 }
 
 pub fn lock_fetch(dir: &Path) -> anyhow::Result<FetchLock> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {

@@ -12,21 +12,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use time::Date;
 
 use super::config::day_text;
-use super::desk::{pack_aad, pause_point, Station};
+use super::failpoint::point;
+use super::station::pack_aad;
+use super::Station;
 use crate::pki::credential::Credential;
 use crate::pki::crl::Reason;
 use crate::pki::seal::Kek;
 use crate::pki::{fingerprint, pem_blocks};
 use crate::service::client::{ClientError, ServiceClient};
-use crate::store::stock::{now_unix, NewPack, QueueRow, Stock};
+use crate::store::stock::{now_unix, NewPack, QueueKind, QueueRow, Stock};
 use crate::wire::ca::{
-    self as api, BatchItem, BatchRequest, LookupRequest, LookupResponse, PackBatch, ReplaceRequest,
-    RevokeRequest, Revoked,
+    self as api, codes, BatchItem, BatchRequest, LookupRequest, LookupResponse, PackBatch,
+    ReplaceRequest, RevokeRequest, Revoked,
 };
+pub use crate::wire::station::{FetchReport, QueueRun};
 
 pub type Shared = Arc<Mutex<Station>>;
 
@@ -54,42 +56,24 @@ pub struct CaLink {
 impl CaLink {
     pub fn new(url: &str, credential: &Credential) -> anyhow::Result<CaLink> {
         Ok(CaLink {
-            client: ServiceClient::new(url, credential, Duration::from_secs(600))?,
+            client: ServiceClient::new(
+                url,
+                credential,
+                crate::pki::role::Role::Ca,
+                Duration::from_secs(600),
+            )?,
             root_der: credential.root.to_vec(),
         })
     }
 
-    /// The serials (hex) the CA's current CRL lists.
-    pub async fn revoked_serials(&self) -> anyhow::Result<std::collections::HashSet<String>> {
-        let der = self.client.get_bytes(crate::wire::ca::CRL).await?;
-        let (_, crl) = x509_parser::parse_x509_crl(&der)
-            .map_err(|e| anyhow::anyhow!("the CA's CRL does not parse: {e}"))?;
-        let serials = crl
-            .iter_revoked_certificates()
-            .map(|r| hex::encode(r.raw_serial()))
-            .collect();
-        Ok(serials)
+    /// The CA's current CRL (DER), unverified: [`super::crl::CrlCache`] checks it.
+    pub async fn crl(&self) -> anyhow::Result<Vec<u8>> {
+        Ok(self.client.get_bytes(crate::wire::ca::CRL).await?)
     }
 
     pub fn url(&self) -> &str {
         self.client.base()
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FetchReport {
-    pub days: Vec<String>,
-    /// Ids planned on those days for models with a certificate.
-    pub planned: usize,
-    /// Ids that already had a pack (or a replacement on its way).
-    pub already_in_stock: usize,
-    /// Packs fetched by this run.
-    pub fetched: usize,
-    /// Of those, ids whose earlier certificate (lost before it reached the
-    /// stock) was revoked by the CA in the same step.
-    pub superseded_unknown: usize,
-    pub chunks: usize,
-    pub notes: Vec<String>,
 }
 
 /// A chunk checked and sealed, ready to store.
@@ -325,7 +309,7 @@ pub async fn fetch(
                 ));
             }
         };
-        pause_point("fetch-before-store");
+        point("fetch-before-store");
         let count = ready.packs.len();
         blocking(shared, move |station| {
             let tx = station.stock.transaction()?;
@@ -346,18 +330,9 @@ pub async fn fetch(
         report.chunks += 1;
         done += count;
         progress(done, total);
-        pause_point("fetch-after-store");
+        point("fetch-after-store");
     }
     Ok(report)
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct QueueRun {
-    pub done: usize,
-    pub failed: usize,
-    pub waiting: usize,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
 }
 
 fn backoff(attempts: i64) -> i64 {
@@ -377,9 +352,9 @@ pub async fn work_queue(shared: &Shared, ca: &CaLink, all: bool) -> anyhow::Resu
     .await??;
     let mut run = QueueRun::default();
     for item in due {
-        let result = match item.kind.as_str() {
-            "replace" => replace(shared, ca, &item).await,
-            _ => revoke(shared, ca, &item).await,
+        let result = match item.kind {
+            QueueKind::Replace => replace(shared, ca, &item).await,
+            QueueKind::Revoke => revoke(shared, ca, &item).await,
         };
         match result {
             Ok(()) => run.done += 1,
@@ -414,7 +389,7 @@ async fn revoke_at_ca(ca: &CaLink, serial: &str, reason: Reason) -> anyhow::Resu
     };
     match ca.client.post::<_, Revoked>(api::REVOKE, &request).await {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("already_revoked") => Ok(()),
+        Err(e) if e.code() == Some(codes::ALREADY_REVOKED) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -422,6 +397,7 @@ async fn revoke_at_ca(ca: &CaLink, serial: &str, reason: Reason) -> anyhow::Resu
 async fn revoke(shared: &Shared, ca: &CaLink, item: &QueueRow) -> anyhow::Result<()> {
     let reason = Reason::parse(&item.reason).unwrap_or(Reason::Unspecified);
     revoke_at_ca(ca, &item.serial, reason).await?;
+    point("queue-after-ca");
     let item = item.clone();
     blocking(shared, move |s| {
         let tx = s.stock.transaction()?;
@@ -479,10 +455,10 @@ async fn replace(shared: &Shared, ca: &CaLink, item: &QueueRow) -> anyhow::Resul
                 if matches!(
                     e.code(),
                     Some(
-                        "replace_mismatch"
-                            | "no_valid_certificate"
-                            | "unknown_serial"
-                            | "already_revoked"
+                        codes::REPLACE_MISMATCH
+                            | codes::NO_VALID_CERTIFICATE
+                            | codes::UNKNOWN_SERIAL
+                            | codes::ALREADY_REVOKED
                     )
                 ) =>
             {
@@ -522,6 +498,7 @@ async fn replace(shared: &Shared, ca: &CaLink, item: &QueueRow) -> anyhow::Resul
         }
         Stock::queue_done(&tx, &item, "station", detail)?;
         tx.commit()?;
+        point("replace-after-commit");
         anyhow::Ok(())
     })
     .await?
@@ -546,4 +523,52 @@ async fn reissue(
     )
     .await?;
     Ok(ready)
+}
+
+/// Certificates the CA holds valid for planned ids whose pack never reached
+/// the stock (a fetch interrupted between the CA's answer and the commit):
+/// each is queued for revocation, durably, and the queue sends it. Run by
+/// `serve` at start, with the fetch lock held so that no fetch is between
+/// those two steps meanwhile. Returns how many were queued.
+pub async fn revoke_orphans(shared: &Shared, ca: &CaLink) -> anyhow::Result<usize> {
+    let (ids, chunk) = blocking(shared, |s| {
+        let rows = s.stock.plan_between("0000-01-01", "9999-12-31")?;
+        let ids: Vec<String> = rows
+            .into_iter()
+            .filter(|r| s.config.carries_certificate(&r.model))
+            .map(|r| r.id)
+            .collect();
+        let covered = s.stock.covered_ids(&ids)?;
+        let open: Vec<String> = ids.into_iter().filter(|id| !covered.contains(id)).collect();
+        anyhow::Ok((open, s.config.chunk_size.max(1)))
+    })
+    .await??;
+    let mut queued = 0;
+    for part in ids.chunks(chunk) {
+        let live: LookupResponse = ca
+            .client
+            .post(api::LOOKUP, &LookupRequest { ids: part.to_vec() })
+            .await?;
+        if live.live.is_empty() {
+            continue;
+        }
+        let found: Vec<(String, String)> =
+            live.live.into_iter().map(|l| (l.id, l.serial)).collect();
+        queued += blocking(shared, move |s| {
+            let tx = s.stock.transaction()?;
+            let mut n = 0;
+            for (id, serial) in &found {
+                let serial = serial.to_ascii_lowercase();
+                if Stock::knows_serial(&tx, &serial)? {
+                    continue;
+                }
+                let model = id.split('-').next().unwrap_or("").to_string();
+                n += Stock::queue_orphan(&tx, id, &model, &serial, Reason::Superseded, now_unix())?;
+            }
+            tx.commit()?;
+            anyhow::Ok(n)
+        })
+        .await??;
+    }
+    Ok(queued)
 }

@@ -1,17 +1,39 @@
-//! The station role (`certline station`), split like the CA: policy
-//! ([`desk`]: who may take what, what a report does, retention, rework,
-//! discard; [`admin`]: the login), storage (`store::stock`, which holds the
-//! pack lifecycle), transport ([`serve`] for lines and administrators,
-//! [`fetch`] for everything asked of the CA), plans ([`plan`]), configuration
-//! ([`config`], [`dir`], [`retention`]) and the command line.
+//! The station role (`certline station`): the factory's terminal between
+//! the CA and the lines.
+//!
+//! - the station itself ([`station`]: open, keys, stock check) and its
+//!   refusals ([`error`]: a kind and a stable code, no transport);
+//! - what it does: the line API and the sweeps ([`handout`]), the admin's
+//!   changes ([`admin`]) behind the login ([`login`]), the admin's reports
+//!   ([`reports`]), production plans and the drop folder ([`plan`]),
+//!   retention ([`retention`]);
+//! - what it asks of the CA ([`fetch`]) and the CA's CRL ([`crl`]);
+//! - transport: the HTTPS API ([`serve`], the only place with HTTP statuses)
+//!   and the work beside it ([`background`]);
+//! - configuration and directory ([`config`], [`dir`]), the command line
+//!   ([`cli`], [`admin_cli`]), crash-test points ([`failpoint`]).
+//!
+//! Storage is `store::stock`, which holds the pack lifecycle.
 
 pub mod admin;
+pub mod admin_cli;
+pub mod background;
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod desk;
+pub mod crl;
 pub mod dir;
+pub mod error;
+pub mod failpoint;
 pub mod fetch;
+pub mod handout;
+pub mod login;
 pub mod plan;
+pub mod reports;
 pub mod retention;
 pub mod serve;
+#[allow(clippy::module_inception)]
+pub mod station;
+
+pub use error::StationError;
+pub use station::{Opened, Station};

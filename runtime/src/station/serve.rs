@@ -1,62 +1,122 @@
-//! The station's HTTPS API over TLS (see `wire::station` for the endpoints)
-//! and its background work: hand-out timeouts, the CA queue, retention by
-//! age, the plan drop folder and the scheduled fetch.
+//! The station's HTTPS API over TLS (see `wire::station` for the endpoints):
+//! the only place where the station's refusals become HTTP statuses.
 //!
-//! Line endpoints take a line credential (mTLS); admin endpoints take a
-//! session token from the admin login, with or without a client certificate.
+//! Line endpoints take a line credential (mTLS) that the CA's CRL does not
+//! list, and only while a fresh CRL is known; admin endpoints take a session
+//! token from the admin login, with or without a client certificate.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::Notify;
 
-use super::desk::{Station, StationError};
-use super::fetch::{blocking, CaLink, Shared};
+use super::crl::CrlCache;
+use super::error::{Kind, StationError};
+use super::fetch::{blocking, Shared};
+use super::login::PeerLimit;
+use super::Station;
 use crate::pki::role::Role;
 use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::wire::station::{
-    self as api, codes, AuditReport, DeviceReport, DiscardReport, DiscardRequest, FailedRequest,
-    Health, LoginRequest, LoginResponse, QueueReport, ReceivedRequest, ReportResponse,
-    ReworkReport, ReworkRequest, StockReport, TakeRequest, TakeResponse, WrittenRequest,
+    self as api, codes, AuditQuery, AuditReport, DeviceQuery, DeviceReport, DiscardReport,
+    DiscardRequest, FailedRequest, Health, LoggedOut, LoginRequest, LoginResponse, QueueReport,
+    ReceivedRequest, ReportResponse, ReworkReport, ReworkRequest, StockReport, TakeRequest,
+    TakeResponse, WrittenRequest,
 };
+
+/// The HTTP status of each kind of refusal.
+fn status(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::BadRequest => StatusCode::BAD_REQUEST,
+        Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::TooMany => StatusCode::TOO_MANY_REQUESTS,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl From<StationError> for ApiError {
+    fn from(err: StationError) -> ApiError {
+        match err {
+            StationError::Refused {
+                kind,
+                code,
+                message,
+            } => ApiError::new(status(kind), code, message),
+            StationError::Internal(err) => ApiError::internal(err),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct ServeState {
     pub shared: Shared,
     /// Wakes the background loop (a failure queued CA work, say).
     pub wake: Arc<Notify>,
-    /// Serials (hex) the CA's CRL lists, refreshed by the background loop: a
-    /// line whose credential was revoked may take no more packs.
-    pub revoked: Arc<RwLock<HashSet<String>>>,
+    /// The CA's CRL: line credentials it lists are refused.
+    pub crl: Arc<CrlCache>,
     /// How often the background loop fetches the CA's CRL.
     pub crl_refresh: Duration,
+    /// Failed admin logins per peer address.
+    pub logins: Arc<PeerLimit>,
+    /// Line credentials seen (serial → line name): a line the CRL newly
+    /// lists is known by name, so the packs it holds can be revoked at once.
+    pub lines_seen: Arc<Mutex<HashMap<String, String>>>,
+    /// The station directory (drop folder, fetch lock).
+    pub dir: PathBuf,
 }
 
 impl ServeState {
-    pub fn new(shared: Shared) -> ServeState {
+    pub fn new(shared: Shared, crl: Arc<CrlCache>, dir: PathBuf) -> ServeState {
+        let logins = {
+            let station = shared.lock().unwrap_or_else(|p| p.into_inner());
+            PeerLimit::new(&station.config.admin)
+        };
         ServeState {
             shared,
             wake: Arc::new(Notify::new()),
-            revoked: Arc::new(RwLock::new(HashSet::new())),
+            crl,
             crl_refresh: Duration::from_secs(60),
+            logins: Arc::new(logins),
+            lines_seen: Arc::new(Mutex::new(HashMap::new())),
+            dir,
         }
     }
 
+    /// The serving state of a station directory: the kept CRL loaded, then
+    /// refreshed from the CA once (bounded in time; with the CA down the kept
+    /// one serves while it is fresh).
+    pub async fn open(
+        shared: Shared,
+        dir: &std::path::Path,
+        credential: &crate::pki::credential::Credential,
+        ca: &super::fetch::CaLink,
+    ) -> anyhow::Result<ServeState> {
+        let crl = Arc::new(CrlCache::open(dir, credential)?);
+        let state = ServeState::new(shared, crl, dir.to_path_buf());
+        super::background::refresh_crl(&state, ca).await;
+        Ok(state)
+    }
+
     /// The name of the line on the other end, refused unless it presents a
-    /// line credential that the CA has not revoked.
+    /// line credential that the CA's (fresh) CRL does not list.
     fn line_of(&self, peer: &Peer) -> Result<String, ApiError> {
         let name = peer.require(&[Role::Line])?.to_string();
-        let revoked = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        if peer.serial.as_ref().is_some_and(|s| revoked.contains(s)) {
-            return Err(ApiError::forbidden(format!(
-                "the credential of line {name} has been revoked by the CA"
-            )));
+        self.crl.check_line(&name, peer.serial.as_deref())?;
+        if let Some(serial) = &peer.serial {
+            let mut seen = self.lines_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() < 100_000 {
+                seen.entry(serial.clone()).or_insert_with(|| name.clone());
+            }
         }
         Ok(name)
     }
@@ -74,7 +134,7 @@ impl ServeState {
     /// The admin user behind the request's bearer token.
     async fn admin(&self, headers: &HeaderMap) -> Result<String, ApiError> {
         let token = bearer(headers)?;
-        self.run(move |s| super::admin::authenticate(&s.stock, &token))
+        self.run(move |s| super::login::authenticate(&s.stock, &token))
             .await
     }
 }
@@ -93,6 +153,16 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
                 "no admin session: log in (POST /v1/admin/login) and send Authorization: Bearer <token>",
             )
         })
+}
+
+/// A query string's parameters, or a refusal naming what was wrong.
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the query is not what this endpoint takes: {}",
+            e.body_text()
+        ))
+    })
 }
 
 pub fn router(state: ServeState) -> Router {
@@ -168,53 +238,75 @@ async fn failed(
 }
 
 async fn health(State(state): State<ServeState>) -> Result<Json<Health>, ApiError> {
+    let crl = state.crl.health();
     state
-        .run(|s| {
+        .run(move |s| {
             Ok(Json(Health {
-                status: "ok".into(),
+                status: if crl.fresh { "ok" } else { codes::NO_FRESH_CRL }.into(),
                 station: s.config.name.clone(),
                 day: super::config::day_text(s.today()),
+                crl,
             }))
         })
         .await
 }
 
+/// The admin login in three steps, so that Argon2 runs without the station
+/// held: a login flood slows no line. Past the per-address limit of failed
+/// logins, an address is refused before anything is hashed or written.
 async fn login(
     State(state): State<ServeState>,
     Extension(peer): Extension<Peer>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
+    let ip = peer.addr.ip();
+    state.logins.check(ip)?;
     let from = peer.addr.to_string();
     let user = request.user.clone();
-    let (token, expires) = state
+    let attempt = state
+        .run(move |s| super::login::begin(&s.stock, &user, &from))
+        .await?;
+    let password = request.password;
+    let checked = tokio::task::spawn_blocking(move || attempt.check(&password))
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("the password check failed: {e}")))?;
+    let user = request.user;
+    let outcome = state
         .run(move |s| {
             let config = s.config.admin.clone();
-            super::admin::login(
-                &mut s.stock,
-                &config,
-                &request.user,
-                &request.password,
-                &from,
-            )
+            super::login::finish(&mut s.stock, &config, checked)?;
+            let (token, expires) = super::login::open_session(&mut s.stock, &config, &user)?;
+            Ok((user, token, expires))
         })
-        .await?;
-    Ok(Json(LoginResponse {
-        user,
-        token,
-        expires_at: crate::store::stock::unix_text(expires),
-    }))
+        .await;
+    match outcome {
+        Ok((user, token, expires)) => Ok(Json(LoginResponse {
+            user,
+            token,
+            expires_at: crate::store::stock::unix_text(expires),
+        })),
+        Err(err) => {
+            if matches!(
+                err.status,
+                StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+            ) {
+                state.logins.failed(ip);
+            }
+            Err(err)
+        }
+    }
 }
 
 async fn logout(
     State(state): State<ServeState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<LoggedOut>, ApiError> {
     state.admin(&headers).await?;
     let token = bearer(&headers)?;
     state
-        .run(move |s| Ok(super::admin::logout(&mut s.stock, &token)?))
+        .run(move |s| Ok(super::login::logout(&mut s.stock, &token)?))
         .await?;
-    Ok(Json(serde_json::json!({"logged_out": true})))
+    Ok(Json(LoggedOut { logged_out: true }))
 }
 
 async fn stock(
@@ -244,53 +336,13 @@ async fn discard(
     Ok(Json(report))
 }
 
-/// One parameter of a query string (percent-decoded).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| percent_decode(value))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 async fn audit(
     State(state): State<ServeState>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    params: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditReport>, ApiError> {
     state.admin(&headers).await?;
-    let last = match query_param(query.as_deref(), "last") {
-        None => 20,
-        Some(text) => text.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!("last={text:?} is not a number of entries"))
-        })?,
-    };
+    let AuditQuery { last } = query(params)?;
     Ok(Json(state.run(move |s| Ok(s.audit_report(last)?)).await?))
 }
 
@@ -333,162 +385,10 @@ async fn retry(
 async fn device(
     State(state): State<ServeState>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    params: Result<Query<DeviceQuery>, QueryRejection>,
 ) -> Result<Json<DeviceReport>, ApiError> {
     state.admin(&headers).await?;
-    let id = query_param(query.as_deref(), "id")
-        .ok_or_else(|| ApiError::bad_request("name the device: ?id=MODEL-SERIAL"))?;
+    let DeviceQuery { id } =
+        query(params).map_err(|_| ApiError::bad_request("name the device: ?id=MODEL-SERIAL"))?;
     Ok(Json(state.run(move |s| s.device_report(&id)).await?))
-}
-
-// ---- background work ----
-
-/// Runs forever: timeouts and the CA queue every second (or when woken),
-/// the drop folder every 2 s, retention by age every minute, the scheduled
-/// fetch when its time comes.
-pub async fn background(state: ServeState, ca: Arc<CaLink>, dir: PathBuf) {
-    let mut last_retention = Instant::now();
-    let mut last_drop: Option<Instant> = None;
-    let mut last_scheduled: Option<time::Date> = None;
-    let mut scheduled_retry: Option<Instant> = None;
-    let mut last_crl: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            () = state.wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        match blocking(&state.shared, |s| s.sweep_timeouts()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::warn!("{n} hand-out(s) timed out; revoking and replacing"),
-            Ok(Err(e)) | Err(e) => tracing::error!("timeout sweep failed: {e:#}"),
-        }
-        match super::fetch::work_queue(&state.shared, &ca, false).await {
-            Ok(run) if run.done > 0 || run.failed > 0 => tracing::info!(
-                done = run.done,
-                failed = run.failed,
-                waiting = run.waiting,
-                "CA queue"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::error!("CA queue failed: {e:#}"),
-        }
-        if last_drop.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) {
-            last_drop = Some(Instant::now());
-            let dir = dir.clone();
-            if let Err(e) = blocking(&state.shared, move |s| drop_folder(s, &dir)).await {
-                tracing::error!("plan drop folder: {e:#}");
-            }
-        }
-        if last_crl.is_none_or(|at| at.elapsed() >= state.crl_refresh) {
-            last_crl = Some(Instant::now());
-            match ca.revoked_serials().await {
-                Ok(serials) => *state.revoked.write().unwrap_or_else(|p| p.into_inner()) = serials,
-                Err(e) => {
-                    tracing::warn!("cannot refresh the CA's CRL (keeping the last one): {e:#}")
-                }
-            }
-        }
-        if last_retention.elapsed() >= Duration::from_secs(60) {
-            last_retention = Instant::now();
-            if let Ok(Err(e)) | Err(e) = blocking(&state.shared, |s| s.sweep_retention())
-                .await
-                .map(|r| r.map(|_| ()))
-            {
-                tracing::error!("retention sweep failed: {e:#}");
-            }
-        }
-        let due = blocking(&state.shared, |s| {
-            let minute = s.config.fetch_minute()?;
-            let offset = s.config.offset().ok()?;
-            let now = time::OffsetDateTime::now_utc().to_offset(offset);
-            let today = s.today();
-            let at = u32::from(now.hour()) * 60 + u32::from(now.minute());
-            (at >= minute).then(|| {
-                (
-                    today,
-                    s.config.next_working_days(today, s.config.days_ahead),
-                )
-            })
-        })
-        .await
-        .ok()
-        .flatten();
-        if let Some((today, days)) = due {
-            if last_scheduled != Some(today)
-                && scheduled_retry.is_none_or(|at| Instant::now() >= at)
-            {
-                last_scheduled = Some(today);
-                match super::dir::lock_fetch(&dir) {
-                    Ok(_lock) => {
-                        let mut quiet = |_: usize, _: usize| {};
-                        match super::fetch::fetch(&state.shared, &ca, &days, &mut quiet).await {
-                            Ok(r) => {
-                                tracing::warn!(fetched = r.fetched, days = ?r.days, "scheduled fetch done")
-                            }
-                            Err(e) => {
-                                tracing::error!(
-                                    "scheduled fetch failed (retried in 10 minutes): {e:#}"
-                                );
-                                // Try again later today, without holding up
-                                // timeouts and the CA queue meanwhile.
-                                last_scheduled = None;
-                                scheduled_retry = Some(Instant::now() + Duration::from_secs(600));
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!("scheduled fetch skipped: {e:#}"),
-                }
-            }
-        }
-    }
-}
-
-/// Imports every plan file dropped into `DIR/plans/`: an imported file moves
-/// to `plans/imported/`, a refused one to `plans/rejected/` beside a
-/// `.error.txt` that says why.
-pub fn drop_folder(station: &mut Station, dir: &Path) -> anyhow::Result<()> {
-    let folder = dir.join(super::dir::PLANS_DIR);
-    let Ok(entries) = std::fs::read_dir(&folder) else {
-        return Ok(());
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.') && (name.ends_with(".csv") || name.ends_with(".json"))
-        })
-        .collect();
-    files.sort();
-    for file in files {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("plan")
-            .to_string();
-        let config = station.config.clone();
-        match super::plan::import(&file, &config, &mut station.stock, "station:drop-folder") {
-            Ok(report) => {
-                tracing::warn!(file = %file.display(), ids = report.ids, "plan imported from the drop folder");
-                let done = folder.join("imported");
-                std::fs::create_dir_all(&done)?;
-                std::fs::rename(
-                    &file,
-                    done.join(format!("{}-{name}", crate::store::stock::now_unix())),
-                )?;
-            }
-            Err(err) => {
-                tracing::error!("plan {} refused: {err:#}", file.display());
-                let rejected = folder.join("rejected");
-                std::fs::create_dir_all(&rejected)?;
-                std::fs::write(
-                    rejected.join(format!("{name}.error.txt")),
-                    format!("{err:#}\n"),
-                )?;
-                std::fs::rename(&file, rejected.join(&name))?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Opening a SQLite file the one way certline does it: WAL, synchronous=FULL
-//! (NORMAL can lose the last commits on power loss), secure_delete on, and
-//! migrations tracked in `user_version`.
+//! (NORMAL can lose the last commits on power loss), secure_delete on,
+//! migrations tracked in `user_version`, and the file with its `-wal` and
+//! `-shm` readable by the owner only (0600): it holds password hashes,
+//! sealed keys, the ledger.
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ pub fn open(path: &Path, create: bool, migrations: &[&str]) -> anyhow::Result<Co
     if !create && !path.exists() {
         anyhow::bail!("database {} does not exist", path.display());
     }
+    owner_only(path, create)?;
     let mut conn = Connection::open(path)
         .with_context(|| format!("cannot open database {}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -24,7 +27,39 @@ pub fn open(path: &Path, create: bool, migrations: &[&str]) -> anyhow::Result<Co
         "PRAGMA synchronous=FULL; PRAGMA secure_delete=ON; PRAGMA foreign_keys=ON; PRAGMA cache_size=-32768;",
     )?;
     migrate(&mut conn, migrations).with_context(|| format!("database {}", path.display()))?;
+    // SQLite gives the -wal and -shm files the database's mode; older files
+    // made before this rule are tightened here.
+    owner_only(path, false)?;
     Ok(conn)
+}
+
+/// The database file (created empty with mode 0600 if `create` and missing)
+/// and its `-wal`/`-shm` companions, if present, set to 0600.
+fn owner_only(path: &Path, create: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create && !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create database {}", path.display()))?;
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot restrict {} to its owner", file.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, migrations: &[&str]) -> anyhow::Result<()> {
@@ -72,4 +107,30 @@ pub fn time_text(at: time::OffsetDateTime) -> String {
 pub fn parse_time(text: &str) -> anyhow::Result<time::OffsetDateTime> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .with_context(|| format!("stored time {text:?} is not RFC 3339"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_database_and_its_wal_are_the_owners_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.db");
+        let conn = super::open(&path, true, &["CREATE TABLE t (x INTEGER);"]).unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        for name in ["t.db", "t.db-wal", "t.db-shm"] {
+            let mode = std::fs::metadata(tmp.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        drop(conn);
+        // A database made before the rule is tightened when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(super::open(&path, false, &["CREATE TABLE t (x INTEGER);"]).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

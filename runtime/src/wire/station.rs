@@ -70,6 +70,14 @@ pub mod codes {
     pub const LOCKED_OUT: &str = "locked_out";
     /// Admin: nothing matched (no such device, no leftovers of that model).
     pub const NOT_FOUND: &str = "not_found";
+    /// The client certificate may not do this (a revoked line, a report on
+    /// another line's pack).
+    pub const FORBIDDEN: &str = "forbidden";
+    /// Lines are refused: the station knows no fresh CRL of the CA, so it
+    /// cannot tell a revoked line credential from a good one.
+    pub const NO_FRESH_CRL: &str = "no_fresh_crl";
+    /// Too many failed logins from this address; wait and try again.
+    pub const RATE_LIMITED: &str = "rate_limited";
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,13 +141,120 @@ pub struct FailedRequest {
     pub reason: String,
 }
 
+/// Where a pack is in its lifecycle at the station (see `store::stock`,
+/// which holds the transition table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackState {
+    Stocked,
+    HandedOut,
+    Received,
+    Written,
+    Flagged,
+    Deleted,
+    Revoked,
+    Discarded,
+    Quarantined,
+}
+
+impl PackState {
+    pub const ALL: [PackState; 9] = [
+        PackState::Stocked,
+        PackState::HandedOut,
+        PackState::Received,
+        PackState::Written,
+        PackState::Flagged,
+        PackState::Deleted,
+        PackState::Revoked,
+        PackState::Discarded,
+        PackState::Quarantined,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackState::Stocked => "stocked",
+            PackState::HandedOut => "handed_out",
+            PackState::Received => "received",
+            PackState::Written => "written",
+            PackState::Flagged => "flagged",
+            PackState::Deleted => "deleted",
+            PackState::Revoked => "revoked",
+            PackState::Discarded => "discarded",
+            PackState::Quarantined => "quarantined",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<PackState> {
+        Self::ALL.iter().copied().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the pack's certificate is the id's one valid certificate as far
+    /// as the station is concerned (at most one live pack per id).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            PackState::Stocked
+                | PackState::HandedOut
+                | PackState::Received
+                | PackState::Written
+                | PackState::Flagged
+                | PackState::Deleted
+        )
+    }
+
+    /// In a device: written, whatever the retention did afterwards.
+    pub fn is_written(self) -> bool {
+        matches!(
+            self,
+            PackState::Written | PackState::Flagged | PackState::Deleted
+        )
+    }
+}
+
+impl std::fmt::Display for PackState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Work for the CA waiting durably at the station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueKind {
+    /// Revoke the certificate and obtain a fresh pack for the id (one CA call).
+    Replace,
+    /// Revoke the certificate only.
+    Revoke,
+}
+
+impl QueueKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Replace => "replace",
+            QueueKind::Revoke => "revoke",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<QueueKind> {
+        [QueueKind::Replace, QueueKind::Revoke]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for QueueKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a report did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportResponse {
     pub id: String,
     pub serial: String,
     /// The pack's state now: received, flagged, deleted, written or revoked.
-    pub state: String,
+    pub state: PackState,
     /// For a failure: the replacement, if the CA already gave one ("stocked"),
     /// or "queued" while the CA is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,9 +263,29 @@ pub struct ReportResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
+    /// "ok", or "no_fresh_crl" while the station refuses lines because it
+    /// knows no fresh CRL of the CA.
     pub status: String,
     pub station: String,
     pub day: String,
+    pub crl: CrlHealth,
+}
+
+/// What the station knows of the CA's CRL (it checks line credentials against it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CrlHealth {
+    /// Whether a verified CRL whose nextUpdate has not passed is known:
+    /// without one, lines are refused.
+    pub fresh: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub this_update: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_update: Option<String>,
+    /// Revoked serials the CRL lists.
+    pub revoked: usize,
+    /// Why the last refresh failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 // ---- admin ----
@@ -274,8 +409,7 @@ pub struct QueueReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueItem {
     pub seq: i64,
-    /// "replace" (revoke and get a fresh pack) or "revoke".
-    pub kind: String,
+    pub kind: QueueKind,
     pub id: String,
     pub serial: String,
     pub reason: String,
@@ -311,7 +445,7 @@ pub struct PlanEntry {
 pub struct PackInfo {
     pub serial: String,
     pub fingerprint: String,
-    pub state: String,
+    pub state: PackState,
     pub stocked_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
@@ -327,4 +461,127 @@ pub struct PackInfo {
     pub end_reason: Option<String>,
     /// Whether the sealed key is still in the stock.
     pub key_held: bool,
+}
+
+// ---- `--json` reports of the station's commands ----
+
+/// `station init --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitReport {
+    pub dir: std::path::PathBuf,
+    pub name: String,
+    pub ca_url: String,
+    pub admin_user: String,
+    pub models: Vec<String>,
+    pub models_without_certificate: Vec<String>,
+}
+
+/// What a plan import changed in the stored plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlanChange {
+    pub added: usize,
+    pub kept: usize,
+    pub removed: usize,
+}
+
+/// `station plan import --json` (and the drop folder's log).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub file: String,
+    pub ids: usize,
+    /// Ids per day and model.
+    pub days: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
+    #[serde(flatten)]
+    pub change: PlanChange,
+    /// Models kept in the plan that the fetch skips (no certificate).
+    pub notes: Vec<String>,
+}
+
+/// One planned device id (one row of the stored plan), as
+/// `station plan show --ids --json` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRow {
+    pub id: String,
+    pub day: String,
+    pub model: String,
+    pub serial: String,
+    pub source: String,
+    pub row: i64,
+    pub discarded: bool,
+    pub rework: bool,
+}
+
+/// `station plan show --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanShowReport {
+    pub day: String,
+    /// Ids per model.
+    pub models: std::collections::BTreeMap<String, usize>,
+    /// Every id, with `--ids` (else null).
+    pub rows: Option<Vec<PlanRow>>,
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FetchReport {
+    pub days: Vec<String>,
+    /// Ids planned on those days for models with a certificate.
+    pub planned: usize,
+    /// Ids that already had a pack (or a replacement on its way).
+    pub already_in_stock: usize,
+    /// Packs fetched by this run.
+    pub fetched: usize,
+    /// Of those, ids whose earlier certificate (lost before it reached the
+    /// stock) was revoked by the CA in the same step.
+    pub superseded_unknown: usize,
+    pub chunks: usize,
+    pub notes: Vec<String>,
+}
+
+/// What one pass over the CA queue did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueueRun {
+    pub done: usize,
+    pub failed: usize,
+    pub waiting: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// `station fetch --json`: the queue pass first, then the fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchCommandReport {
+    pub fetch: FetchReport,
+    pub queue: QueueRun,
+}
+
+/// `station admin user-add --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserAdded {
+    pub added: String,
+}
+
+/// `POST /v1/admin/logout`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggedOut {
+    pub logged_out: bool,
+}
+
+/// `GET /v1/admin/audit?last=N`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default = "AuditQuery::default_last")]
+    pub last: i64,
+}
+
+impl AuditQuery {
+    fn default_last() -> i64 {
+        20
+    }
+}
+
+/// `GET /v1/admin/device?id=MODEL-SERIAL`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceQuery {
+    pub id: String,
 }

@@ -1,225 +1,34 @@
-//! The station's policy: who may take which pack, what a report may do, when
-//! a hand-out times out, what retention does, what an administrator may
-//! discard or rework. Every state change goes through
-//! [`crate::store::stock::apply`], which holds the lifecycle itself.
+//! The line API and the sweeps: who may take which pack, what a report
+//! (received, written, failed) does, when a hand-out times out, what
+//! retention does with written packs. Every state change goes through
+//! [`crate::store::stock::apply`].
 
-use std::path::Path;
-
-use axum::http::StatusCode;
-use time::Date;
 use zeroize::Zeroizing;
 
-use super::config::{day_text, StationConfig};
-use super::retention::{BuiltinPolicy, Decision, RetentionPolicy, WrittenPack};
-use crate::pki::credential::Credential;
+use super::config::day_text;
+use super::error::{Kind, StationError};
+use super::failpoint::point;
+use super::retention::{Decision, RetentionPolicy, WrittenPack};
+use super::Station;
 use crate::pki::id::DeviceId;
-use crate::pki::seal::Kek;
-use crate::service::server::ApiError;
 use crate::store::stock::{
-    apply, now_unix, unix_text, Event, EventContext, PackRow, PackState, QueueRow, Stock,
+    apply, now_unix, unix_text, Event, EventContext, PackRow, PackState, QueueKind, Stock,
 };
-use crate::wire::station::{
-    codes, AuditEntry, AuditReport, DeviceReport, DiscardReport, ModelStock, PackInfo, PlanEntry,
-    QueueItem, QueueReport, ReportResponse, ReworkReport, StockReport, TakeResponse,
-};
-
-/// A refusal (with its HTTP status and stable code) or a real failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StationError {
-    #[error("{message}")]
-    Refused {
-        status: StatusCode,
-        code: &'static str,
-        message: String,
-    },
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
-
-impl StationError {
-    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        StationError::Refused {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn code(&self) -> Option<&'static str> {
-        match self {
-            StationError::Refused { code, .. } => Some(code),
-            StationError::Internal(_) => None,
-        }
-    }
-}
-
-impl From<rusqlite::Error> for StationError {
-    fn from(err: rusqlite::Error) -> Self {
-        StationError::Internal(err.into())
-    }
-}
-
-impl From<StationError> for ApiError {
-    fn from(err: StationError) -> ApiError {
-        match err {
-            StationError::Refused {
-                status,
-                code,
-                message,
-            } => ApiError::new(status, code, message),
-            StationError::Internal(err) => ApiError::internal(err),
-        }
-    }
-}
+use crate::wire::station::{codes, ReportResponse, TakeResponse};
 
 fn conflict(code: &'static str, message: impl Into<String>) -> StationError {
-    StationError::refused(StatusCode::CONFLICT, code, message)
+    StationError::conflict(code, message)
 }
 
 fn not_found(code: &'static str, message: impl Into<String>) -> StationError {
-    StationError::refused(StatusCode::NOT_FOUND, code, message)
+    StationError::not_found(code, message)
 }
 
 fn bad_request(message: impl Into<String>) -> StationError {
-    StationError::refused(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
-}
-
-/// The associated data a pack's sealed key is bound to.
-pub fn pack_aad(id: &str, serial: &str) -> Vec<u8> {
-    format!("certline station pack\0{id}\0{serial}").into_bytes()
-}
-
-/// Test hook for crash tests: with `CERTLINE_STATION_PAUSE_AT=<point>` the
-/// process says so on stderr and stops at that point until it is killed.
-pub fn pause_point(point: &str) {
-    if std::env::var("CERTLINE_STATION_PAUSE_AT").is_ok_and(|p| p == point) {
-        eprintln!("station paused at {point}");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
-}
-
-pub struct Station {
-    pub config: StationConfig,
-    pub stock: Stock,
-    kek: Option<std::sync::Arc<Kek>>,
-    policy: Box<dyn RetentionPolicy>,
-    today_override: Option<Date>,
-}
-
-/// What an opened station directory gives.
-pub struct Opened {
-    pub station: Station,
-    pub credential: Option<Credential>,
+    StationError::bad_request(message)
 }
 
 impl Station {
-    /// Opens a station directory. With a passphrase the keys are unlocked
-    /// first (a wrong one stops before the stock is touched); without one the
-    /// station can do everything that needs no key (reports, discard, rework).
-    pub fn open(dir: &Path, passphrase: Option<&str>) -> anyhow::Result<Opened> {
-        let config = super::dir::read_config(dir)?;
-        let (kek, credential) = match passphrase {
-            Some(p) => {
-                let (kek, cred) = super::dir::unlock(dir, p)?;
-                (Some(std::sync::Arc::new(kek)), Some(cred))
-            }
-            None => (None, None),
-        };
-        let stock = super::dir::open_stock(dir)?;
-        let policy: Box<dyn RetentionPolicy> = match &config.retention.script {
-            Some(script) => Box::new(super::retention::ScriptedPolicy::open(
-                &dir.join(script),
-                &config,
-            )?),
-            None => Box::new(BuiltinPolicy::new(config.retention.clone())),
-        };
-        Ok(Opened {
-            station: Station {
-                config,
-                stock,
-                kek,
-                policy,
-                today_override: None,
-            },
-            credential,
-        })
-    }
-
-    /// Replaces the retention policy (the scripted policy plugs in here).
-    pub fn set_retention_policy(&mut self, policy: Box<dyn RetentionPolicy>) {
-        self.policy = policy;
-    }
-
-    pub fn retention_policy_name(&self) -> String {
-        self.policy.name()
-    }
-
-    /// Pretend today is `day` (demos and tests).
-    pub fn set_today(&mut self, day: Option<Date>) {
-        self.today_override = day;
-    }
-
-    pub fn today(&self) -> Date {
-        self.today_override.unwrap_or_else(|| self.config.today())
-    }
-
-    /// The key-encryption key (shared, so sealing can run outside the lock).
-    pub fn kek(&self) -> anyhow::Result<std::sync::Arc<Kek>> {
-        self.kek
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the station was opened without its passphrase"))
-    }
-
-    fn open_key(&self, pack: &PackRow) -> anyhow::Result<Zeroizing<String>> {
-        let kek = self.kek()?;
-        let sealed = pack
-            .sealed_key
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("pack {} holds no key", pack.serial))?;
-        let plain = kek.open(
-            sealed,
-            &pack_aad(&pack.id, &pack.serial),
-            &format!("the key of {} (serial {})", pack.id, pack.serial),
-        )?;
-        let text = String::from_utf8(plain.to_vec())
-            .map_err(|_| anyhow::anyhow!("the key of {} is not PEM text", pack.id))?;
-        Ok(Zeroizing::new(text))
-    }
-
-    fn quarantine(&mut self, pack: &PackRow, why: &str) -> anyhow::Result<()> {
-        tracing::error!(id = %pack.id, serial = %pack.serial, "quarantined: {why}");
-        let tx = self.stock.transaction()?;
-        apply(
-            &tx,
-            pack,
-            Event::Quarantine,
-            &EventContext {
-                actor: "station",
-                at: now_unix(),
-                reason: Some(why),
-                ..Default::default()
-            },
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Opens every stocked key once; rows that do not open are quarantined.
-    pub fn verify_stock(&mut self) -> anyhow::Result<usize> {
-        let mut quarantined = 0;
-        for pack in self.stock.packs_in_state(PackState::Stocked)? {
-            if let Err(err) = self.open_key(&pack) {
-                self.quarantine(&pack, &format!("{err:#}"))?;
-                quarantined += 1;
-            }
-        }
-        Ok(quarantined)
-    }
-
-    // ---- line API ----
-
     pub fn take(&mut self, line: &str, id_text: &str) -> Result<TakeResponse, StationError> {
         let id = DeviceId::parse(id_text).map_err(|e| bad_request(e.to_string()))?;
         let id_text = id.to_string();
@@ -271,7 +80,7 @@ impl Station {
                 .stock
                 .queue_of(&id_text)?
                 .into_iter()
-                .find(|q| q.kind == "replace");
+                .find(|q| q.kind == QueueKind::Replace);
             return Err(match waiting {
                 Some(item) => conflict(
                     codes::REPLACEMENT_PENDING,
@@ -319,6 +128,7 @@ impl Station {
                     },
                 )?;
                 tx.commit()?;
+                point("take-after-commit");
                 self.take_response(&pack, key, now, due, false)
             }
             PackState::HandedOut if pack.line.as_deref() == Some(line) => {
@@ -412,7 +222,7 @@ impl Station {
                 format!("the pack {serial} of {id} is {} and was never taken", pack.state),
             )),
             Some(holder) if holder != line => Err(StationError::refused(
-                StatusCode::FORBIDDEN,
+                Kind::Forbidden,
                 codes::NOT_YOUR_PACK,
                 format!("the pack {serial} of {id} was taken by line {holder}, not by {line}; only that line reports its result"),
             )),
@@ -452,6 +262,7 @@ impl Station {
                     },
                 )?;
                 tx.commit()?;
+                point("received-after-commit");
                 Ok(report(&pack, to, None))
             }
             PackState::Received => Err(conflict(
@@ -518,15 +329,7 @@ impl Station {
             ));
         }
         let now = now_unix();
-        let decision = self.policy.decide(&WrittenPack {
-            id: &pack.id,
-            model: &pack.model,
-            serial: &pack.serial,
-            line,
-            written_at: now,
-            age_secs: 0,
-            flagged: false,
-        });
+        let decision = decide_within(&self.policy, &pack, line, now, WRITTEN_DECISION_WAIT);
         let decision = decision.unwrap_or_else(|err| {
             tracing::error!(id = %pack.id, "retention policy failed, the pack stays written: {err:#}");
             Decision::Keep
@@ -552,6 +355,7 @@ impl Station {
         state = retain(&*self.policy, &tx, &written, decision, now)?;
         Stock::mark_plan(&tx, &pack.id, false, false)?;
         tx.commit()?;
+        point("written-after-commit");
         if state == PackState::Deleted {
             self.after_delete();
         }
@@ -560,7 +364,7 @@ impl Station {
 
     /// After key bytes were deleted: fold the WAL so no copy of them stays.
     fn after_delete(&self) {
-        pause_point("retention-before-checkpoint");
+        point("retention-before-checkpoint");
         if let Err(err) = self.stock.checkpoint() {
             tracing::warn!(
                 "WAL checkpoint after a retention delete did not complete (retried later): {err:#}"
@@ -620,6 +424,7 @@ impl Station {
             },
         )?;
         tx.commit()?;
+        point("failed-after-commit");
         Ok(report(&pack, to, Some("queued".into())))
     }
 
@@ -652,41 +457,69 @@ impl Station {
             )?;
         }
         tx.commit()?;
+        point("timeout-after-commit");
         Ok(overdue.len())
     }
 
-    /// Retention for packs still `written` (a policy error, a crash) and the
-    /// age rule for flagged packs; then a checkpoint if anything was deleted.
-    pub fn sweep_retention(&mut self) -> anyhow::Result<usize> {
+    /// A line the station learned is lost (its credential revoked): the packs
+    /// it holds with no result are revoked and replaced at once, as if their
+    /// time had run out. Returns how many.
+    pub fn line_lost(&mut self, line: &str, why: &str) -> anyhow::Result<usize> {
+        let held = self.stock.held_by(line)?;
+        if held.is_empty() {
+            return Ok(0);
+        }
         let now = now_unix();
+        let tx = self.stock.transaction()?;
+        for pack in &held {
+            apply(
+                &tx,
+                pack,
+                Event::LineLost,
+                &EventContext {
+                    actor: "station",
+                    at: now,
+                    reason: Some(why),
+                    ..Default::default()
+                },
+            )?;
+        }
+        tx.commit()?;
+        point("timeout-after-commit");
+        Ok(held.len())
+    }
+
+    /// What a retention sweep asks the policy about: packs still `written`
+    /// (a policy error, a crash) and flagged ones (the age rule). The policy
+    /// comes along so that it can decide without the station being held.
+    pub fn retention_candidates(&self) -> anyhow::Result<RetentionSweep> {
+        let mut packs = self.stock.packs_in_state(PackState::Written)?;
+        packs.extend(self.stock.packs_in_state(PackState::Flagged)?);
+        Ok(RetentionSweep {
+            policy: self.policy.clone(),
+            packs,
+            now: now_unix(),
+        })
+    }
+
+    /// Applies what the policy decided (packs that changed meanwhile are left
+    /// alone), then a checkpoint if anything was deleted. Returns how many changed.
+    pub fn apply_retention(&mut self, decided: Decided) -> anyhow::Result<usize> {
         let mut changed = 0;
         let mut deleted = false;
-        for state in [PackState::Written, PackState::Flagged] {
-            for pack in self.stock.packs_in_state(state)? {
-                let written_at = pack.written_at.unwrap_or(now);
-                let decision = self.policy.decide(&WrittenPack {
-                    id: &pack.id,
-                    model: &pack.model,
-                    serial: &pack.serial,
-                    line: pack.line.as_deref().unwrap_or(""),
-                    written_at,
-                    age_secs: now - written_at,
-                    flagged: state == PackState::Flagged,
-                });
-                let decision = match decision {
-                    Ok(d) => d,
-                    Err(err) => {
-                        tracing::error!(id = %pack.id, "retention policy failed: {err:#}");
-                        continue;
-                    }
-                };
-                let tx = self.stock.transaction()?;
-                let to = retain(&*self.policy, &tx, &pack, decision, now)?;
-                tx.commit()?;
-                if to != pack.state {
-                    changed += 1;
-                    deleted |= to == PackState::Deleted;
-                }
+        for (pack, decision) in decided.decisions {
+            let Some(current) = self.stock.pack_by_serial(&pack.serial)? else {
+                continue;
+            };
+            if current.state != pack.state {
+                continue;
+            }
+            let tx = self.stock.transaction()?;
+            let to = retain(&*decided.policy, &tx, &current, decision, decided.now)?;
+            tx.commit()?;
+            if to != current.state {
+                changed += 1;
+                deleted |= to == PackState::Deleted;
             }
         }
         if deleted {
@@ -695,247 +528,100 @@ impl Station {
         Ok(changed)
     }
 
-    pub fn checkpoint(&self) -> anyhow::Result<()> {
-        self.stock.checkpoint()
+    /// The whole retention sweep in one call, holding the station throughout
+    /// (commands that own the station alone; `serve` decides off the lock).
+    pub fn sweep_retention(&mut self) -> anyhow::Result<usize> {
+        let decided = self.retention_candidates()?.decide();
+        self.apply_retention(decided)
     }
+}
 
-    // ---- admin ----
+/// Packs waiting for a retention decision, and the policy that decides.
+pub struct RetentionSweep {
+    policy: std::sync::Arc<dyn RetentionPolicy>,
+    packs: Vec<PackRow>,
+    now: i64,
+}
 
-    pub fn discard(
-        &mut self,
-        actor: &str,
-        model: &str,
-        day: Option<&str>,
-    ) -> Result<DiscardReport, StationError> {
-        crate::pki::id::check_model(model).map_err(bad_request)?;
-        if let Some(day) = day {
-            super::config::parse_day(day).map_err(bad_request)?;
-        }
-        let packs = self.stock.stocked_of_model(model, day)?;
-        if packs.is_empty() {
-            return Err(not_found(
-                codes::NOT_FOUND,
-                format!(
-                    "no stocked packs of model {model}{} to discard",
-                    day.map(|d| format!(" planned for {d}")).unwrap_or_default()
-                ),
-            ));
-        }
-        let now = now_unix();
-        let tx = self.stock.transaction()?;
-        for pack in &packs {
-            apply(
-                &tx,
-                pack,
-                Event::Discard,
-                &EventContext {
-                    actor,
-                    at: now,
-                    reason: Some("leftover discarded by an administrator"),
-                    ..Default::default()
-                },
-            )?;
-            Stock::mark_plan(&tx, &pack.id, true, false)?;
-        }
-        tx.commit()?;
-        Ok(DiscardReport {
-            model: model.to_string(),
-            discarded: packs.iter().map(|p| p.id.clone()).collect(),
-            revocations_queued: packs.len(),
-        })
-    }
+/// The policy's decisions, to apply with [`Station::apply_retention`].
+pub struct Decided {
+    policy: std::sync::Arc<dyn RetentionPolicy>,
+    decisions: Vec<(PackRow, Decision)>,
+    now: i64,
+}
 
-    pub fn rework(
-        &mut self,
-        actor: &str,
-        id: &str,
-        reason: &str,
-    ) -> Result<ReworkReport, StationError> {
-        let id = DeviceId::parse(id)
-            .map_err(|e| bad_request(e.to_string()))?
-            .to_string();
-        if reason.trim().is_empty() {
-            return Err(bad_request(
-                "a rework needs a reason (e.g. \"board replaced in service\")",
-            ));
-        }
-        if self.stock.plan_entry(&id)?.is_none() {
-            return Err(not_found(
-                codes::NOT_IN_PLAN,
-                format!("{id} is in no plan at this station; import a plan that lists it first"),
-            ));
-        }
-        let pack = self.stock.live_pack(&id)?.ok_or_else(|| {
-            not_found(
-                codes::NOT_FOUND,
-                format!("{id} has no certificate written at this station"),
-            )
-        })?;
-        if !pack.state.is_written() {
-            return Err(conflict(
-                codes::WRONG_STATE,
-                format!(
-                    "{id}'s pack {} is {}, not written; a rework is for written devices",
-                    pack.serial, pack.state
-                ),
-            ));
-        }
-        let tx = self.stock.transaction()?;
-        apply(
-            &tx,
-            &pack,
-            Event::Rework,
-            &EventContext {
-                actor,
-                at: now_unix(),
-                reason: Some(reason.trim()),
-                ..Default::default()
-            },
-        )?;
-        Stock::mark_plan(&tx, &id, false, true)?;
-        tx.commit()?;
-        Ok(ReworkReport {
-            id,
-            revoked_serial: pack.serial,
-            replacement: "queued".into(),
-        })
-    }
-
-    pub fn stock_report(&self) -> anyhow::Result<StockReport> {
-        use std::collections::BTreeMap;
-        let today = self.today();
-        let mut models: BTreeMap<String, ModelStock> = BTreeMap::new();
-        let entry = |models: &mut BTreeMap<String, ModelStock>, model: &str| {
-            models
-                .entry(model.to_string())
-                .or_insert_with(|| ModelStock {
-                    model: model.to_string(),
-                    certificate: self.config.carries_certificate(model),
-                    ..Default::default()
-                })
-                .model
-                .clone()
-        };
-        for model in self.config.models.keys() {
-            entry(&mut models, model);
-        }
-        for (model, n) in self.stock.plan_counts(&day_text(today))? {
-            entry(&mut models, &model);
-            models.get_mut(&model).expect("inserted").planned_today = n;
-        }
-        for (model, state, n) in self.stock.state_counts()? {
-            entry(&mut models, &model);
-            let m = models.get_mut(&model).expect("inserted");
-            match state {
-                PackState::Stocked => m.in_stock += n,
-                PackState::HandedOut | PackState::Received => m.handed_out += n,
-                PackState::Quarantined => m.quarantined += n,
-                PackState::Discarded => m.discarded += n,
-                _ => {}
+impl RetentionSweep {
+    /// Asks the policy about each pack; needs no station (a slow or stuck
+    /// script holds up only this sweep). A failed decision leaves the pack
+    /// as it is until the next sweep.
+    pub fn decide(self) -> Decided {
+        let now = self.now;
+        let mut decisions = Vec::new();
+        for pack in self.packs {
+            let written_at = pack.written_at.unwrap_or(now);
+            let decision = self.policy.decide(&WrittenPack {
+                id: &pack.id,
+                model: &pack.model,
+                serial: &pack.serial,
+                line: pack.line.as_deref().unwrap_or(""),
+                written_at,
+                age_secs: now - written_at,
+                flagged: pack.state == PackState::Flagged,
+            });
+            match decision {
+                Ok(d) => decisions.push((pack, d)),
+                Err(err) => tracing::error!(id = %pack.id, "retention policy failed: {err:#}"),
             }
         }
-        let (from, to) = self.config.day_bounds(today);
-        for (model, used, failed, replaced) in self.stock.day_counts(from, to)? {
-            entry(&mut models, &model);
-            let m = models.get_mut(&model).expect("inserted");
-            m.used_today = used;
-            m.failed_today = failed;
-            m.replaced_today = replaced;
+        Decided {
+            policy: self.policy,
+            decisions,
+            now,
         }
-        let queue = self.stock.queue()?;
-        for item in &queue {
-            entry(&mut models, &item.model);
-            models
-                .get_mut(&item.model)
-                .expect("inserted")
-                .waiting_for_ca += 1;
-        }
-        Ok(StockReport {
-            day: day_text(today),
-            models: models.into_values().collect(),
-            waiting_for_ca: queue.len(),
-        })
     }
+}
 
-    pub fn queue_report(&self) -> anyhow::Result<QueueReport> {
-        Ok(QueueReport {
-            items: self.stock.queue()?.into_iter().map(queue_item).collect(),
-        })
-    }
+/// How long a written report waits for the retention policy (the station is
+/// held meanwhile); a policy that takes longer leaves the pack `written`, and
+/// the next retention sweep decides it.
+const WRITTEN_DECISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-    pub fn device_report(&self, id: &str) -> Result<DeviceReport, StationError> {
-        let id = DeviceId::parse(id)
-            .map_err(|e| bad_request(e.to_string()))?
-            .to_string();
-        let plan = self.stock.plan_entry(&id)?.map(|p| PlanEntry {
-            day: p.day,
-            model: p.model,
-            serial: p.serial,
-            source: p.source,
-            row: p.row,
-            discarded: p.discarded,
-            rework: p.rework,
-        });
-        let packs: Vec<PackInfo> = self
-            .stock
-            .packs_of(&id)?
-            .into_iter()
-            .map(|p| PackInfo {
-                serial: p.serial,
-                fingerprint: p.fingerprint,
-                state: p.state.as_str().to_string(),
-                stocked_at: unix_text(p.stocked_at),
-                replaces: p.replaces,
-                line: p.line,
-                taken_at: p.taken_at.map(unix_text),
-                written_at: p.written_at.map(unix_text),
-                ended_at: p.ended_at.map(unix_text),
-                end_reason: p.end_reason,
-                key_held: p.sealed_key.is_some(),
-            })
-            .collect();
-        if plan.is_none() && packs.is_empty() {
-            return Err(not_found(
-                codes::NOT_FOUND,
-                format!("the station knows nothing of {id}"),
-            ));
-        }
-        Ok(DeviceReport {
-            waiting_for_ca: self
-                .stock
-                .queue_of(&id)?
-                .into_iter()
-                .map(queue_item)
-                .collect(),
-            id,
-            plan,
-            packs,
-        })
-    }
-
-    pub fn audit_report(&self, last: i64) -> anyhow::Result<AuditReport> {
-        let (intact, entries, problem) = match crate::store::audit::verify(self.stock.connection())
-        {
-            Ok(v) => (true, v.entries, None),
-            Err(e) => (false, 0, Some(format!("{e:#}"))),
-        };
-        let last = crate::store::audit::tail(self.stock.connection(), last.clamp(1, 10_000))?
-            .into_iter()
-            .map(|e| AuditEntry {
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                action: e.action,
-                detail: e.detail,
-            })
-            .collect();
-        Ok(AuditReport {
-            intact,
-            entries,
-            problem,
-            last,
-        })
-    }
+/// Asks the policy about a just-written pack on a thread of its own and
+/// waits at most `wait`: a stuck script never holds the lines up for longer.
+fn decide_within(
+    policy: &std::sync::Arc<dyn RetentionPolicy>,
+    pack: &PackRow,
+    line: &str,
+    now: i64,
+    wait: std::time::Duration,
+) -> anyhow::Result<Decision> {
+    let (policy, id, model, serial, line) = (
+        policy.clone(),
+        pack.id.clone(),
+        pack.model.clone(),
+        pack.serial.clone(),
+        line.to_string(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("retention-decide".into())
+        .spawn(move || {
+            let _ = tx.send(policy.decide(&WrittenPack {
+                id: &id,
+                model: &model,
+                serial: &serial,
+                line: &line,
+                written_at: now,
+                age_secs: 0,
+                flagged: false,
+            }));
+        })?;
+    rx.recv_timeout(wait).unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the retention policy did not answer within {} s; the next sweep retries",
+            wait.as_secs()
+        ))
+    })
 }
 
 /// Applies a retention decision inside `tx`; returns the new state.
@@ -969,20 +655,7 @@ fn report(pack: &PackRow, state: PackState, replacement: Option<String>) -> Repo
     ReportResponse {
         id: pack.id.clone(),
         serial: pack.serial.clone(),
-        state: state.as_str().to_string(),
+        state,
         replacement,
-    }
-}
-
-pub fn queue_item(q: QueueRow) -> QueueItem {
-    QueueItem {
-        seq: q.seq,
-        kind: q.kind,
-        id: q.id,
-        serial: q.serial,
-        reason: q.reason,
-        queued_at: unix_text(q.queued_at),
-        attempts: q.attempts,
-        last_error: q.last_error,
     }
 }

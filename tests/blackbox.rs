@@ -1,0 +1,24 @@
+//! The black-box tests: the real `certline` binary run as separate processes
+//! (CA, station, line, device simulator, center, demo) on loopback. One test
+//! binary holds them all, so the library is linked once for all of them; each
+//! file below is one module (run one with `cargo test --test blackbox station_line::`).
+
+mod common;
+mod device_support;
+mod line_support;
+mod station_support;
+
+mod ca;
+mod center;
+mod demo;
+mod device_link;
+mod hostile_peers;
+mod line_config;
+mod line_flow;
+mod line_outage;
+mod line_script;
+mod station_admin;
+mod station_crash;
+mod station_fetch;
+mod station_line;
+mod station_plan;
