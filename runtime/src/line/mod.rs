@@ -14,4 +14,3 @@ pub mod outbox;
 pub mod run;
 pub mod terminal;
 pub mod workflow;
-
