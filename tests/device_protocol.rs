@@ -277,3 +277,166 @@ fn a_device_fault_is_the_devices_reason() {
     )));
     assert_eq!(err, Error::Device("flash locked".into()));
 }
+
+/// Property tests (issue 12, matrix item 4): the XML and TLV codecs carry
+/// every request and answer intact, and arbitrary bytes from the other side
+/// are an error, never a panic. Short runs here; the long runs are the
+/// `cargo fuzz` targets in plugins/protocol/fuzz/.
+mod properties {
+    use certline_device_protocol::tlv::{self, encode_frame, kind, TlvEndpoint};
+    use certline_device_protocol::xml::{self, XmlEndpoint};
+    use certline_device_protocol::{
+        Answer, ClientSide, DeviceSide, Identity, Pack, Replay, Request,
+    };
+    use proptest::prelude::*;
+
+    type Mem = Replay;
+
+    fn mem(rx: &[u8]) -> Mem {
+        Replay::new(rx)
+    }
+
+    /// Text XML 1.0 can carry (what a PEM, an id or a reason is made of).
+    fn text() -> impl Strategy<Value = String> {
+        "[\t\n\r -~\u{a0}-\u{d7ff}\u{e000}-\u{fffd}]{0,300}"
+    }
+
+    /// Text without surrounding blanks (ids and fingerprints are trimmed).
+    fn word() -> impl Strategy<Value = String> {
+        "[!-~]([ -~]{0,60}[!-~])?"
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            Just(Request::ReadIdentity),
+            (word(), text(), text(), text()).prop_map(|(d, r, c, k)| Request::Write(Pack {
+                device_id: d,
+                root_pem: r,
+                chain_pem: c,
+                key_pem: k,
+            })),
+            proptest::collection::vec(any::<u8>(), 0..=256).prop_map(Request::Sign),
+        ]
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        prop_oneof![
+            (word(), proptest::option::of(word())).prop_map(|(d, f)| Answer::Identity(Identity {
+                device_id: d,
+                fingerprint: f,
+            })),
+            Just(Answer::Received),
+            Just(Answer::Written),
+            text().prop_map(Answer::Failed),
+            proptest::collection::vec(any::<u8>(), 0..200).prop_map(Answer::Signature),
+            text().prop_map(Answer::Fault),
+        ]
+    }
+
+    /// One question and its answer through a pair of endpoints built by `new`;
+    /// `ack(seq)` is what the sender of a frame needs back before it goes on.
+    fn exchange<E, F>(
+        new: F,
+        ack: fn(u8) -> Vec<u8>,
+        req: &Request,
+        ans: &Answer,
+    ) -> (Request, Answer)
+    where
+        E: ClientSide + DeviceSide,
+        F: Fn(Mem) -> E,
+        E: Endpoint,
+    {
+        let mut host = new(mem(&ack(0)));
+        host.send_request(req).unwrap();
+        let mut dev = new(mem(&[host.mem().tx.clone(), ack(0)].concat()));
+        let got_req = dev.recv_request(1000).unwrap();
+        dev.send_answer(ans).unwrap();
+        let reply = dev.mem().tx.clone();
+        host.mem().rx.extend(reply);
+        let got_ans = host.recv_answer(1000).unwrap();
+        (got_req, got_ans)
+    }
+
+    trait Endpoint {
+        fn mem(&mut self) -> &mut Mem;
+    }
+    impl Endpoint for XmlEndpoint<Mem> {
+        fn mem(&mut self) -> &mut Mem {
+            self.transport()
+        }
+    }
+    impl Endpoint for TlvEndpoint<Mem> {
+        fn mem(&mut self) -> &mut Mem {
+            self.transport()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn xml_carries_every_request_and_answer(req in request(), ans in answer()) {
+            let (r, a) = exchange(XmlEndpoint::new, |_| Vec::new(), &req, &ans);
+            prop_assert_eq!(r, req);
+            prop_assert_eq!(a, ans);
+        }
+
+        #[test]
+        fn tlv_carries_every_request_and_answer(req in request(), ans in answer()) {
+            let ack = |seq| encode_frame(kind::ACK, seq, &[]);
+            let (r, a) = exchange(TlvEndpoint::new, ack, &req, &ans);
+            prop_assert_eq!(r, req);
+            prop_assert_eq!(a, ans);
+        }
+
+        #[test]
+        fn xml_text_survives_escaping(t in "\\PC{0,200}") {
+            let doc = format!("<t>{}</t>", xml::escape(&t));
+            let parsed = xml::parse(&doc);
+            // Text XML cannot carry (controls other than tab, CR, LF) is
+            // refused, never changed.
+            if let Ok(e) = parsed {
+                prop_assert_eq!(e.text, t);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_a_device_or_a_host(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            framed in any::<bool>(),
+        ) {
+            // Raw, and behind a well-formed header so the body is parsed.
+            let bytes = if framed {
+                [format!("Content-Length: {}\r\n\r\n", bytes.len()).into_bytes(), bytes].concat()
+            } else {
+                bytes
+            };
+            let _ = XmlEndpoint::new(mem(&bytes)).recv_request(10);
+            let mut host = XmlEndpoint::new(mem(&[]));
+            host.send_request(&Request::ReadIdentity).unwrap();
+            host.transport().rx.extend(bytes.iter().copied());
+            let _ = host.recv_answer(10);
+            let _ = TlvEndpoint::new(mem(&bytes)).recv_request(10);
+            let _ = TlvEndpoint::new(mem(&bytes)).recv_answer(10);
+            let _ = tlv::items(&bytes);
+            let _ = xml::parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn arbitrary_tlv_frames_never_panic(
+            k in any::<u8>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..1024),
+        ) {
+            // A frame with a good CRC, so the payload's items are parsed.
+            let frame = encode_frame(k, 0, &payload);
+            let _ = TlvEndpoint::new(mem(&frame)).recv_request(10);
+            let _ = TlvEndpoint::new(mem(&frame)).recv_answer(10);
+        }
+
+        #[test]
+        fn arbitrary_xml_documents_never_panic(doc in "(<[a-zA-Z!?/][^<]{0,20}|&#?[a-zA-Z0-9]{0,8};?|[^<&]{0,10}){0,40}") {
+            let _ = xml::parse(&doc);
+            let _ = xml::parse_envelope(&doc);
+        }
+    }
+}

@@ -130,3 +130,70 @@ fn a_broken_config_is_refused_at_start() {
         assert!(err.contains(says), "{says}: {err}");
     }
 }
+
+/// Issue 12 D12: a barcode's bytes never reach the operator's terminal raw.
+/// The real binary, text output, a keyboard-wedge scan carrying colour,
+/// title and C1 sequences: every line printed (stdout and the log on stderr)
+/// shows them escaped.
+#[test]
+fn control_characters_in_a_scan_never_reach_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("plugins")).unwrap();
+    let ca = common::Ca::init(&[]);
+    std::fs::copy(ca.enroll("line", "line-1"), tmp.path().join("line.pem")).unwrap();
+    let file = tmp.path().join("line.toml");
+    std::fs::write(
+        &file,
+        "name = \"line-1\"\nstate_dir = \"state\"\n\
+         [station]\nurl = \"https://127.0.0.1:9\"\ncredential = \"line.pem\"\n\
+         [scanner]\nsource = \"stdin\"\ndebounce_ms = 0\n\
+         [device]\naddress = \"127.0.0.1:9\"\n\
+         [plugins]\ndir = \"plugins\"\n",
+    )
+    .unwrap();
+    let mut child = support::certline()
+        .env("CERTLINE_LOG", "certline::line=info,warn")
+        // The log's own colours off, so any escape on stderr is the scan's.
+        .env("NO_COLOR", "1")
+        .args(["line", "--config"])
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keyboard = child.stdin.take().unwrap();
+    // A malformed id wrapped in colour and a window-title sequence; a valid
+    // id format with a C1 CSI and a bidi override in the serial; a model no
+    // plugin serves, followed by a bell.
+    keyboard
+        .write_all(
+            b"\x1b[31m3012-1\x1b]0;pwned\x07\n\
+              3012-\xc2\x9b2J\xe2\x80\xae1\n\
+              7777-000001\x07\n",
+        )
+        .unwrap();
+    drop(keyboard);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let stdout = common::text(&out.stdout);
+    for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        for bad in ['\x1b', '\x07', '\u{9b}', '\u{202e}'] {
+            assert!(
+                !text.contains(bad),
+                "{stream} carries a raw {bad:?}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        stdout.contains("\\x1b[31m3012-1\\x1b]0;pwned\\x07: REFUSED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3012-\\x9b2J\\u{202e}1: REFUSED"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("7777-000001\\x07: REFUSED"), "{stdout}");
+    assert!(stdout.contains("shift 0 OK, 3 refused"), "{stdout}");
+}

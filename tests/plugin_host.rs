@@ -166,6 +166,171 @@ fn misbehaving_plugins_fail_one_write_and_the_next_write_succeeds() {
     }
 }
 
+/// Hostile plugins (issue 12, matrix item 2): each attack fails that one
+/// device with an error naming what the plugin did, within the operation's
+/// deadline, and the next device on the same host writes.
+#[test]
+fn hostile_plugins_fail_one_device_each_and_the_next_device_writes() {
+    let pki = Pki::new();
+    let ids = [
+        "EVIL-000001",
+        "EVIL-FLOOD1",
+        "EVIL-ZERO1",
+        "EVIL-BIGID1",
+        "EVIL-HOLD1",
+        "EVIL-REPORT1",
+        "EVIL-LOUD1",
+    ];
+    let packs = pki.issue(&ids);
+    let sim = Sim::start(
+        &pki.path().join("dev"),
+        "EVIL-000001",
+        &pki.device_link(),
+        false,
+        &[],
+    );
+    let folder = folder_with(&[(HOSTILE, "hostile.wasm")]);
+    // A short deadline keeps the endless-polling case short; a real write
+    // takes a fraction of it.
+    let engine = PluginEngine::new(Limits {
+        fuel: 300_000_000,
+        memory: 32 << 20,
+        deadline: Duration::from_secs(5),
+    })
+    .unwrap();
+    let plugins = PluginFolder::open(folder.path(), engine).unwrap();
+    let plugin = plugins.for_model("EVIL").expect("hostile serves EVIL");
+
+    let cases: [(&str, FaultCheck, &str, bool); 6] = [
+        // The device stops reading, so the flood blocks in a write: that
+        // write ends at the operation's deadline, not at a timeout of its own.
+        (
+            "EVIL-FLOOD1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Deadline {
+                        call: "write-pack",
+                        secs: 5
+                    }
+                )
+            },
+            "ran past the device operation's deadline of 5 s in write-pack",
+            false,
+        ),
+        (
+            "EVIL-ZERO1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Deadline {
+                        call: "write-pack",
+                        secs: 5
+                    }
+                )
+            },
+            "ran past the device operation's deadline of 5 s in write-pack",
+            false,
+        ),
+        (
+            "EVIL-BIGID1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Memory {
+                        call: "read-identity",
+                        cap: 32,
+                        ..
+                    }
+                )
+            },
+            "memory cap of 32 MiB in read-identity",
+            true,
+        ),
+        (
+            "EVIL-HOLD1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Rule {
+                        call: "write-pack",
+                        ..
+                    }
+                )
+            },
+            "kept the device link it was lent past the end of write-pack",
+            false,
+        ),
+        (
+            "EVIL-REPORT1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Rule {
+                        call: "write-pack",
+                        ..
+                    }
+                )
+            },
+            "reported \"received\" more than once",
+            true,
+        ),
+        (
+            "EVIL-LOUD1",
+            |f| {
+                matches!(
+                    f,
+                    Fault::Device {
+                        call: "write-pack",
+                        ..
+                    }
+                )
+            },
+            "the device refused in write-pack: \\x1b]0;owned\\x07\\x1b[31m",
+            false,
+        ),
+    ];
+    for (id, is_expected, says, received) in cases {
+        let mut device = connect(&pki, &sim.addr);
+        let err = plugin
+            .write(&mut device, &job(&packs.join(id)), Precheck::Skip)
+            .unwrap_err();
+        // Closed and gone: a device left blocked by the flood sees the end.
+        device.close();
+        drop(device);
+        assert!(
+            is_expected(&err.fault),
+            "{id}: unexpected fault {:?}",
+            err.fault
+        );
+        let message = err.to_string();
+        assert!(message.starts_with("plugin hostile:"), "{message}");
+        assert!(message.contains(says), "{id}: {message}");
+        assert!(
+            message.len() < 2048,
+            "{id}: a {} byte error message",
+            message.len()
+        );
+        assert!(
+            !message.contains(['\x1b', '\x07']),
+            "{id}: raw control characters in {message:?}"
+        );
+        assert_eq!(err.received, received, "{id}: received");
+        assert!(snapshot(&sim.flash()).is_empty(), "{id}: flash written");
+
+        // The same host, the same plugin: the next device writes.
+        let good = packs.join("EVIL-000001");
+        let mut device = connect(&pki, &sim.addr);
+        let report = plugin
+            .write(&mut device, &job(&good), Precheck::CheckId)
+            .unwrap_or_else(|e| panic!("after {id}: {e}"));
+        device.close();
+        assert!(report.written && report.possession_proved);
+        assert_flash_holds(&sim.flash(), &good, "EVIL-000001");
+        std::fs::remove_dir_all(sim.flash()).unwrap();
+    }
+}
+
 #[test]
 fn bad_files_in_the_plugin_folder_are_refused_and_the_good_ones_serve() {
     let folder = folder_with(&[

@@ -22,5 +22,6 @@ pub mod service;
 pub mod station;
 pub mod store;
 pub mod table;
+pub mod text;
 pub mod watch;
 pub mod wire;

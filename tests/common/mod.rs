@@ -335,4 +335,5 @@ pub fn wasm(name: &str) -> PathBuf {
 pub const IMAGING: &str = "certline_plugin_imaging";
 pub const METER: &str = "certline_plugin_meter";
 pub const MISBEHAVE: &str = "certline_test_plugin_misbehave";
+pub const HOSTILE: &str = "certline_test_plugin_hostile";
 pub const DUP_MODEL: &str = "certline_test_plugin_dup_model";

@@ -34,7 +34,7 @@ pub fn ok(cmd: &mut Command) -> String {
 }
 
 #[allow(unused_imports)] // each test file uses its own few
-pub use crate::common::{wasm, DUP_MODEL, IMAGING, METER, MISBEHAVE};
+pub use crate::common::{wasm, DUP_MODEL, HOSTILE, IMAGING, METER, MISBEHAVE};
 pub const FUTURE_VERSION: &str = "certline_test_plugin_future_version";
 pub const WRONG_WORLD: &str = "certline-test-plugin-wrong-world";
 pub const SNEAKY: &str = "certline_test_plugin_sneaky";

@@ -292,8 +292,14 @@ impl Line {
     }
 
     pub fn start_with(config: &Path, stdin: Stdio) -> Line {
+        Self::start_env(config, stdin, &[])
+    }
+
+    /// With extra environment variables (e.g. `FAILPOINTS` for crash tests).
+    pub fn start_env(config: &Path, stdin: Stdio, env: &[(&str, &str)]) -> Line {
         let mut cmd = certline();
         cmd.env("CERTLINE_LOG", "certline::line=info,warn")
+            .envs(env.iter().copied())
             .args(["line", "--json", "--config"])
             .arg(config)
             .stdin(stdin)

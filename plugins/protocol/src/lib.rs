@@ -70,6 +70,39 @@ impl<T: Transport + ?Sized> Transport for &mut T {
     }
 }
 
+/// A transport over bytes in memory, for tests and fuzzing: reads what is
+/// queued in `rx` (then `Closed`), collects writes in `tx`.
+#[derive(Debug, Default, Clone)]
+pub struct Replay {
+    pub rx: std::collections::VecDeque<u8>,
+    pub tx: Vec<u8>,
+}
+
+impl Replay {
+    /// A transport whose other side has sent `bytes`.
+    pub fn new(bytes: &[u8]) -> Replay {
+        Replay {
+            rx: bytes.iter().copied().collect(),
+            tx: Vec::new(),
+        }
+    }
+}
+
+impl Transport for Replay {
+    fn read(&mut self, max: usize, _timeout_ms: u32) -> Result<Vec<u8>, LinkFailure> {
+        if self.rx.is_empty() {
+            return Err(LinkFailure::Closed);
+        }
+        let n = max.clamp(1, self.rx.len());
+        Ok(self.rx.drain(..n).collect())
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure> {
+        self.tx.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Why an exchange failed (mirrors the WIT `error` variant).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {

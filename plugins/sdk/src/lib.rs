@@ -1,6 +1,8 @@
 //! What a certline device plugin is built on: the bindings of the
-//! `certline:device` WIT world (from the repository's `wit/`) and the glue that
-//! turns a [`ClientSide`] protocol into the world's exports.
+//! `certline:device@0.1.0` WIT world (from its frozen text in the repository's
+//! `wit/since_v0.1.0/`, so a plugin built with this SDK means exactly what a
+//! host of that version expects) and the glue that turns a [`ClientSide`]
+//! protocol into the world's exports.
 //!
 //! A plugin implements [`Guest`] in a few lines by handing each call to
 //! [`read_identity`], [`write_pack`] and [`prove_possession`] with its protocol
@@ -8,7 +10,7 @@
 //! certline_plugin_sdk)`.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.1.0",
     world: "plugin",
     pub_export_macro: true,
     export_macro_name: "export_plugin",

@@ -4,6 +4,11 @@
 //! restarting) stays, and is delivered before any later result when the station
 //! is back, also after a restart of the line. No key material is ever stored:
 //! a result names the id, the certificate serial and the fingerprint.
+//!
+//! A write in progress is kept too ([`Outbox::begin_write`]): if the line dies
+//! between the device's "written" and the results' commit, the restarted line
+//! finds the interrupted write ([`Outbox::interrupted`]), asks the device what
+//! it holds, and commits the results then ([`Outbox::push`] ends the write).
 
 use std::path::Path;
 
@@ -19,7 +24,8 @@ use crate::wire::station::{
 
 pub const FILE: &str = "outbox.db";
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL CHECK (kind IN ('received', 'written', 'failed')),
@@ -40,7 +46,30 @@ CREATE TABLE delivered (
     delivered_at TEXT NOT NULL,
     answer TEXT NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE writing (
+    serial TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
+",
+];
+
+/// A write that started and whose results were never committed (the line
+/// stopped in between).
+#[derive(Debug, Clone, Serialize)]
+pub struct Interrupted {
+    pub id: String,
+    pub serial: String,
+    /// The certificate that was being written: its fingerprint and PEM
+    /// (public; the key is never kept here).
+    pub fingerprint: String,
+    pub certificate: String,
+    pub started_at: String,
+}
 
 /// What a result says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,7 +161,43 @@ impl Outbox {
         Ok(Outbox { conn })
     }
 
-    /// Commits `results` for one pack, in order, in one transaction.
+    /// Notes that the write of `serial` (the certificate `cert_der`) is
+    /// starting, before the device sees it.
+    pub fn begin_write(&mut self, id: &str, serial: &str, cert_der: &[u8]) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO writing (serial, id, fingerprint, certificate, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                serial,
+                id,
+                crate::pki::fingerprint(cert_der),
+                crate::pki::to_pem("CERTIFICATE", cert_der),
+                db::now_text()
+            ])
+            .context("cannot note the write in the outbox")?;
+        Ok(())
+    }
+
+    /// Writes that started and never got their results, oldest first.
+    pub fn interrupted(&self) -> anyhow::Result<Vec<Interrupted>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, serial, fingerprint, certificate, started_at FROM writing ORDER BY started_at, serial",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Interrupted {
+                id: r.get(0)?,
+                serial: r.get(1)?,
+                fingerprint: r.get(2)?,
+                certificate: r.get(3)?,
+                started_at: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Commits `results` for one pack, in order, in one transaction; the
+    /// pack's write (if one was noted) ends in the same transaction.
     pub fn push(&mut self, id: &str, serial: &str, results: &[Outcome]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let now = db::now_text();
@@ -142,6 +207,8 @@ impl Outbox {
             )?
             .execute(params![r.kind(), id, serial, r.detail(), now])?;
         }
+        tx.prepare_cached("DELETE FROM writing WHERE serial = ?1")?
+            .execute([serial])?;
         tx.commit()
             .context("cannot commit a result to the outbox")?;
         Ok(())
@@ -256,6 +323,9 @@ impl Outbox {
             }
             match answer {
                 Ok(r) => {
+                    // The station has it; a crash here delivers it again
+                    // after a restart, and the station answers "duplicate".
+                    crate::failpoint::point("line", "line-delivered-before-settle");
                     let text = format!("state {}", r.state);
                     done.push((item.seq, text.clone()));
                     flushed.delivered.push((item, text));

@@ -21,10 +21,11 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use serde_json::json;
 
 use super::config::LineConfig;
-use super::outbox::Flushed;
+use super::outbox::{Flushed, Outcome};
 use super::terminal::{self, Delivery, Setup, Shift, Terminal};
 use super::workflow::Report;
 use crate::scanner::{Debounce, ScanEvent, Scanner};
+use crate::text::{printable, printable_json};
 
 /// How long the config file must be quiet before a reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -37,6 +38,9 @@ enum Event {
 
 /// Where operator lines go: stdout, as text or one JSON object a line. Every
 /// line is also a structured log event (tracing) for the factory's systems.
+/// Whatever came from outside (the scan, a device's or plugin's answer, a
+/// script's message) passes [`printable`] on its way out, so a barcode
+/// cannot send escape sequences to the operator's terminal.
 #[derive(Clone, Copy)]
 pub struct Console {
     pub json: bool,
@@ -45,6 +49,7 @@ pub struct Console {
 impl Console {
     /// An event that is not a device result (ready, reload, delivery, end).
     pub fn say(&self, event: &str, text: &str, extra: serde_json::Value) {
+        let text = printable(text);
         tracing::info!(target: "certline::line", event, "{text}");
         let mut out = std::io::stdout().lock();
         if self.json {
@@ -52,6 +57,7 @@ impl Console {
             if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
                 obj.extend(more);
             }
+            printable_json(&mut v);
             let _ = writeln!(out, "{v}");
         } else {
             let _ = writeln!(out, "{text}");
@@ -61,6 +67,7 @@ impl Console {
 
     /// The operator line of one device.
     pub fn report(&self, report: &Report, shift: &Shift) {
+        let report = &printable_report(report);
         let who = report.id.as_deref().unwrap_or(&report.scan);
         match report.status {
             super::workflow::Status::Ok => tracing::info!(
@@ -96,6 +103,7 @@ impl Console {
                     serde_json::to_value(shift).unwrap_or_default(),
                 );
             }
+            printable_json(&mut v);
             let _ = writeln!(out, "{v}");
         } else {
             let _ = writeln!(
@@ -143,6 +151,25 @@ impl Console {
                 json!({ "id": item.id, "serial": item.serial, "answer": why }),
             );
         }
+    }
+}
+
+/// A device line with every text field made [`printable`].
+fn printable_report(report: &Report) -> Report {
+    let p = |s: &str| printable(s).into_owned();
+    let po = |s: &Option<String>| s.as_deref().map(p);
+    Report {
+        scan: p(&report.scan),
+        id: po(&report.id),
+        status: report.status,
+        code: p(&report.code),
+        message: p(&report.message),
+        next: p(&report.next),
+        serial: po(&report.serial),
+        fingerprint: po(&report.fingerprint),
+        result: po(&report.result),
+        steps: report.steps.iter().map(|(n, ms)| (p(n), *ms)).collect(),
+        ms: report.ms,
     }
 }
 
@@ -233,6 +260,33 @@ pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
     let (text, extra) = ready_line(&terminal.setup, &terminal.workflow.name());
     console.say("ready", &text, extra);
 
+    // Writes an earlier run started and never recorded (it was stopped
+    // between the device's answer and the outbox).
+    for (w, results) in terminal.resume() {
+        let (kind, text) = match results.last() {
+            Some(Outcome::Written { .. }) => (
+                "written",
+                format!(
+                    "the line had stopped during the write of {}; the device holds certificate {} and proved it can use its key: recorded as written",
+                    w.id, w.serial
+                ),
+            ),
+            Some(Outcome::Failed { reason }) => (
+                "failed",
+                format!(
+                    "the line had stopped during the write of {} (certificate {}); recorded as failed: {reason}. Scan the device again to write a fresh certificate",
+                    w.id, w.serial
+                ),
+            ),
+            _ => ("received", format!("the write of {} was resumed", w.id)),
+        };
+        console.say(
+            "resumed",
+            &text,
+            json!({ "id": w.id, "serial": w.serial, "result": kind }),
+        );
+    }
+
     // Results kept from before (a station outage, a restart of the line).
     let waiting = terminal.delivery.outbox.lock().unwrap().pending_count()?;
     if waiting > 0 {
@@ -266,7 +320,7 @@ pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
         match event {
             Event::Scan(scan) => {
                 if !debounce.accept(&scan) {
-                    tracing::info!(target: "certline::line", code = %scan.code, "double trigger ignored (same code within the debounce time)");
+                    tracing::info!(target: "certline::line", code = %printable(&scan.code), "double trigger ignored (same code within the debounce time)");
                     continue;
                 }
                 let report = terminal.handle_scan(&scan.code);
@@ -415,7 +469,7 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
                 i.attempts,
                 i.last_error
                     .as_deref()
-                    .map(|e| format!(", last: {e}"))
+                    .map(|e| format!(", last: {}", printable(e)))
                     .unwrap_or_default()
             );
         }
@@ -427,7 +481,7 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
                 d["id"].as_str().unwrap_or(""),
                 d["kind"].as_str().unwrap_or(""),
                 d["serial"].as_str().unwrap_or(""),
-                d["answer"].as_str().unwrap_or("")
+                printable(d["answer"].as_str().unwrap_or(""))
             );
         }
     })

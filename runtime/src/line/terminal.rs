@@ -12,7 +12,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::config::LineConfig;
-use super::outbox::{Flushed, Outbox, Outcome};
+use super::outbox::{Flushed, Interrupted, Outbox, Outcome};
 use super::workflow::{LineHost, Report, Status, Workflow};
 use crate::link::{self, DeviceLink};
 use crate::pki::credential::Credential;
@@ -148,6 +148,49 @@ impl Terminal {
         }
         self.shift.count(report.status);
         report
+    }
+
+    /// Finishes the writes an earlier run of the line started and never
+    /// recorded (it stopped between the device's answer and the outbox): asks
+    /// the device on the cable whether it holds the certificate and can use
+    /// its key, and commits "written" if so, "failed" otherwise (the station
+    /// then revokes it and stocks a fresh one; scanning the device again
+    /// writes that). Returns each write with what was decided, in words.
+    pub fn resume(&self) -> Vec<(Interrupted, Vec<Outcome>)> {
+        let pending = match self.delivery.outbox.lock().unwrap().interrupted() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("cannot read interrupted writes from the outbox: {e:#}");
+                return Vec::new();
+            }
+        };
+        let steps = Steps {
+            setup: &self.setup,
+            delivery: &self.delivery,
+        };
+        let mut done = Vec::new();
+        for w in pending {
+            let results = match steps.check_interrupted(&w) {
+                Ok(fingerprint) => vec![Outcome::Received, Outcome::Written { fingerprint }],
+                Err(why) => vec![Outcome::Failed {
+                    reason: format!(
+                        "the line stopped during the write and cannot confirm it: {why}"
+                    ),
+                }],
+            };
+            if let Err(e) = self
+                .delivery
+                .outbox
+                .lock()
+                .unwrap()
+                .push(&w.id, &w.serial, &results)
+            {
+                tracing::error!(id = %w.id, serial = %w.serial, "cannot keep the result on the line: {e:#}");
+                continue;
+            }
+            done.push((w, results));
+        }
+        done
     }
 
     /// Swaps in a new setup and workflow (already built and checked).
@@ -304,8 +347,18 @@ impl Steps<'_> {
                 ));
             }
         };
+        // Noted before the device sees the pack: a line that dies before the
+        // results are committed finds the write on restart (`resume`).
+        if let Err(e) = self.delivery.outbox.lock().unwrap().begin_write(
+            &id.to_string(),
+            &pack.serial,
+            job.cert_der(),
+        ) {
+            tracing::error!(%id, serial = %pack.serial, "cannot note the write on the line: {e:#}");
+        }
         let written = plugin.write(device, &job, Precheck::Skip);
         step(report, "write");
+        crate::failpoint::point("line", "line-written-before-outbox");
 
         // 5. The results: committed on the line, then delivered in order.
         match written {
@@ -365,6 +418,35 @@ impl Steps<'_> {
         answer.map_err(|e| take_refusal(&e, id, client.base()))
     }
 
+    /// Whether the device on the cable holds the interrupted write's
+    /// certificate and can use its key; its fingerprint if so, else why not.
+    fn check_interrupted(&self, w: &Interrupted) -> Result<String, String> {
+        let id = DeviceId::parse(&w.id).map_err(|e| e.to_string())?;
+        let der = crate::pki::pem_blocks(&w.certificate, "CERTIFICATE")
+            .ok()
+            .and_then(|mut b| (!b.is_empty()).then(|| b.remove(0)))
+            .ok_or("the outbox holds no readable certificate for it")?;
+        let plugin = self.setup.plugins.for_model(id.model()).ok_or_else(|| {
+            format!(
+                "no device plugin for model {} to ask the device",
+                id.model()
+            )
+        })?;
+        let config = &self.setup.config;
+        let mut device: Box<dyn DeviceLink> = Box::new(
+            link::connect(
+                &config.device,
+                self.setup.link_tls.clone(),
+                config.connect_timeout,
+            )
+            .map_err(|e| format!("cannot reach the device ({e:#})"))?,
+        );
+        let checked = plugin.verify(&mut device, &id, &der);
+        device.close();
+        let held = checked.map_err(|e| e.to_string())?;
+        Ok(held.fingerprint.unwrap_or_default())
+    }
+
     /// Commits `results` to the outbox and delivers everything waiting.
     /// Returns whether the results are kept for later (station unreachable).
     fn deliver(
@@ -379,6 +461,7 @@ impl Steps<'_> {
             // The line's own disk failed: deliver directly as a last resort.
             tracing::error!(%id, serial, "cannot keep the result on the line: {e:#}");
         }
+        crate::failpoint::point("line", "line-outbox-before-delivery");
         let client = self.delivery.client.read().unwrap().clone();
         let kept = match outbox.flush(&client, &self.delivery.rt) {
             Ok(f) => {
@@ -542,6 +625,8 @@ fn write_failure(e: &OpError, id: &DeviceId) -> Stop {
         ),
         Fault::Trap { .. }
         | Fault::OutOfFuel { .. }
+        | Fault::Deadline { .. }
+        | Fault::Rule { .. }
         | Fault::Memory { .. }
         | Fault::Malformed { .. }
         | Fault::Host(_) => failed(

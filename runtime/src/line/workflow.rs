@@ -256,3 +256,47 @@ impl Workflow for LuaWorkflow {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what the workflow asked for.
+    #[derive(Default)]
+    struct Recorder {
+        provisioned: Vec<String>,
+    }
+
+    impl LineHost for Recorder {
+        fn provision(&mut self, scan: &str, id: &DeviceId) -> Report {
+            self.provisioned.push(id.to_string());
+            Report::refused(scan, Some(&id.to_string()), "test", String::new(), "")
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// The built-in parser, on any scan: provisions exactly the id the
+        /// scan spells (a valid MODEL-SERIAL) or refuses it as a malformed
+        /// barcode with a message; it never panics.
+        #[test]
+        fn the_built_in_parser_provisions_only_what_the_plate_says(
+            scan in "\\PC{0,40}|[A-Z0-9]{1,9}-[A-Z0-9]{1,21}"
+        ) {
+            let mut host = Recorder::default();
+            let report = PlateWorkflow.on_scan(&scan, &mut host);
+            match DeviceId::parse(&scan) {
+                Ok(id) => {
+                    proptest::prop_assert_eq!(&host.provisioned, &vec![id.to_string()]);
+                    proptest::prop_assert_eq!(id.to_string(), scan);
+                }
+                Err(_) => {
+                    proptest::prop_assert!(host.provisioned.is_empty());
+                    proptest::prop_assert_eq!(report.code.as_str(), "malformed_barcode");
+                    proptest::prop_assert!(report.message.contains("not a device id"));
+                }
+            }
+        }
+    }
+}

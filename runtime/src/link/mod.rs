@@ -36,12 +36,19 @@ pub const BAUD_RATE: u32 = 115_200;
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Longest single read handed to a plugin.
 pub const MAX_READ: usize = 64 * 1024;
+/// How long a write may block on a peer that stops reading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A byte stream to one device, already authenticated.
 pub trait DeviceLink: Send {
     /// At least one byte and at most `max`, waiting at most `timeout`.
     fn read(&mut self, max: usize, timeout: Duration) -> Result<Vec<u8>, LinkFailure>;
-    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure>;
+    /// All of `data`, blocking at most [`WRITE_TIMEOUT`] on a peer that stops reading.
+    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure> {
+        self.write_within(data, WRITE_TIMEOUT)
+    }
+    /// All of `data`, blocking at most `timeout` on a peer that stops reading.
+    fn write_within(&mut self, data: &[u8], timeout: Duration) -> Result<(), LinkFailure>;
     /// Ends the session (TLS close_notify); later reads and writes fail `Closed`.
     fn close(&mut self);
     /// Where the link goes and who is at the other end, for messages.
@@ -229,14 +236,11 @@ where
         }
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), LinkFailure> {
+    fn write_within(&mut self, data: &[u8], timeout: Duration) -> Result<(), LinkFailure> {
         if self.closed {
             return Err(LinkFailure::Closed);
         }
-        self.stream
-            .sock
-            .set_timeout(Duration::from_secs(30))
-            .map_err(io_failure)?;
+        self.stream.sock.set_timeout(timeout).map_err(io_failure)?;
         self.stream
             .write_all(data)
             .and_then(|()| self.stream.flush())

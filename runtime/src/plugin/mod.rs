@@ -5,14 +5,18 @@
 //! interface version from the component's type and refuses one it cannot run,
 //! compiles it once and pre-instantiates it once ([`Plugin`]). Every device
 //! operation then gets a fresh [`wasmtime::Store`] with a fuel budget per call, a
-//! memory cap and a deadline, so a plugin that traps, loops, hoards memory or
-//! answers nonsense fails that one operation with an error naming the plugin
-//! and the cause ([`OpError`]), and the next operation starts clean.
-//! [`folder::PluginFolder`] maps model codes to plugins and hot-reloads them.
+//! memory cap and a deadline (enforced by epoch interruption inside the
+//! plugin's code and by every host call), and the caps of [`sandbox`] on what
+//! it may push through the host; so a plugin that traps, loops, hoards memory,
+//! floods the link or answers nonsense fails that one operation with an error
+//! naming the plugin and the cause ([`OpError`]), and the next operation
+//! starts clean. [`folder::PluginFolder`] maps model codes to plugins and
+//! hot-reloads them; [`bindings`] holds one module per frozen WIT version.
 
 mod bindings;
 pub mod cli;
 pub mod folder;
+pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,8 +26,9 @@ use anyhow::Context;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, Trap};
 
-use bindings::{Bindings, HostState, Instance};
-pub use bindings::{Version, SUPPORTED};
+use bindings::{Bindings, Instance};
+pub use bindings::{Version, FROZEN, SUPPORTED};
+use sandbox::{plugin_text, HostState, Violation};
 
 use crate::link::{DeviceLink, LinkFailure};
 use crate::pki::id::{check_model, DeviceId};
@@ -42,6 +47,10 @@ pub struct Limits {
     /// Wall-clock limit of one device operation (all its calls and link waits).
     pub deadline: Duration,
 }
+
+/// How often the engine's epoch advances: the granularity of the deadline
+/// inside a plugin's own code.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -66,8 +75,10 @@ impl PluginEngine {
     pub fn new(limits: Limits) -> anyhow::Result<Arc<PluginEngine>> {
         let mut config = wasmtime::Config::new();
         config.consume_fuel(true);
+        config.epoch_interruption(true);
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+        spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
         bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
         Ok(Arc::new(PluginEngine {
@@ -149,6 +160,23 @@ impl PluginEngine {
         plugin.info = validate_info(info)?;
         Ok(plugin)
     }
+}
+
+/// Advances `engine`'s epoch every [`EPOCH_TICK`] while the engine lives
+/// (epoch deadlines do nothing unless something advances the epoch).
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the plugin deadline thread")?;
+    Ok(())
 }
 
 fn read_limited(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -244,8 +272,8 @@ fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
         && info.name.chars().all(|c| !c.is_control());
     if !name_ok {
         anyhow::bail!(
-            "malformed answer from info: plugin name {:?} must be 1-64 printable characters",
-            info.name
+            "malformed answer from info: plugin name \"{}\" must be 1-64 printable characters",
+            plugin_text(&info.name)
         );
     }
     if info.version.is_empty()
@@ -253,8 +281,8 @@ fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
         || info.version.chars().any(|c| c.is_control())
     {
         anyhow::bail!(
-            "malformed answer from info: plugin version {:?} must be 1-64 printable characters",
-            info.version
+            "malformed answer from info: plugin version \"{}\" must be 1-64 printable characters",
+            plugin_text(&info.version)
         );
     }
     if info.models.is_empty() {
@@ -264,7 +292,8 @@ fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
         );
     }
     for (i, m) in info.models.iter().enumerate() {
-        check_model(m).map_err(|e| anyhow::anyhow!("malformed answer from info: {e}"))?;
+        check_model(m)
+            .map_err(|e| anyhow::anyhow!("malformed answer from info: {}", plugin_text(&e)))?;
         if info.models[..i].contains(m) {
             anyhow::bail!(
                 "malformed answer from info: plugin {} claims model code {m} twice",
@@ -312,6 +341,10 @@ pub enum Fault {
     Trap { call: &'static str, detail: String },
     #[error("used up its fuel budget of {fuel} in {call} (is it looping?)")]
     OutOfFuel { call: &'static str, fuel: u64 },
+    #[error("ran past the device operation's deadline of {secs} s in {call} (is it looping or waiting forever?)")]
+    Deadline { call: &'static str, secs: u64 },
+    #[error("broke a rule of the host in {call}: {rule}")]
+    Rule { call: &'static str, rule: String },
     #[error("went over its memory cap of {cap} MiB in {call} (it asked for {asked} MiB)")]
     Memory {
         call: &'static str,
@@ -365,6 +398,11 @@ pub struct WriteJob {
 }
 
 impl WriteJob {
+    /// The DER of the device certificate being written.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     pub fn new(pack: &Pack) -> anyhow::Result<WriteJob> {
         let cert_der = pack.device_cert_der()?;
         let identity = pack.identity()?;
@@ -448,6 +486,8 @@ impl Plugin {
         let state = HostState::new(label, lent, started + limits.deadline, limits.memory);
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(epoch_ticks(limits.deadline));
         let instance = store
             .set_fuel(limits.fuel)
             .and_then(|()| self.bindings.instantiate(&mut store));
@@ -502,6 +542,22 @@ impl Plugin {
         self.with_session(self.name(), Some(link), |s| s.write(job, precheck, started))
     }
 
+    /// Checks, in one session, that the device holds the certificate
+    /// `cert_der` (issued for `id`) and can use its key: read back,
+    /// fingerprint, proof of possession. How a line that stopped in the middle
+    /// of a write finds out whether the write happened.
+    pub fn verify(
+        &self,
+        link: &mut Box<dyn DeviceLink>,
+        id: &DeviceId,
+        cert_der: &[u8],
+    ) -> Result<DeviceIdentity, OpError> {
+        let fingerprint = crate::pki::fingerprint(cert_der);
+        self.with_session(self.name(), Some(link), |s| {
+            s.verify(&id.to_string(), &fingerprint, cert_der)
+        })
+    }
+
     /// Store creation, instantiation and one trivial call, without a device:
     /// the host's own cost per operation (for the benchmark).
     pub fn overhead_probe(&self) -> Result<(Duration, Duration), OpError> {
@@ -512,6 +568,15 @@ impl Plugin {
             Ok((instantiated, started.elapsed()))
         })
     }
+}
+
+/// What wasmtime says when a call returns still holding a borrowed handle
+/// (the component model forbids it).
+const KEPT_BORROW: &str = "borrow handles still remain at the end of the call";
+
+/// Epoch ticks covering `left` (at least one).
+fn epoch_ticks(left: Duration) -> u64 {
+    (left.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
 }
 
 fn take(link: &mut Box<dyn DeviceLink>) -> Box<dyn DeviceLink> {
@@ -525,7 +590,7 @@ impl DeviceLink for Detached {
     fn read(&mut self, _: usize, _: Duration) -> Result<Vec<u8>, LinkFailure> {
         Err(LinkFailure::Closed)
     }
-    fn write(&mut self, _: &[u8]) -> Result<(), LinkFailure> {
+    fn write_within(&mut self, _: &[u8], _: Duration) -> Result<(), LinkFailure> {
         Err(LinkFailure::Closed)
     }
     fn close(&mut self) {}
@@ -543,22 +608,37 @@ impl Session<'_> {
         }
     }
 
-    /// One call into the plugin with a full fuel budget; a trap becomes the
-    /// fault that caused it.
+    /// One call into the plugin with a full fuel budget and what is left of
+    /// the operation's deadline; a trap becomes the fault that caused it.
     fn call<R>(
         &mut self,
         call: &'static str,
         f: impl FnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, OpError> {
         let fuel = self.plugin.engine.limits.fuel;
-        self.store.data_mut().limiter.memory_hit = None;
+        let secs = self.plugin.engine.limits.deadline.as_secs();
+        let data = self.store.data_mut();
+        data.limiter.memory_hit = None;
+        data.call = call;
+        data.call_seq += 1;
+        let left = data.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.fail(Fault::Deadline { call, secs }));
+        }
+        self.store.set_epoch_deadline(epoch_ticks(left));
         if let Err(e) = self.store.set_fuel(fuel) {
             return Err(self.fail(Fault::Host(e.to_string())));
         }
         match f(&self.instance, &mut self.store) {
             Ok(r) => Ok(r),
             Err(e) => {
-                let fault = if let Some(asked) = self.store.data().limiter.memory_hit {
+                let violation = self.store.data_mut().violation.take();
+                let fault = if let Some(v) = violation {
+                    match v {
+                        Violation::Deadline => Fault::Deadline { call, secs },
+                        Violation::Rule(rule) => Fault::Rule { call, rule },
+                    }
+                } else if let Some(asked) = self.store.data().limiter.memory_hit {
                     Fault::Memory {
                         call,
                         cap: self.store.data().limiter.memory_cap >> 20,
@@ -566,6 +646,15 @@ impl Session<'_> {
                     }
                 } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
                     Fault::OutOfFuel { call, fuel }
+                } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+                    Fault::Deadline { call, secs }
+                } else if e.root_cause().to_string().contains(KEPT_BORROW) {
+                    Fault::Rule {
+                        call,
+                        rule: format!(
+                            "it kept the device link it was lent past the end of {call} (a link is lent for one call)"
+                        ),
+                    }
                 } else {
                     Fault::Trap {
                         call,
@@ -587,11 +676,20 @@ impl Session<'_> {
             wasmtime::component::Resource<bindings::LinkHandle>,
         ) -> wasmtime::Result<Result<R, bindings::PluginError>>,
     ) -> Result<R, OpError> {
-        let link = match self.store.data_mut().link_resource() {
-            Ok(l) => l,
-            Err(e) => return Err(self.fail(Fault::Host(e.to_string()))),
-        };
-        match self.call(call, |inst, store| f(inst, store, link))? {
+        // The link is lent to this call only: its table entry goes when the
+        // call ends, so a handle the plugin kept names nothing later.
+        let mut lent = None;
+        let answer = self.call(call, |inst, store| {
+            let link = store.data_mut().link_resource()?;
+            lent = Some(link.rep());
+            f(inst, store, link)
+        });
+        if let Some(rep) = lent {
+            self.store
+                .data_mut()
+                .end_link_resource(wasmtime::component::Resource::new_own(rep));
+        }
+        match answer? {
             Ok(r) => Ok(r),
             Err(e) => Err(self.fail(match e {
                 bindings::PluginError::Link(l) => Fault::Link {
@@ -599,11 +697,17 @@ impl Session<'_> {
                     failure: match l {
                         bindings::LinkError::Timeout => LinkFailure::Timeout,
                         bindings::LinkError::Closed => LinkFailure::Closed,
-                        bindings::LinkError::Io(m) => LinkFailure::Io(m),
+                        bindings::LinkError::Io(m) => LinkFailure::Io(plugin_text(&m)),
                     },
                 },
-                bindings::PluginError::Protocol(detail) => Fault::Protocol { call, detail },
-                bindings::PluginError::Device(reason) => Fault::Device { call, reason },
+                bindings::PluginError::Protocol(detail) => Fault::Protocol {
+                    call,
+                    detail: plugin_text(&detail),
+                },
+                bindings::PluginError::Device(reason) => Fault::Device {
+                    call,
+                    reason: plugin_text(&reason),
+                },
             })),
         }
     }
@@ -617,12 +721,13 @@ impl Session<'_> {
             detail,
         };
         if let Err(e) = DeviceId::parse(&id.device_id) {
-            return Err(self.fail(malformed(e.to_string())));
+            return Err(self.fail(malformed(plugin_text(&e.to_string()))));
         }
         if let Some(f) = &id.fingerprint {
             if !certline_device_protocol::hex::is_fingerprint(f) {
                 return Err(self.fail(malformed(format!(
-                    "fingerprint {f:?} is not 64 lowercase hex digits"
+                    "fingerprint \"{}\" is not 64 lowercase hex digits",
+                    plugin_text(f)
                 ))));
             }
         }
@@ -661,35 +766,7 @@ impl Session<'_> {
                 detail: "it returned ok without reporting that the device received the pack".into(),
             }));
         }
-        let read_back = self.read_identity()?;
-        if read_back.device_id != expected {
-            return Err(self.fail(Fault::ReadBack {
-                detail: format!(
-                    "the device now reports id {}, the pack is for {expected}",
-                    read_back.device_id
-                ),
-            }));
-        }
-        if read_back.fingerprint.as_deref() != Some(job.fingerprint.as_str()) {
-            return Err(self.fail(Fault::ReadBack {
-                detail: format!(
-                    "the device reports certificate {}, the pack's certificate is {}",
-                    read_back.fingerprint.as_deref().unwrap_or("(none)"),
-                    job.fingerprint
-                ),
-            }));
-        }
-        let mut challenge = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut challenge)
-            .map_err(|_| self.fail(Fault::Host("no randomness for the challenge".into())))?;
-        let sig = self.device_call("prove-possession", |inst, store, link| {
-            inst.prove_possession(store, link, &challenge)
-        })?;
-        if let Err(e) = crate::link::pop::verify(&job.cert_der, &challenge, &sig) {
-            return Err(self.fail(Fault::Possession {
-                detail: e.to_string(),
-            }));
-        }
+        let read_back = self.verify(&expected, &job.fingerprint, &job.cert_der)?;
         Ok(WriteReport {
             plugin: self.label.clone(),
             device_id: expected,
@@ -701,6 +778,45 @@ impl Session<'_> {
             instantiate: self.instantiate,
             total: started.elapsed(),
         })
+    }
+
+    /// Reads the identity back, compares it with `expected` and `fingerprint`,
+    /// and has the device prove it holds the key of `cert_der`.
+    fn verify(
+        &mut self,
+        expected: &str,
+        fingerprint: &str,
+        cert_der: &[u8],
+    ) -> Result<DeviceIdentity, OpError> {
+        let read_back = self.read_identity()?;
+        if read_back.device_id != expected {
+            return Err(self.fail(Fault::ReadBack {
+                detail: format!(
+                    "the device now reports id {}, the pack is for {expected}",
+                    read_back.device_id
+                ),
+            }));
+        }
+        if read_back.fingerprint.as_deref() != Some(fingerprint) {
+            return Err(self.fail(Fault::ReadBack {
+                detail: format!(
+                    "the device reports certificate {}, the pack's certificate is {fingerprint}",
+                    read_back.fingerprint.as_deref().unwrap_or("(none)"),
+                ),
+            }));
+        }
+        let mut challenge = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut challenge)
+            .map_err(|_| self.fail(Fault::Host("no randomness for the challenge".into())))?;
+        let sig = self.device_call("prove-possession", |inst, store, link| {
+            inst.prove_possession(store, link, &challenge)
+        })?;
+        if let Err(e) = crate::link::pop::verify(cert_der, &challenge, &sig) {
+            return Err(self.fail(Fault::Possession {
+                detail: e.to_string(),
+            }));
+        }
+        Ok(read_back)
     }
 }
 

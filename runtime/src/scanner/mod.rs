@@ -79,7 +79,8 @@ pub fn clean(raw: &[u8]) -> Option<String> {
     if text.is_empty() {
         return None;
     }
-    Some(text.chars().take(MAX_SCAN).collect())
+    let cut: String = text.chars().take(MAX_SCAN).collect();
+    Some(cut.trim_end().to_string())
 }
 
 /// Splits a byte stream into lines (CR, LF or CRLF), keeping an unfinished line.
@@ -287,6 +288,9 @@ mod tests {
         assert_eq!(clean(b"   "), None);
         // Not an AIM identifier: left alone.
         assert_eq!(clean(b"]3012-1").as_deref(), Some("]3012-1"));
+        // Cut at MAX_SCAN characters, and still trimmed after the cut.
+        let long = format!("{} tail", "A".repeat(MAX_SCAN - 1));
+        assert_eq!(clean(long.as_bytes()), Some("A".repeat(MAX_SCAN - 1)));
     }
 
     #[test]
@@ -312,5 +316,43 @@ mod tests {
         let mut off = Debounce::new(Duration::ZERO);
         assert!(off.accept(&scan("A-1", 0)));
         assert!(off.accept(&scan("A-1", 0)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any bytes from a reader: a scan is trimmed, not empty, at most
+        /// MAX_SCAN characters, and how the bytes arrive in reads does not
+        /// change the scans.
+        #[test]
+        fn any_bytes_split_the_same_however_they_arrive(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(0usize..3000, 0..8),
+        ) {
+            let whole = LineSplitter::default().feed(&bytes);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort();
+            let mut pieces = LineSplitter::default();
+            let mut got = Vec::new();
+            let mut from = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                got.extend(pieces.feed(&bytes[from..c]));
+                from = c;
+            }
+            proptest::prop_assert_eq!(&got, &whole);
+            for code in &whole {
+                proptest::prop_assert!(!code.is_empty());
+                proptest::prop_assert_eq!(code.trim(), code.as_str());
+                proptest::prop_assert!(code.chars().count() <= MAX_SCAN);
+                proptest::prop_assert!(!code.contains(['\r', '\n']));
+            }
+        }
+
+        #[test]
+        fn clean_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Some(code) = clean(&bytes) {
+                proptest::prop_assert!(!code.is_empty() && code.chars().count() <= MAX_SCAN);
+            }
+        }
     }
 }
