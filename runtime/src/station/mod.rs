@@ -3,7 +3,7 @@
 //!
 //! - the station itself ([`station`]: open, keys, stock check) and its
 //!   refusals ([`error`]: a kind and a stable code, no transport);
-//! - what it does: the line API and the sweeps ([`handout`]), the admin's
+//! - what it does: the line API ([`handout`]), the sweeps ([`sweeps`]), the admin's
 //!   changes ([`admin`]) behind the login ([`login`]), the admin's reports
 //!   ([`reports`]), production plans and the drop folder ([`plan`]),
 //!   retention ([`retention`]);
@@ -34,6 +34,7 @@ pub mod retention;
 pub mod serve;
 #[allow(clippy::module_inception)]
 pub mod station;
+pub mod sweeps;
 
 pub use error::StationError;
 pub use station::{Opened, Station};

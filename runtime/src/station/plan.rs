@@ -4,7 +4,8 @@
 //! and the field.
 //!
 //! Also the drop folder (`DIR/plans/`) that a serving station watches: see
-//! [`drop_folder`].
+//! [`drop_folder`]. One job, a plan from its file to the stock; the file is
+//! over 600 lines only because its tests (a third of it) live beside it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -471,7 +472,7 @@ fn process_drops(
     mut import: impl FnMut(&str, &str) -> anyhow::Result<ImportReport>,
 ) -> anyhow::Result<()> {
     use crate::pki::pack::write_private_file;
-    let Ok(entries) = std::fs::read_dir(&folder) else {
+    let Ok(entries) = std::fs::read_dir(folder) else {
         return Ok(());
     };
     let mut files: Vec<(String, bool)> = Vec::new();

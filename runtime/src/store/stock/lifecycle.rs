@@ -13,7 +13,9 @@
 //! written | flagged | deleted ──rework──► revoked (+ queued: replace)
 //! ```
 //!
-//! A partial unique index keeps at most one live pack per device id.
+//! A partial unique index keeps at most one live pack per device id. (One
+//! job, the state machine and the rows it moves; its tests make it longer
+//! than 600 lines.)
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
