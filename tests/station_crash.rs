@@ -8,6 +8,7 @@
 //! <point>" and waits); the test then kills it for real. These tests need
 //! the binary built with `--features certline/failpoints`.
 
+use crate::common;
 use crate::station_support as support;
 
 use support::*;

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::dir::{self, InitOptions, DEFAULT_PEN};
 use super::serve::{revoke_target, router, CaState};
-use crate::cli::{emit, runtime};
+use crate::command::{emit, runtime};
 use crate::pki::credential::Credential;
 use crate::pki::crl::Reason;
 use crate::pki::role::Role;
