@@ -1101,3 +1101,487 @@ fn certificates_and_crls_are_clean_under_pkilint() {
         assert!(report.trim().is_empty(), "{kind}: {report}");
     }
 }
+
+// ---- who may revoke what (issue 12, D1) ----
+
+fn serial_of_pem(file: &Path) -> String {
+    let der = pem_file(file, "CERTIFICATE").remove(0);
+    hex::encode(X509Certificate::from_der(&der).unwrap().1.raw_serial())
+}
+
+fn status_of(ca: &Ca, serial: &str) -> String {
+    let conn = rusqlite::Connection::open(ca.dir.join("ledger.db")).unwrap();
+    conn.query_row(
+        "SELECT status FROM certs WHERE serial = ?1",
+        [serial],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_station_revokes_only_the_device_certificates_it_asked_for() {
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let st1 = ca.enroll("station", "st1");
+    let st2 = ca.enroll("station", "st2");
+    let center = ca.enroll("center", "center");
+    let as_st1 = || tls_client(&root, Some(identity_of(&st1, &st1)));
+    let as_st2 = || tls_client(&root, Some(identity_of(&st2, &st2)));
+    let (status, mine) = post(&server.url, as_st1(), "/v1/packs", &batch(&["3012-1"])).unwrap();
+    assert_eq!(status, 200, "{mine}");
+    let mine = mine["packs"][0]["serial"].as_str().unwrap().to_string();
+    let (status, theirs) = post(&server.url, as_st2(), "/v1/packs", &batch(&["3012-2"])).unwrap();
+    assert_eq!(status, 200, "{theirs}");
+    let theirs = theirs["packs"][0]["serial"].as_str().unwrap().to_string();
+    // A device certificate the operator issued locally.
+    let ids = ca.ids_file("ids", &["3012-3"]);
+    ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        ca.dir(),
+        "--ids",
+        path(&ids),
+        "--out",
+        path(&ca.file("packs")),
+    ]);
+    let operators = serial_of_pem(&ca.file("packs/3012-3/chain.pem"));
+    let before = ca.counts();
+
+    let revoke = |body: serde_json::Value| {
+        post(
+            &server.url,
+            as_st1(),
+            "/v1/revoke",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap()
+    };
+    // Service credentials: another station's, the center's, the CA's own TLS one.
+    for (what, serial) in [
+        ("station st2", serial_of_pem(&st2)),
+        ("the center", serial_of_pem(&center)),
+        ("the CA's TLS", serial_of_pem(&ca.dir.join("tls.pem"))),
+        ("station st1 itself", serial_of_pem(&st1)),
+    ] {
+        let (status, reply) =
+            revoke(serde_json::json!({"serial": serial, "reason": "key-compromise"}));
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (403, Some("not_a_device_certificate")),
+            "{what}: {reply}"
+        );
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("certline ca revoke"),
+            "{what}: {reply}"
+        );
+        assert_eq!(status_of(&ca, &serial), "valid", "{what}");
+    }
+    // Device certificates it did not ask for: by serial and by id.
+    for body in [
+        serde_json::json!({"serial": theirs}),
+        serde_json::json!({"id": "3012-2"}),
+        serde_json::json!({"serial": operators}),
+        serde_json::json!({"id": "3012-3"}),
+    ] {
+        let (status, reply) = revoke(body.clone());
+        assert_eq!(
+            (status, reply["code"].as_str()),
+            (403, Some("not_your_certificate")),
+            "{body}: {reply}"
+        );
+    }
+    // Nor may it replace one (that would revoke it too).
+    let replace =
+        serde_json::to_vec(&serde_json::json!({"id": "3012-2", "replaces": theirs})).unwrap();
+    let (status, reply) = post(&server.url, as_st1(), "/v1/replace", &replace).unwrap();
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (403, Some("not_your_certificate")),
+        "{reply}"
+    );
+    assert_eq!(
+        ca.counts(),
+        before,
+        "a refused revocation changed the ledger"
+    );
+    assert_eq!(status_of(&ca, &theirs), "valid");
+    assert_eq!(status_of(&ca, &operators), "valid");
+    // Station st2 is still served; nothing refused reached the CRL.
+    let (status, _) = post(&server.url, as_st2(), "/v1/packs", &batch(&["3012-4"])).unwrap();
+    assert_eq!(status, 200);
+    let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert!(crl_entries(&crl).1.is_empty());
+
+    // Its own device certificate: revoked, and on the CRL at once.
+    let (status, reply) = revoke(serde_json::json!({"id": "3012-1", "reason": "superseded"}));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["serial"], mine.as_str());
+    let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert_eq!(crl_entries(&crl).1, vec![(mine, "Superseded".to_string())]);
+
+    // The CA's operator revokes a service credential; that station is then refused.
+    ok(&[
+        "ca",
+        "revoke",
+        "--dir",
+        ca.dir(),
+        "--serial",
+        &serial_of_pem(&st2),
+        "--reason",
+        "privilege-withdrawn",
+    ]);
+    let (status, _) = post(&server.url, as_st2(), "/v1/packs", &batch(&["3012-5"])).unwrap();
+    assert_eq!(status, 403);
+}
+
+// ---- profiles that end before they begin (issue 12, D11) ----
+
+#[test]
+fn profiles_that_end_before_they_begin_are_refused() {
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let station = ca.enroll("station", "st1");
+    let client = || tls_client(&root, Some(identity_of(&station, &station)));
+    let (_, first) = post(&server.url, client(), "/v1/packs", &batch(&["3012-1"])).unwrap();
+    let old = first["packs"][0]["serial"].as_str().unwrap().to_string();
+    let before = ca.counts();
+
+    let past = br#"{"items": [{"id": "3012-2"}], "profiles": {"3012": {"not_after": "2020-01-01T00:00:00Z"}}}"#;
+    let (status, reply) = post(&server.url, client(), "/v1/packs", past).unwrap();
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (400, Some("bad_profile")),
+        "{reply}"
+    );
+    let error = reply["error"].as_str().unwrap();
+    assert!(
+        error.contains("model 3012") && error.contains("not later than"),
+        "{error}"
+    );
+    let replace =
+        br#"{"id": "3012-1", "replaces": "OLD", "profile": {"not_after": "2020-01-01T00:00:00Z"}}"#;
+    let replace = String::from_utf8_lossy(replace).replace("OLD", &old);
+    let (status, reply) = post(&server.url, client(), "/v1/replace", replace.as_bytes()).unwrap();
+    assert_eq!(
+        (status, reply["code"].as_str()),
+        (400, Some("bad_profile")),
+        "{reply}"
+    );
+    assert_eq!(ca.counts(), before, "a refused profile changed the ledger");
+    assert!(ca.history("3012-2").is_empty());
+    assert_eq!(status_of(&ca, &old), "valid");
+    drop(server);
+
+    // A configured profile that has already ended: refused when the CA loads it.
+    let config = ca.dir.join("ca.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{good}\n[models.OLD1]\nnot_after = \"2001-02-03T04:05:06Z\"\n"),
+    )
+    .unwrap();
+    let ids = ca.ids_file("ids", &["OLD1-1"]);
+    let out = ca.file("packs");
+    for args in [
+        vec![
+            "ca",
+            "issue",
+            "--dir",
+            ca.dir(),
+            "--ids",
+            path(&ids),
+            "--out",
+            path(&out),
+        ],
+        vec!["ca", "serve", "--dir", ca.dir(), "--listen", "127.0.0.1:0"],
+    ] {
+        let err = fails(&args);
+        assert!(
+            err.contains("ca.toml")
+                && err.contains("profile OLD1")
+                && err.contains("2001-02-03T04:05:06Z"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(ca.history("OLD1-1").is_empty());
+    assert!(!out.exists());
+}
+
+// ---- file modes (issue 12) ----
+
+#[test]
+fn the_ca_directory_ledger_and_keys_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let ca = Ca::init(&[]);
+    let server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let station = ca.enroll("station", "st1");
+    let (status, _) = post(
+        &server.url,
+        tls_client(&root, Some(identity_of(&station, &station))),
+        "/v1/packs",
+        &batch(&["3012-1"]),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    // While the CA serves, its WAL files exist.
+    assert_eq!(mode(&ca.dir), 0o700, "the CA directory");
+    for file in ["ledger.db", "ledger.db-wal", "ledger.db-shm", "keys.json"] {
+        assert_eq!(mode(&ca.dir.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&station), 0o600, "an enrolled credential");
+    drop(server);
+
+    // A CA made by an older certline (world-readable) is tightened when opened.
+    std::fs::set_permissions(&ca.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        ca.dir.join("ledger.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    ok(&[
+        "ca",
+        "crl",
+        "--dir",
+        ca.dir(),
+        "--out",
+        path(&ca.file("crl.pem")),
+    ]);
+    assert_eq!(mode(&ca.dir), 0o700);
+    assert_eq!(mode(&ca.dir.join("ledger.db")), 0o600);
+}
+
+// ---- the crash matrix (issue 12): SIGKILL at every state change of the CA ----
+
+/// A `ca serve` armed with one fail point (`FAILPOINTS=<point>=pause`): it
+/// stops at that point and says so on stderr; the test then SIGKILLs it there.
+#[cfg(feature = "failpoints")]
+fn armed_ca(ca: &Ca, point: &str) -> crate::station_support::Proc {
+    let mut cmd = certline();
+    cmd.env("FAILPOINTS", format!("{point}=pause")).args([
+        "ca",
+        "serve",
+        "--dir",
+        ca.dir(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    crate::station_support::Proc::start(cmd, "CA listening on ")
+}
+
+#[cfg(feature = "failpoints")]
+fn ledger_rows(ca: &Ca) -> Vec<(String, String, String, String)> {
+    let conn = rusqlite::Connection::open(ca.dir.join("ledger.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT serial, subject, kind, status FROM certs ORDER BY rowid")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_ca_killed_at_any_state_change_restarts_consistent() {
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Issue,
+        Replace,
+        Revoke,
+    }
+    // (fail point, what the station asks when the CA dies, what a retry answers)
+    let matrix: &[(&str, Op, u16)] = &[
+        ("ca-after-reserve", Op::Issue, 200),
+        ("ca-after-sign", Op::Issue, 200),
+        ("ca-after-commit", Op::Issue, 409),
+        ("ca-after-reserve", Op::Replace, 409),
+        ("ca-after-sign", Op::Replace, 409),
+        ("ca-after-commit", Op::Replace, 409),
+        ("ca-revoke-before-crl", Op::Revoke, 409),
+    ];
+    for point in certline::ca::issuance::FAIL_POINTS {
+        assert!(
+            matrix.iter().any(|(p, _, _)| p == point),
+            "the crash matrix has no row for {point}"
+        );
+    }
+    for &(point, op, retry_status) in matrix {
+        let what = format!("{point} during {op:?}");
+        let ca = Ca::init(&[]);
+        let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+        let station = ca.enroll("station", "st1");
+        let client = || tls_client(&root, Some(identity_of(&station, &station)));
+        // The certificate a replacement or revocation works on, issued beforehand.
+        let mut first = None;
+        if !matches!(op, Op::Issue) {
+            let server = ca.serve(&[]);
+            let (status, reply) =
+                post(&server.url, client(), "/v1/packs", &batch(&["3012-1"])).unwrap();
+            assert_eq!(status, 200, "{what}: {reply}");
+            first = Some(reply["packs"][0].clone());
+        }
+        let old = first
+            .as_ref()
+            .map(|p| p["serial"].as_str().unwrap().to_string());
+        let (path_, body) = match op {
+            Op::Issue => ("/v1/packs", batch(&["3012-1", "3012-2"])),
+            Op::Replace => (
+                "/v1/replace",
+                serde_json::to_vec(&serde_json::json!({"id": "3012-1", "replaces": old})).unwrap(),
+            ),
+            Op::Revoke => (
+                "/v1/revoke",
+                serde_json::to_vec(&serde_json::json!({"serial": old, "reason": "key-compromise"}))
+                    .unwrap(),
+            ),
+        };
+
+        let mut armed = armed_ca(&ca, point);
+        let url = armed.url.clone();
+        let tls = client();
+        let body_ = body.clone();
+        let asked = std::thread::spawn(move || post(&url, tls, path_, &body_));
+        armed.wait_stderr(&format!("ca reached fail point {point}"));
+        armed.kill(); // SIGKILL, right there
+        assert!(
+            asked.join().unwrap().is_err(),
+            "{what}: the station got an answer from a killed CA"
+        );
+
+        // Restart: the invariants hold.
+        let server = ca.serve(&[]);
+        let rows = ledger_rows(&ca);
+        assert!(
+            rows.iter().all(|r| r.3 != "reserved"),
+            "{what}: a reservation survived the start: {rows:?}"
+        );
+        let mut valid_ids = HashSet::new();
+        for (serial, subject, kind, status) in &rows {
+            if kind == "device" && status == "valid" {
+                assert!(
+                    valid_ids.insert(subject.clone()),
+                    "{what}: two valid certificates for {subject}: {rows:?}"
+                );
+            }
+            assert_eq!(serial.len(), 32, "{what}");
+        }
+        let serials: HashSet<&String> = rows.iter().map(|r| &r.0).collect();
+        assert_eq!(serials.len(), rows.len(), "{what}: a serial was reused");
+        assert!(
+            ok(&["ca", "audit", "verify", "--dir", ca.dir()]).contains("audit log intact"),
+            "{what}"
+        );
+        let crl_serials = |url: &str| -> HashSet<String> {
+            let (status, der) = get(url, tls_client(&root, None), "/v1/crl").unwrap();
+            assert_eq!(status, 200);
+            crl_entries(&der).1.into_iter().map(|(s, _)| s).collect()
+        };
+        let revoked: HashSet<String> = ledger_rows(&ca)
+            .into_iter()
+            .filter(|r| r.3 == "revoked")
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(
+            crl_serials(&server.url),
+            revoked,
+            "{what}: the CRL served after the restart is not the ledger's revocations"
+        );
+        match op {
+            // A reservation left by the crash was revoked, and it is on the CRL.
+            Op::Issue if point != "ca-after-commit" => assert_eq!(revoked.len(), 2, "{what}"),
+            Op::Replace | Op::Revoke => {
+                assert!(revoked.contains(old.as_ref().unwrap()), "{what}")
+            }
+            _ => {}
+        }
+
+        // Asking again gets a clear answer, and the station can always go on.
+        let (status, reply) = post(&server.url, client(), path_, &body).unwrap();
+        assert_eq!(status, retry_status, "{what}: retry: {reply}");
+        if status == 409 {
+            let code = reply["code"].as_str().unwrap();
+            assert!(
+                ["already_certified", "replace_mismatch", "already_revoked"].contains(&code),
+                "{what}: {reply}"
+            );
+        }
+        // The station's resume: look up what is live, replace it (or issue fresh).
+        let (_, live) = post(
+            &server.url,
+            client(),
+            "/v1/lookup",
+            br#"{"ids": ["3012-1"]}"#,
+        )
+        .unwrap();
+        let item = match live["live"][0]["serial"].as_str() {
+            Some(serial) => serde_json::json!({"id": "3012-1", "replaces": serial}),
+            None => serde_json::json!({"id": "3012-1"}),
+        };
+        let (status, resumed) = post(
+            &server.url,
+            client(),
+            "/v1/packs",
+            &serde_json::to_vec(&serde_json::json!({"items": [item]})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{what}: resume: {resumed}");
+        let valid: Vec<_> = ledger_rows(&ca)
+            .into_iter()
+            .filter(|r| r.1 == "3012-1" && r.3 == "valid")
+            .collect();
+        assert_eq!(valid.len(), 1, "{what}: {valid:?}");
+        assert_eq!(valid[0].0, resumed["packs"][0]["serial"].as_str().unwrap());
+        let revoked: HashSet<String> = ledger_rows(&ca)
+            .into_iter()
+            .filter(|r| r.3 == "revoked")
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(crl_serials(&server.url), revoked, "{what}: after resuming");
+
+        // openssl agrees: the certificate the crash left behind is revoked on the
+        // served CRL, the one issued after the restart verifies against it.
+        if openssl_available() {
+            // The issuing CA's CRL and the root's, as `-crl_check_all` wants both.
+            let mut crls = String::new();
+            for path_ in ["/v1/crl", "/v1/crl/root"] {
+                let (_, crl) = get(&server.url, tls_client(&root, None), path_).unwrap();
+                crls.push_str(&::pem::encode(&::pem::Pem::new("X509 CRL", crl)));
+            }
+            let crl_file = ca.file("crl.pem");
+            std::fs::write(&crl_file, crls).unwrap();
+            let issuing = std::fs::read_to_string(ca.dir.join("issuing.pem")).unwrap();
+            let write_pack = |name: &str, cert_pem: &str| {
+                let dir = ca.file(name);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(ca.dir.join("root.pem"), dir.join("root.pem")).unwrap();
+                std::fs::write(dir.join("chain.pem"), format!("{cert_pem}{issuing}")).unwrap();
+                dir
+            };
+            let fresh = write_pack("fresh", resumed["packs"][0]["cert_pem"].as_str().unwrap());
+            let verified = openssl_verify_pack(&fresh, Some(&crl_file));
+            assert!(
+                verified.status.success(),
+                "{what}: {}{}",
+                text(&verified.stdout),
+                text(&verified.stderr)
+            );
+            if let Some(first) = &first {
+                let gone = write_pack("first", first["cert_pem"].as_str().unwrap());
+                let verified = openssl_verify_pack(&gone, Some(&crl_file));
+                assert!(
+                    !verified.status.success(),
+                    "{what}: the old certificate still verifies"
+                );
+            }
+        }
+    }
+}

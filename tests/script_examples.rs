@@ -141,3 +141,40 @@ fn retention_wrong_answer_is_a_clear_error() {
         err.message
     );
 }
+
+/// Issue 12, D5 (the script side): a `decide` that loops, directly or in a
+/// pattern, ends within its budget with an error naming the file and line.
+#[test]
+fn a_looping_retention_decide_ends_with_a_clear_error() {
+    let models = serde_json::json!({});
+    let pack = PackFacts {
+        id: "3012-1".into(),
+        model: "3012".into(),
+        serial: "1".into(),
+        cert_serial: "0a".into(),
+        line: "line-1".into(),
+        written_at: 0,
+        age_secs: 0,
+        flagged: false,
+    };
+    for body in [
+        "while true do end",
+        "local ok = pcall(function() while true do end end)",
+        "local s = string.rep('a', 300) s:find('^(.-)(.-)(.-)(.-)(.-)(.-)b$')",
+    ] {
+        let source = format!("function decide(pack)\n  {body}\n  return 'flag'\nend\n");
+        let policy = RetentionScript::load(
+            Path::new("factory/retention.lua"),
+            source.as_bytes(),
+            models.clone(),
+            Limits::default(),
+        )
+        .unwrap();
+        let err = policy.decide(&pack).expect_err(body);
+        assert!(
+            err.message.contains("factory/retention.lua:2") && err.message.contains("budget"),
+            "{body}: {}",
+            err.message
+        );
+    }
+}

@@ -197,3 +197,91 @@ fn removed_then_restored_file_keeps_serving() {
     assert_eq!(id_of(&file, "3012-1"), "3012-1");
     assert!(started.elapsed() < WAIT);
 }
+
+/// Issue 12, D4: an edit whose patterns backtrack without end used to hang
+/// the reload thread (and `script check`) for good. Now every such edit is
+/// refused within its budget, the previous version keeps parsing, a good
+/// edit after it still loads, and a `parse` that only hangs on a long scan
+/// fails that scan instead of the line.
+#[test]
+fn edits_with_runaway_patterns_are_refused_and_later_edits_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_example(dir.path());
+    let path = dir.path().join("line.lua");
+    let file = open_folder(dir.path(), "line-1", Limits::default()).unwrap();
+    file.watch().unwrap();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut seen = file.generation();
+    let runaway = "(string.rep(';', 400)):match('^(.-);(.-);(.-);(.-);(.-);(.-);(.-);(.-)x$')";
+    let broken = [
+        ("a runaway match at load", format!("{original}\nlocal _ = {runaway}\n")),
+        (
+            "a runaway gsub in a self-check",
+            original.replace(
+                "function parse(raw)\n",
+                &format!("function parse(raw)\n  if raw:find(';;;;') then return nil, tostring({runaway}) end\n"),
+            ) + "\nchecks[#checks + 1] = { scan = string.rep(';', 400) }\n",
+        ),
+        (
+            "a runaway xpcall handler at load",
+            format!("{original}\nxpcall(function() while true do end end, function() while true do end end)\n"),
+        ),
+    ];
+    for (what, text) in broken {
+        save_by_rename(&path, &text);
+        seen = await_change(&file, seen);
+        let refused = file
+            .refused()
+            .unwrap_or_else(|| panic!("{what}: not refused"));
+        assert!(
+            refused.message.contains("line.lua:") && refused.message.contains("budget"),
+            "{what}: {:?}",
+            refused.message
+        );
+        assert_eq!(file.version(), 1, "{what}: the first version keeps serving");
+        assert_eq!(id_of(&file, "3012-123456"), "3012-123456", "{what}");
+    }
+
+    // A good edit still loads (the reload thread is not stuck).
+    let edited = original.replace(
+        "function parse(raw)\n",
+        "function parse(raw)\n  raw = raw:gsub(\"^SN:\", \"\")\n",
+    );
+    save_by_rename(&path, &edited);
+    seen = await_change(&file, seen);
+    assert!(file.refused().is_none(), "{:?}", file.refused());
+    assert_eq!(file.version(), 2);
+    assert_eq!(id_of(&file, "SN:3012-777"), "3012-777");
+
+    // A parse that passes its self-check but backtracks on a scan of 400 ';'.
+    let trap = edited.replace(
+        "function parse(raw)\n",
+        "function parse(raw)\n  if raw:sub(1, 1) == ';' then\n    local a = raw:match('^(.-);(.-);(.-);(.-);(.-);(.-);(.-);(.-)x$')\n  end\n",
+    );
+    save_by_rename(&path, &trap);
+    await_change(&file, seen);
+    assert!(file.refused().is_none(), "{:?}", file.refused());
+    let line = file.current();
+    let scan = ";".repeat(400);
+    let err = std::thread::scope(|s| {
+        let parse = s.spawn(|| line.parse(&scan));
+        // A guard against a hang, not a timing assertion.
+        let start = Instant::now();
+        while !parse.is_finished() {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "the parse never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        parse.join().unwrap()
+    })
+    .expect_err("the runaway parse must fail");
+    assert!(
+        err.message.contains("line.lua:") && err.message.contains("budget"),
+        "{}",
+        err.message
+    );
+    // The same version keeps parsing the next scan.
+    assert_eq!(id_of(&file, "3012-123456"), "3012-123456");
+}

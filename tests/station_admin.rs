@@ -74,6 +74,7 @@ fn login_refuses_wrong_passwords_and_locks_out() {
     let client = certline::service::client::ServiceClient::anonymous(
         &station.url,
         &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
         std::time::Duration::from_secs(10),
     )
     .unwrap();
@@ -328,6 +329,7 @@ fn logins_keep_little_of_a_name_and_are_limited_per_address() {
     let client = certline::service::client::ServiceClient::anonymous(
         &station.url,
         &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
         std::time::Duration::from_secs(30),
     )
     .unwrap();

@@ -8,7 +8,6 @@
 //! <point>" and waits); the test then kills it for real. These tests need
 //! the binary built with `--features certline/failpoints`.
 
-use crate::common;
 use crate::station_support as support;
 
 use support::*;
@@ -239,7 +238,7 @@ fn killed_at_every_state_change_the_station_keeps_its_invariants() {
             let line = Line::new(&url, &cred);
             let admin = |args: &[&str]| {
                 let mut all = args.to_vec();
-                all.extend(["--url", &url, "--root", common::path(&root)]);
+                all.extend(["--url", &url, "--root", crate::common::path(&root)]);
                 let _ = run(&all);
             };
             let _ = &dir;

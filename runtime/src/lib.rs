@@ -34,5 +34,6 @@ pub mod center;
 pub mod cli;
 pub mod demo;
 pub mod device_sim;
+pub mod failpoint;
 pub mod line;
 pub mod station;

@@ -159,6 +159,11 @@ impl Server {
     pub fn start(args: &[&str], marker: &str) -> Server {
         let mut cmd = certline();
         cmd.args(args);
+        Self::start_command(cmd, marker)
+    }
+
+    /// As [`Server::start`], for a command with its own arguments and environment.
+    pub fn start_command(cmd: Command, marker: &str) -> Server {
         let child = Child::spawn(cmd)
             .listening(marker)
             .unwrap_or_else(|e| panic!("{e:#}"));

@@ -497,7 +497,13 @@ impl Line {
     pub fn new(url: &str, cred: &Path) -> Line {
         let cred = Credential::load(cred).unwrap();
         Line {
-            client: ServiceClient::new(url, &cred, Duration::from_secs(60)).unwrap(),
+            client: ServiceClient::new(
+                url,
+                &cred,
+                certline::pki::role::Role::Station,
+                Duration::from_secs(60),
+            )
+            .unwrap(),
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

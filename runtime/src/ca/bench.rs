@@ -7,8 +7,8 @@ use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use clap::Args;
 use serde::Serialize;
 
-use super::authority::CertAuthority;
-use super::dir::{CaConfig, DEFAULT_PEN};
+use super::config::{CaConfig, DEFAULT_PEN};
+use super::issuance::{CertAuthority, Clock, Requester};
 use super::serve::{router, CaState};
 use crate::pki::authority::Authority;
 use crate::pki::keys::raw_keygen_and_sign;
@@ -43,18 +43,15 @@ fn rate(count: usize, elapsed: Duration) -> f64 {
 }
 
 fn fresh_ca(dir: &std::path::Path, name: &str, count: usize) -> anyhow::Result<CertAuthority> {
-    let (authority, _) = Authority::create("certline Bench", DEFAULT_PEN)?;
+    let clock = Clock::system();
+    let (authority, _) = Authority::create("certline Bench", DEFAULT_PEN, clock.now())?;
     let ledger = Ledger::open(&dir.join(format!("{name}.db")), true)?;
     let config = CaConfig {
-        organization: "certline Bench".into(),
-        pen: DEFAULT_PEN,
-        max_batch: count,
         listen: "127.0.0.1:0".into(),
         crl_validity_hours: 24,
-        default_profile: Default::default(),
-        models: Default::default(),
+        ..CaConfig::new("certline Bench", DEFAULT_PEN, count)
     };
-    Ok(CertAuthority::new(authority, ledger, config))
+    Ok(CertAuthority::new(authority, ledger, config, clock))
 }
 
 fn batch(prefix: &str, count: usize) -> BatchRequest {
@@ -86,11 +83,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
 
     // The certificate work alone: key, profile, DER, signature, PEM; no ledger.
-    let (pki, _) = Authority::create("certline Bench", DEFAULT_PEN)?;
+    let now = time::OffsetDateTime::now_utc();
+    let (pki, _) = Authority::create("certline Bench", DEFAULT_PEN, now)?;
     let profile = crate::pki::profile::CertProfile::default()
         .resolve()
         .map_err(anyhow::Error::msg)?;
-    let now = time::OffsetDateTime::now_utc();
     let start = Instant::now();
     for n in 0..count {
         let id = crate::pki::id::DeviceId::new("PKI", &format!("{n:08}"))?;
@@ -115,7 +112,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // In process: profile, encoding, PEM, ledger reserve + commit.
     let mut ca = fresh_ca(tmp.path(), "inproc", count)?;
     let start = Instant::now();
-    let issued = ca.issue_batch(&batch("BENCH", count), "bench", 1)?;
+    let issued = ca.issue_batch(&batch("BENCH", count), &Requester::operator("bench"), 1)?;
     let inproc = rate(issued.packs.len(), start.elapsed());
     figures.push(Figure {
         what: "packs in process (ledger committed)".into(),
@@ -156,8 +153,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow::Result<f64> {
     let mut ca = fresh_ca(dir, &format!("wire{threads}"), count)?;
     let hosts = ["127.0.0.1".to_string()];
-    let server_cred = ca.enroll(Role::Ca, "ca", &hosts, "bench")?;
-    let station = ca.enroll(Role::Station, "bench-station", &hosts, "bench")?;
+    let bench = Requester::operator("bench");
+    let server_cred = ca.enroll(Role::Ca, "ca", &hosts, &bench)?;
+    let station = ca.enroll(Role::Station, "bench-station", &hosts, &bench)?;
     let tls = server_config(&server_cred, ClientAuth::Optional)?;
     let request = batch("WIRE", count);
     crate::command::runtime()?.block_on(async move {
@@ -170,7 +168,7 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
             router(state),
             std::future::pending(),
         ));
-        let client = ServiceClient::new(&url, &station, Duration::from_secs(600))?;
+        let client = ServiceClient::new(&url, &station, Role::Ca, Duration::from_secs(600))?;
         let start = Instant::now();
         let batch: PackBatch = client.post(api::PACKS, &request).await?;
         let elapsed = start.elapsed();

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::dir::{self, InitOptions, DEFAULT_PEN};
+use super::config::DEFAULT_PEN;
+use super::dir::{self, InitOptions};
+use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use super::serve::{revoke_target, router, CaState};
 use crate::command::{emit, runtime};
 use crate::pki::credential::Credential;
@@ -17,7 +19,7 @@ use crate::pki::to_pem;
 use crate::service::client::ServiceClient;
 use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
-use crate::wire::ca::BatchRequest;
+use crate::wire::ca::{BatchRequest, Enrolled};
 
 #[derive(Subcommand, Debug)]
 pub enum CaCommand {
@@ -57,9 +59,9 @@ pub struct DirArgs {
 impl DirArgs {
     fn open(&self) -> anyhow::Result<dir::OpenCa> {
         // Say "not a CA" before asking for a passphrase it would not need.
-        dir::read_config(&self.dir)?;
+        dir::read_config(&self.dir, &Clock::system())?;
         let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
-        dir::open(&self.dir, &passphrase)
+        dir::open(&self.dir, &passphrase, Clock::system())
     }
 }
 
@@ -242,6 +244,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             max_batch: args.max_batch,
         },
         &passphrase,
+        Clock::system(),
     )?;
     emit(args.json, &report, || {
         println!("CA initialised in {}", report.dir.display());
@@ -307,16 +310,22 @@ fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
     } else {
         args.hosts
     };
-    let cred = opened
-        .ca
-        .enroll(args.role, &args.name, &hosts, "ca enroll")?;
+    let cred = opened.ca.enroll(
+        args.role,
+        &args.name,
+        &hosts,
+        &Requester::operator("ca enroll"),
+    )?;
     cred.save(&args.out)?;
     let serial = x509_parser::parse_x509_certificate(cred.leaf())
         .map(|(_, c)| hex::encode(c.raw_serial()))
         .unwrap_or_default();
-    let report = serde_json::json!({
-        "role": args.role.name(), "name": args.name, "serial": serial, "out": args.out,
-    });
+    let report = Enrolled {
+        role: args.role.name().to_string(),
+        name: args.name.clone(),
+        serial: serial.clone(),
+        out: args.out.clone(),
+    };
     emit(args.json, &report, || {
         println!(
             "{} credential {} (serial {serial}) written to {}",
@@ -335,7 +344,9 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let batch = opened.ca.issue_batch(&request, "ca issue", threads)?;
+    let batch = opened
+        .ca
+        .issue_batch(&request, &Requester::operator("ca issue"), threads)?;
     let written = super::request::write_batch(&batch, &args.out)?;
     emit(args.json, &written, || {
         for pack in &written {
@@ -357,7 +368,7 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
 fn request(args: RequestArgs) -> anyhow::Result<()> {
     let ids = super::request::read_ids(&args.ids)?;
     let cred = Credential::load(&args.credential)?;
-    let client = ServiceClient::new(&args.url, &cred, Duration::from_secs(600))?;
+    let client = ServiceClient::new(&args.url, &cred, Role::Ca, Duration::from_secs(600))?;
     let json = args.json;
     let written = runtime()?.block_on(super::request::request_packs(
         &client,
@@ -383,7 +394,9 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let target =
         revoke_target(args.serial.as_deref(), args.id.as_deref()).map_err(anyhow::Error::msg)?;
     let mut opened = args.dir.open()?;
-    let revoked = opened.ca.revoke(&target, args.reason, "ca revoke")?;
+    let revoked = opened
+        .ca
+        .revoke(&target, args.reason, &Requester::operator("ca revoke"))?;
     emit(args.json, &revoked, || {
         println!(
             "revoked {} ({}) at {}: {}",
@@ -393,7 +406,6 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 fn crl(args: CrlArgs) -> anyhow::Result<()> {
-    use super::authority::{SCOPE_ISSUING, SCOPE_ROOT};
     let mut opened = args.dir.open()?;
     let mut pem = String::new();
     for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
@@ -429,7 +441,7 @@ fn crl(args: CrlArgs) -> anyhow::Result<()> {
 }
 
 fn open_ledger_read_only(dir: &Path) -> anyhow::Result<crate::store::ledger::Ledger> {
-    dir::read_config(dir)?;
+    dir::check_initialised(dir)?;
     crate::store::ledger::Ledger::open(&dir.join(dir::LEDGER_FILE), false)
 }
 
@@ -485,7 +497,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
                     println!(
                         "{}  {:<8} requested {} by {}{}",
                         r.serial,
-                        r.status,
+                        r.status.as_str(),
                         r.requested_at,
                         r.requester,
                         r.reason
@@ -498,13 +510,14 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
         }
         None => {
             let counts = ledger.counts()?;
-            let report: Vec<_> = counts
-                .iter()
-                .map(|(kind, status, n)| serde_json::json!({"kind": kind, "status": status, "count": n}))
-                .collect();
-            emit(args.json, &report, || {
-                for (kind, status, n) in &counts {
-                    println!("{kind:<8} {status:<9} {n}");
+            emit(args.json, &counts, || {
+                for c in &counts {
+                    println!(
+                        "{:<8} {:<9} {}",
+                        c.kind.as_str(),
+                        c.status.as_str(),
+                        c.count
+                    );
                 }
             })
         }

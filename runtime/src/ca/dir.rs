@@ -9,22 +9,22 @@
 //! DIR/ledger.db    issuance ledger and audit log (SQLite)
 //! ```
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::authority::CertAuthority;
+use super::config::CaConfig;
+use super::issuance::{CertAuthority, Clock, Requester};
 use crate::pki::authority::{Authority, CaKeys};
 use crate::pki::credential::Credential;
 use crate::pki::pack::write_private_file;
-use crate::pki::profile::CertProfile;
 use crate::pki::role::Role;
 use crate::pki::seal::{self, KdfParams, Kek};
 use crate::pki::{pem_blocks, to_pem};
 use crate::store::ledger::Ledger;
+use crate::wire::ca::InitReport;
 
 pub const CONFIG_FILE: &str = "ca.toml";
 pub const ROOT_FILE: &str = "root.pem";
@@ -33,37 +33,18 @@ pub const TLS_FILE: &str = "tls.pem";
 pub const KEYS_FILE: &str = "keys.json";
 pub const LEDGER_FILE: &str = "ledger.db";
 
-/// The documentation enterprise number (RFC 5612), the default PEN.
-pub const DEFAULT_PEN: u32 = 32473;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaConfig {
-    pub organization: String,
-    pub pen: u32,
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// How long a published CRL is valid (nextUpdate - thisUpdate).
-    #[serde(default = "default_crl_hours")]
-    pub crl_validity_hours: u32,
-    /// Profile for models that neither the request nor `models` names.
-    #[serde(default)]
-    pub default_profile: CertProfile,
-    /// Per model code profiles.
-    #[serde(default)]
-    pub models: BTreeMap<String, CertProfile>,
-}
-
-fn default_max_batch() -> usize {
-    10_000
-}
-fn default_listen() -> String {
-    "127.0.0.1:8443".into()
-}
-fn default_crl_hours() -> u32 {
-    24 * 7
+/// Makes the CA directory the CA user's alone (0700).
+fn keep_private(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,18 +62,13 @@ pub struct InitOptions {
     pub max_batch: usize,
 }
 
-#[derive(Debug, Serialize)]
-pub struct InitReport {
-    pub dir: PathBuf,
-    pub organization: String,
-    pub pen: u32,
-    pub root_fingerprint: String,
-    pub issuing_fingerprint: String,
-    pub listen: String,
-}
-
 /// Creates a CA in `dir` (which must be missing or empty).
-pub fn init(dir: &Path, options: &InitOptions, passphrase: &str) -> anyhow::Result<InitReport> {
+pub fn init(
+    dir: &Path,
+    options: &InitOptions,
+    passphrase: &str,
+    clock: Clock,
+) -> anyhow::Result<InitReport> {
     if dir.join(CONFIG_FILE).exists() {
         anyhow::bail!(
             "{} is already an initialised CA (it has {CONFIG_FILE}); refusing to overwrite its keys",
@@ -115,23 +91,24 @@ pub fn init(dir: &Path, options: &InitOptions, passphrase: &str) -> anyhow::Resu
     if options.max_batch == 0 {
         anyhow::bail!("--max-batch must be at least 1");
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // An existing empty folder keeps its mode otherwise.
+    keep_private(dir)?;
 
     let (kek, kdf) = Kek::create(passphrase)?;
-    let (authority, keys) = Authority::create(&options.organization, options.pen)?;
-    let config = CaConfig {
-        organization: options.organization.clone(),
-        pen: options.pen,
-        max_batch: options.max_batch,
-        listen: default_listen(),
-        crl_validity_hours: default_crl_hours(),
-        default_profile: CertProfile::default(),
-        models: BTreeMap::new(),
-    };
+    let (authority, keys) = Authority::create(&options.organization, options.pen, clock.now())?;
+    let config = CaConfig::new(&options.organization, options.pen, options.max_batch);
     std::fs::write(dir.join(ROOT_FILE), authority.root_pem())?;
     std::fs::write(dir.join(ISSUING_FILE), authority.issuing_pem())?;
     let ledger = Ledger::open(&dir.join(LEDGER_FILE), true)?;
-    let mut ca = CertAuthority::new(authority, ledger, config.clone());
+    let mut ca = CertAuthority::new(authority, ledger, config.clone(), clock);
 
     // The CA's own HTTPS server credential, recorded in its ledger like any other.
     let mut hosts = vec![
@@ -140,7 +117,7 @@ pub fn init(dir: &Path, options: &InitOptions, passphrase: &str) -> anyhow::Resu
         "::1".to_string(),
     ];
     hosts.extend(options.hosts.iter().cloned());
-    let tls = ca.enroll(Role::Ca, "ca", &hosts, "ca init")?;
+    let tls = ca.enroll(Role::Ca, "ca", &hosts, &Requester::operator("ca init"))?;
     let mut tls_pem = String::new();
     for cert in &tls.chain {
         tls_pem.push_str(&to_pem("CERTIFICATE", cert));
@@ -184,7 +161,14 @@ pub struct OpenCa {
     pub tls: Credential,
 }
 
-pub fn read_config(dir: &Path) -> anyhow::Result<CaConfig> {
+/// The configuration of an initialised CA directory, checked at `clock`'s now.
+pub fn read_config(dir: &Path, clock: &Clock) -> anyhow::Result<CaConfig> {
+    check_initialised(dir)?;
+    CaConfig::load(&dir.join(CONFIG_FILE), clock.now())
+}
+
+/// Refuses a directory that is missing or holds no initialised CA, saying how to make one.
+pub fn check_initialised(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         anyhow::bail!(
             "CA directory {} does not exist; create one with `certline ca init --dir {}`",
@@ -199,22 +183,15 @@ pub fn read_config(dir: &Path) -> anyhow::Result<CaConfig> {
             dir.display()
         );
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let config: CaConfig =
-        toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
-    for (model, profile) in std::iter::once(("default_profile", &config.default_profile))
-        .chain(config.models.iter().map(|(m, p)| (m.as_str(), p)))
-    {
-        profile
-            .resolve()
-            .map_err(|e| anyhow::anyhow!("{}: profile {model}: {e}", path.display()))?;
-    }
-    Ok(config)
+    Ok(())
 }
 
-pub fn open(dir: &Path, passphrase: &str) -> anyhow::Result<OpenCa> {
-    let config = read_config(dir)?;
+/// Opens a CA directory: unseals the keys, revokes reservations a crash left
+/// (reserve without commit) and republishes the CRLs if they miss any
+/// committed revocation (a crash before publishing).
+pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa> {
+    let config = read_config(dir, &clock)?;
+    keep_private(dir)?;
     let keys_text = std::fs::read_to_string(dir.join(KEYS_FILE))
         .with_context(|| format!("cannot read {}", dir.join(KEYS_FILE).display()))?;
     let sealed: SealedKeys = serde_json::from_str(&keys_text).context("keys.json is damaged")?;
@@ -246,14 +223,21 @@ pub fn open(dir: &Path, passphrase: &str) -> anyhow::Result<OpenCa> {
     let tls_chain = pem_blocks(&std::fs::read_to_string(dir.join(TLS_FILE))?, "CERTIFICATE")?;
     let tls = Credential::new(tls_chain, root_der, open(&sealed.tls, "tls")?)?;
     let mut ledger = Ledger::open(&dir.join(LEDGER_FILE), false)?;
-    let abandoned = ledger.abandon_reserved(None, "reserved before a crash and never delivered")?;
-    let mut ca = CertAuthority::new(authority, ledger, config);
+    let abandoned = ledger.abandon_reserved(
+        None,
+        "reserved before a crash and never delivered",
+        clock.now(),
+    )?;
+    let mut ca = CertAuthority::new(authority, ledger, config, clock);
     if abandoned > 0 {
         tracing::warn!(
             "revoked {abandoned} certificate(s) reserved before a crash and never delivered"
         );
-        // Their serials must be on the very next CRL anyone fetches.
-        ca.publish_crls()?;
+    }
+    // Every committed revocation (those just made included) must be on the
+    // very next CRL anyone fetches.
+    if ca.publish_if_behind()? {
+        tracing::warn!("published fresh CRLs: the last ones missed a committed revocation");
     }
     Ok(OpenCa { ca, tls })
 }

@@ -1,10 +1,13 @@
-//! The CA role (`certline ca`), split as step-ca does: issuance policy
-//! ([`authority`]), the CA directory and its sealed keys ([`dir`]), transport
-//! ([`serve`], and [`request`] for the client side), and the command line.
+//! The CA role (`certline ca`), layered as step-ca does: configuration
+//! ([`config`]), issuance policy with no transport in it ([`issuance`], its
+//! crash story in `ISSUANCE-CYCLE.md`), the CA directory and its sealed keys
+//! ([`dir`]), transport ([`serve`], the only place refusals become HTTP, and
+//! [`request`] for the client side), and the command line.
 
-pub mod authority;
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod dir;
+pub mod issuance;
 pub mod request;
 pub mod serve;

@@ -2,14 +2,13 @@
 //! packs of a list of ids and writes them as pack folders.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
-use serde::Serialize;
 
 use crate::pki::id::DeviceId;
 use crate::service::client::ServiceClient;
-use crate::wire::ca::{self as api, BatchRequest, PackBatch};
+use crate::wire::ca::{self as api, BatchRequest, PackBatch, WrittenPack};
 
 /// Reads an id list: one id a line; blank lines and `#` comments are skipped.
 /// Errors name the file and line.
@@ -37,14 +36,6 @@ pub fn read_ids(path: &Path) -> anyhow::Result<Vec<String>> {
         anyhow::bail!("{} lists no device ids", path.display());
     }
     Ok(ids)
-}
-
-#[derive(Debug, Serialize)]
-pub struct WrittenPack {
-    pub id: String,
-    pub serial: String,
-    pub fingerprint: String,
-    pub dir: PathBuf,
 }
 
 /// Writes every pack of a batch as `out/<id>/`.

@@ -1,25 +1,44 @@
 //! The CA's HTTPS API over mutual TLS (see `wire::ca` for the endpoints).
-//! Only station credentials may ask for, replace, revoke or look up packs;
-//! CRLs and health are open to anyone who can reach the CA.
+//! Only station credentials may ask for, replace, revoke or look up packs
+//! (and a station revokes only the device certificates it asked for);
+//! CRLs and health are open to anyone who can reach the CA. The one place
+//! where an issuance [`CaError`] becomes an HTTP status.
 
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Extension, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
-use super::authority::{CaError, CertAuthority, SCOPE_ISSUING, SCOPE_ROOT};
+use super::issuance::{CaError, CaErrorKind, CertAuthority, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use crate::pki::crl::Reason;
 use crate::pki::role::Role;
 use crate::pki::serial::Serial;
 use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::store::ledger::RevokeTarget;
 use crate::wire::ca::{
-    self as api, BatchItem, BatchRequest, Health, LookupRequest, LookupResponse, PackBatch,
+    self as api, codes, BatchItem, BatchRequest, Health, LookupRequest, LookupResponse, PackBatch,
     ReplaceRequest, RevokeRequest, Revoked,
 };
+
+/// The HTTP face of an issuance refusal: its kind picks the status, its code travels as is.
+fn api_error(err: CaError) -> ApiError {
+    let status = match err.kind() {
+        CaErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        CaErrorKind::Conflict => StatusCode::CONFLICT,
+        CaErrorKind::NotFound => StatusCode::NOT_FOUND,
+        CaErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        CaErrorKind::Internal => {
+            return match err {
+                CaError::Internal(err) => ApiError::internal(err),
+                refused => ApiError::internal(anyhow::anyhow!("{refused}")),
+            }
+        }
+    };
+    ApiError::new(status, err.code(), err.to_string())
+}
 
 #[derive(Clone)]
 pub struct CaState {
@@ -49,22 +68,24 @@ impl CaState {
         })
         .await
         .map_err(|e| ApiError::internal(anyhow::anyhow!("worker failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(api_error)
     }
 
-    /// A station whose own credential has not been revoked; returns its name.
-    async fn station(&self, peer: &Peer) -> Result<String, ApiError> {
+    /// A station whose own credential has not been revoked.
+    async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
         let name = peer.require(&[Role::Station])?.to_string();
         let serial = peer.serial.clone().unwrap_or_default();
         let revoked = self
             .with_ca(move |ca, _| Ok(ca.is_revoked(&serial)?))
             .await?;
         if revoked {
-            return Err(ApiError::forbidden(format!(
-                "the credential of station {name} has been revoked"
-            )));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                codes::FORBIDDEN,
+                format!("the credential of station {name} has been revoked"),
+            ));
         }
-        Ok(format!("station:{name}"))
+        Ok(Requester::Station(name))
     }
 }
 
@@ -126,7 +147,7 @@ async fn revoke(
 ) -> Result<Json<Revoked>, ApiError> {
     let requester = state.station(&peer).await?;
     let target = revoke_target(request.serial.as_deref(), request.id.as_deref())
-        .map_err(ApiError::bad_request)?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e))?;
     let reason: Reason = request.reason;
     Ok(Json(
         state

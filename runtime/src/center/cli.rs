@@ -88,6 +88,7 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
         (Some(url), _) => CrlSource::Ca(ServiceClient::anonymous(
             url,
             &cred.root,
+            Role::Ca,
             Duration::from_secs(30),
         )?),
         (None, Some(file)) => CrlSource::File(file.clone()),

@@ -67,9 +67,9 @@ pub fn report_to_center(
                 .ok_or_else(|| anyhow::anyhow!("flash root.pem holds no certificate"))?;
             let key =
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pack.key_pkcs8_der()?.to_vec()));
-            identity_client_config(chain, key, &root)?
+            identity_client_config(chain, key, &root, crate::pki::role::Role::Center)?
         }
-        None => anonymous_client_config(&link_credential.root)?,
+        None => anonymous_client_config(&link_credential.root, crate::pki::role::Role::Center)?,
     };
     let client = ServiceClient::with_tls(url, (*tls).clone(), Duration::from_secs(30))?;
     crate::command::runtime()?.block_on(async {

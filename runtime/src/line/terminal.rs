@@ -48,7 +48,12 @@ impl Setup {
                 cred.name()
             );
         }
-        let client = ServiceClient::new(&config.station_url, &cred, config.station_timeout)?;
+        let client = ServiceClient::new(
+            &config.station_url,
+            &cred,
+            Role::Station,
+            config.station_timeout,
+        )?;
         let link_tls = link::line_config(&cred)?;
         let plugins = match previous {
             Some(p)

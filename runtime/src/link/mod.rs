@@ -17,19 +17,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, ClientConnection, ConnectionCommon, DigitallySignedStruct, ServerConfig,
-};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig};
 use rustls::{ServerConnection, SideData, StreamOwned};
 
 pub use certline_device_protocol::LinkFailure;
 
 use crate::pki::credential::Credential;
 use crate::pki::role::{role_of, Role};
-use crate::service::tls::{provider, ClientAuth};
+use crate::service::tls::{provider, ClientAuth, RoleVerifier};
 
 /// The ALPN name of the device link, so a link endpoint is never mistaken for
 /// a certline HTTPS service (or the other way round).
@@ -277,58 +273,6 @@ where
     }
 }
 
-/// Accepts a device whose certificate chains to our root, whatever address it
-/// is reached at: every device of a vendor shares one link credential, so a
-/// host name in it would say nothing. The role is checked after the handshake.
-#[derive(Debug)]
-struct AnyNameVerifier(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyNameVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
-        // webpki checks the chain before the name, so a name error means the
-        // chain itself verified.
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                NotValidForName | NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
 /// The line's side of the link: presents the line credential, trusts its root.
 pub fn line_config(cred: &Credential) -> anyhow::Result<Arc<ClientConfig>> {
     if cred.role() != Role::Line {
@@ -338,16 +282,12 @@ pub fn line_config(cred: &Credential) -> anyhow::Result<Arc<ClientConfig>> {
             cred.role()
         );
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(cred.root.clone())
-        .map_err(|e| anyhow::anyhow!("the root certificate is not a usable trust anchor: {e}"))?;
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    // Every device of a vendor shares one link credential (clientAuth only, no
+    // host names): its chain and role are checked in the handshake, not a name.
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyNameVerifier(webpki)))
+        .with_custom_certificate_verifier(RoleVerifier::device_link(&cred.root)?)
         .with_client_auth_cert(cred.chain.clone(), cred.key())
         .map_err(|e| anyhow::anyhow!("credential {} is unusable for the link: {e}", cred.name()))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -402,7 +342,7 @@ pub fn connect(
         }
         DeviceAddr::Serial(p) => Box::new(SerialStream(open_serial(p)?)),
     };
-    // The name is not checked (see AnyNameVerifier); rustls needs one anyway.
+    // The name is not checked (see line_config); rustls needs one anyway.
     let name = ServerName::try_from("device.certline.invalid").expect("a valid DNS name");
     let conn = ClientConnection::new(config, name)
         .map_err(|e| anyhow::anyhow!("cannot start TLS: {e}"))?;

@@ -4,6 +4,8 @@
 //! Creating and loading build the CA names from the same functions, and loading
 //! checks the result against the stored certificates, so signatures made after a
 //! restart chain exactly as before.
+//!
+//! Nothing here reads the clock: every signing call takes the time it signs at.
 
 use std::net::IpAddr;
 
@@ -70,14 +72,18 @@ fn issuer(mut params: CertificateParams, key: KeyPair) -> Issuer<'static, KeyPai
     Issuer::new(params, key)
 }
 
-fn now_seconds() -> ::time::OffsetDateTime {
-    let now = ::time::OffsetDateTime::now_utc();
-    now.replace_nanosecond(0).unwrap_or(now)
+/// X.509 times have whole seconds.
+fn seconds(at: ::time::OffsetDateTime) -> ::time::OffsetDateTime {
+    at.replace_nanosecond(0).unwrap_or(at)
 }
 
 impl Authority {
     /// A new root (P-384) and issuing CA (P-256, the one that signs on the hot path).
-    pub fn create(org: &str, pen: u32) -> anyhow::Result<(Authority, CaKeys)> {
+    pub fn create(
+        org: &str,
+        pen: u32,
+        now: ::time::OffsetDateTime,
+    ) -> anyhow::Result<(Authority, CaKeys)> {
         let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
         let issuing_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let keys = CaKeys {
@@ -86,13 +92,13 @@ impl Authority {
         };
 
         let mut root_params = ca_params(org, "Root CA", 1);
-        root_params.not_before = now_seconds();
+        root_params.not_before = seconds(now);
         root_params.serial_number = Some(Serial::random().to_rcgen());
         let root_cert = root_params.self_signed(&root_key)?;
         let root = issuer(root_params, root_key);
 
         let mut issuing_params = ca_params(org, "Issuing CA", 0);
-        issuing_params.not_before = now_seconds();
+        issuing_params.not_before = seconds(now);
         issuing_params.serial_number = Some(Serial::random().to_rcgen());
         let issuing_cert = issuing_params.signed_by(&issuing_key, &root)?;
         let issuing = issuer(issuing_params, issuing_key);
@@ -190,13 +196,18 @@ impl Authority {
         key: &DeviceKey,
         not_before: ::time::OffsetDateTime,
     ) -> anyhow::Result<Vec<u8>> {
+        // Never sign a certificate that is expired from its first second.
+        profile
+            .check_lifetime(not_before)
+            .map_err(|e| anyhow::anyhow!("refusing to sign {id}: {e}"))?;
         let params = device_params(&self.org, self.pen, id, profile, serial, not_before);
         let cert = params.signed_by(key, &self.issuing)?;
         Ok(cert.der().to_vec())
     }
 
     /// Signs a service credential: role in the SAN URI and OU, usable as a TLS
-    /// client and (for the hosts named) as a TLS server.
+    /// client and, for a server role only ([`Role::is_server`]), as a TLS
+    /// server for the hosts named.
     pub fn sign_service(
         &self,
         role: Role,
@@ -204,6 +215,7 @@ impl Authority {
         hosts: &[String],
         serial: &Serial,
         key: &DeviceKey,
+        now: ::time::OffsetDateTime,
     ) -> anyhow::Result<Vec<u8>> {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, self.org.as_str());
@@ -212,14 +224,18 @@ impl Authority {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
         params.serial_number = Some(serial.to_rcgen());
-        params.not_before = now_seconds();
-        params.not_after = now_seconds() + SERVICE_VALIDITY;
+        params.not_before = seconds(now);
+        params.not_after = seconds(now) + SERVICE_VALIDITY;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = if role.is_server() {
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        } else {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
+        };
         params.use_authority_key_identifier_extension = true;
         let mut sans = vec![SanType::URI(role.uri(name).try_into()?)];
         for host in hosts {
@@ -236,14 +252,16 @@ impl Authority {
         Ok(params.signed_by(key, &self.issuing)?.der().to_vec())
     }
 
-    /// The issuing CA's CRL: every revoked device and service certificate.
+    /// The issuing CA's CRL: every revoked device and service certificate,
+    /// thisUpdate `now`, nextUpdate `validity` later.
     pub fn issuing_crl(
         &self,
         number: u64,
         revoked: &[RevokedEntry],
-        next_update: ::time::Duration,
+        now: ::time::OffsetDateTime,
+        validity: ::time::Duration,
     ) -> anyhow::Result<Vec<u8>> {
-        sign_crl(&self.issuing, number, revoked, next_update)
+        sign_crl(&self.issuing, number, revoked, now, validity)
     }
 
     /// The root's CRL (an ARL): it would list a revoked issuing CA.
@@ -251,9 +269,10 @@ impl Authority {
         &self,
         number: u64,
         revoked: &[RevokedEntry],
-        next_update: ::time::Duration,
+        now: ::time::OffsetDateTime,
+        validity: ::time::Duration,
     ) -> anyhow::Result<Vec<u8>> {
-        sign_crl(&self.root, number, revoked, next_update)
+        sign_crl(&self.root, number, revoked, now, validity)
     }
 }
 
@@ -261,12 +280,13 @@ fn sign_crl(
     issuer: &Issuer<'static, KeyPair>,
     number: u64,
     revoked: &[RevokedEntry],
-    next_update: ::time::Duration,
+    now: ::time::OffsetDateTime,
+    validity: ::time::Duration,
 ) -> anyhow::Result<Vec<u8>> {
-    let this_update = now_seconds();
+    let this_update = seconds(now);
     let params = CertificateRevocationListParams {
         this_update,
-        next_update: this_update + next_update,
+        next_update: this_update + validity,
         crl_number: rcgen::SerialNumber::from(number),
         issuing_distribution_point: None,
         revoked_certs: revoked

@@ -58,3 +58,13 @@ pub struct RevokedEntry {
     pub revoked_at: time::OffsetDateTime,
     pub reason: Reason,
 }
+
+/// The serials (lower-case hex) a DER CRL lists.
+pub fn listed_serials(der: &[u8]) -> anyhow::Result<std::collections::HashSet<String>> {
+    let (_, crl) = x509_parser::parse_x509_crl(der)
+        .map_err(|e| anyhow::anyhow!("the CRL does not parse: {e}"))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| hex::encode(r.raw_serial()))
+        .collect())
+}

@@ -68,6 +68,27 @@ pub struct ResolvedProfile {
     pub not_after: time::OffsetDateTime,
 }
 
+impl ResolvedProfile {
+    /// Refuses a profile whose certificates would end before (or as) they
+    /// begin: a certificate signed at `not_before` must outlive that second.
+    pub fn check_lifetime(&self, not_before: time::OffsetDateTime) -> Result<(), String> {
+        if self.not_after <= not_before {
+            return Err(format!(
+                "not_after {} is not later than the certificate's not_before {}: \
+                 it would be expired the moment it is signed; choose a later not_after",
+                rfc3339(self.not_after),
+                rfc3339(not_before)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.to_string())
+}
+
 pub fn parse_oid(text: &str) -> Result<Vec<u64>, String> {
     let arcs: Result<Vec<u64>, _> = text.split('.').map(str::parse::<u64>).collect();
     match arcs {
@@ -75,5 +96,32 @@ pub fn parse_oid(text: &str) -> Result<Vec<u64>, String> {
         _ => Err(format!(
             "{text:?} is not a dotted object identifier (e.g. 1.3.6.1.4.1.32473.1)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_must_end_after_it_begins() {
+        let profile = CertProfile {
+            not_after: Some("2030-01-01T00:00:00Z".into()),
+            ..CertProfile::default()
+        }
+        .resolve()
+        .unwrap();
+        let at = time::macros::datetime!(2030-01-01 00:00:00 UTC);
+        let err = profile.check_lifetime(at).unwrap_err();
+        assert!(err.contains("not later than"), "{err}");
+        assert!(profile
+            .check_lifetime(at + time::Duration::seconds(1))
+            .is_err());
+        assert!(profile
+            .check_lifetime(at - time::Duration::seconds(1))
+            .is_ok());
+        // The default lives as long as the device.
+        let forever = CertProfile::default().resolve().unwrap();
+        assert!(forever.check_lifetime(at).is_ok());
     }
 }

@@ -33,6 +33,14 @@ impl Role {
         }
     }
 
+    /// Whether this role runs an HTTPS service that others connect to: only
+    /// these credentials carry serverAuth (and host names). A line, the
+    /// device-link credential (in every device's NVRAM) and a device identity
+    /// can never pose as a server to a certline client.
+    pub fn is_server(self) -> bool {
+        matches!(self, Role::Ca | Role::Station | Role::Center)
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         <Self as clap::ValueEnum>::from_str(text, false).ok()
     }

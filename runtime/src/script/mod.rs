@@ -16,6 +16,7 @@ pub mod cli;
 pub mod factory;
 pub mod file;
 pub mod line;
+pub mod pattern;
 pub mod retention;
 pub mod sandbox;
 

@@ -1,5 +1,6 @@
 //! A client for certline's HTTPS services: presents a credential, trusts only
-//! the credential's root, keeps connections alive, and turns refusals into
+//! the credential's root, talks only to a server of the role it means to
+//! reach (see `tls::RoleVerifier`), keeps connections alive, and turns refusals into
 //! errors that carry the service's code and sentence.
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::pki::credential::Credential;
+use crate::pki::role::Role;
 use crate::wire::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,19 +58,27 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 impl ServiceClient {
-    /// A client presenting `cred`.
-    pub fn new(base_url: &str, cred: &Credential, timeout: Duration) -> anyhow::Result<Self> {
-        let tls = super::tls::client_config(cred)?;
+    /// A client presenting `cred` to a server that must hold a credential of
+    /// role `expect` (checked in the handshake, before anything is sent).
+    pub fn new(
+        base_url: &str,
+        cred: &Credential,
+        expect: Role,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let tls = super::tls::client_config(cred, expect)?;
         Self::with_tls(base_url, (*tls).clone(), timeout)
     }
 
-    /// A client with no certificate of its own (CRL and health).
+    /// A client with no certificate of its own (CRL, health, an admin's
+    /// login) to a server of role `expect`.
     pub fn anonymous(
         base_url: &str,
         root: &CertificateDer<'static>,
+        expect: Role,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let tls = super::tls::anonymous_client_config(root)?;
+        let tls = super::tls::anonymous_client_config(root, expect)?;
         Self::with_tls(base_url, (*tls).clone(), timeout)
     }
 

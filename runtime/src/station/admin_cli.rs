@@ -261,7 +261,12 @@ fn connect(target: &AdminTarget) -> anyhow::Result<Box<dyn AdminApi>> {
     .into_iter()
     .next()
     .ok_or_else(|| anyhow::anyhow!("{} holds no certificate", root_path.display()))?;
-    let client = ServiceClient::anonymous(url, &root.into(), Duration::from_secs(60))?;
+    let client = ServiceClient::anonymous(
+        url,
+        &root.into(),
+        crate::pki::role::Role::Station,
+        Duration::from_secs(60),
+    )?;
     let password = password_or_prompt(target.password.as_ref(), &prompt)?;
     let rt = runtime()?;
     let login: LoginResponse = rt.block_on(client.post(

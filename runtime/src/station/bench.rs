@@ -143,7 +143,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The CA's own rate for the same batches (ids the station will not use).
     say(&format!("CA alone: {count} packs in batches of {chunk}..."));
-    let ca_client = ServiceClient::new(&ca.url, &station_cred, Duration::from_secs(600))?;
+    let ca_client = ServiceClient::new(
+        &ca.url,
+        &station_cred,
+        crate::pki::role::Role::Ca,
+        Duration::from_secs(600),
+    )?;
     let start = Instant::now();
     rt.block_on(async {
         let ids: Vec<String> = (0..count).map(|n| format!("CABENCH-{n:08}")).collect();
@@ -235,7 +240,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
         let clients: Vec<ServiceClient> = line_creds
             .iter()
-            .map(|c| ServiceClient::new(&url, c, Duration::from_secs(60)))
+            .map(|c| {
+                ServiceClient::new(
+                    &url,
+                    c,
+                    crate::pki::role::Role::Station,
+                    Duration::from_secs(60),
+                )
+            })
             .collect::<anyhow::Result<_>>()?;
         // Warm the connections (one handshake each) before the clock starts.
         for client in &clients {
@@ -487,7 +499,14 @@ fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
     let give_up = Instant::now() + Duration::from_secs(args.ca_pause_secs + 600);
     let clients = line_creds
         .iter()
-        .map(|c| ServiceClient::new(&url, c, Duration::from_secs(10)))
+        .map(|c| {
+            ServiceClient::new(
+                &url,
+                c,
+                crate::pki::role::Role::Station,
+                Duration::from_secs(10),
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let start = Instant::now();
     let tasks: Vec<_> = clients

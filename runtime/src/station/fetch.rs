@@ -25,8 +25,8 @@ use crate::pki::{fingerprint, pem_blocks};
 use crate::service::client::{ClientError, ServiceClient};
 use crate::store::stock::{now_unix, NewPack, QueueKind, QueueRow, Stock};
 use crate::wire::ca::{
-    self as api, BatchItem, BatchRequest, LookupRequest, LookupResponse, PackBatch, ReplaceRequest,
-    RevokeRequest, Revoked,
+    self as api, codes, BatchItem, BatchRequest, LookupRequest, LookupResponse, PackBatch,
+    ReplaceRequest, RevokeRequest, Revoked,
 };
 pub use crate::wire::station::{FetchReport, QueueRun};
 
@@ -56,7 +56,12 @@ pub struct CaLink {
 impl CaLink {
     pub fn new(url: &str, credential: &Credential) -> anyhow::Result<CaLink> {
         Ok(CaLink {
-            client: ServiceClient::new(url, credential, Duration::from_secs(600))?,
+            client: ServiceClient::new(
+                url,
+                credential,
+                crate::pki::role::Role::Ca,
+                Duration::from_secs(600),
+            )?,
             root_der: credential.root.to_vec(),
         })
     }
@@ -384,7 +389,7 @@ async fn revoke_at_ca(ca: &CaLink, serial: &str, reason: Reason) -> anyhow::Resu
     };
     match ca.client.post::<_, Revoked>(api::REVOKE, &request).await {
         Ok(_) => Ok(()),
-        Err(e) if e.code() == Some("already_revoked") => Ok(()),
+        Err(e) if e.code() == Some(codes::ALREADY_REVOKED) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
@@ -450,10 +455,10 @@ async fn replace(shared: &Shared, ca: &CaLink, item: &QueueRow) -> anyhow::Resul
                 if matches!(
                     e.code(),
                     Some(
-                        "replace_mismatch"
-                            | "no_valid_certificate"
-                            | "unknown_serial"
-                            | "already_revoked"
+                        codes::REPLACE_MISMATCH
+                            | codes::NO_VALID_CERTIFICATE
+                            | codes::UNKNOWN_SERIAL
+                            | codes::ALREADY_REVOKED
                     )
                 ) =>
             {

@@ -329,15 +329,7 @@ impl Station {
             ));
         }
         let now = now_unix();
-        let decision = self.policy.decide(&WrittenPack {
-            id: &pack.id,
-            model: &pack.model,
-            serial: &pack.serial,
-            line,
-            written_at: now,
-            age_secs: 0,
-            flagged: false,
-        });
+        let decision = decide_within(&self.policy, &pack, line, now, WRITTEN_DECISION_WAIT);
         let decision = decision.unwrap_or_else(|err| {
             tracing::error!(id = %pack.id, "retention policy failed, the pack stays written: {err:#}");
             Decision::Keep
@@ -587,6 +579,49 @@ impl RetentionSweep {
             now,
         }
     }
+}
+
+/// How long a written report waits for the retention policy (the station is
+/// held meanwhile); a policy that takes longer leaves the pack `written`, and
+/// the next retention sweep decides it.
+const WRITTEN_DECISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks the policy about a just-written pack on a thread of its own and
+/// waits at most `wait`: a stuck script never holds the lines up for longer.
+fn decide_within(
+    policy: &std::sync::Arc<dyn RetentionPolicy>,
+    pack: &PackRow,
+    line: &str,
+    now: i64,
+    wait: std::time::Duration,
+) -> anyhow::Result<Decision> {
+    let (policy, id, model, serial, line) = (
+        policy.clone(),
+        pack.id.clone(),
+        pack.model.clone(),
+        pack.serial.clone(),
+        line.to_string(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("retention-decide".into())
+        .spawn(move || {
+            let _ = tx.send(policy.decide(&WrittenPack {
+                id: &id,
+                model: &model,
+                serial: &serial,
+                line: &line,
+                written_at: now,
+                age_secs: 0,
+                flagged: false,
+            }));
+        })?;
+    rx.recv_timeout(wait).unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the retention policy did not answer within {} s; the next sweep retries",
+            wait.as_secs()
+        ))
+    })
 }
 
 /// Applies a retention decision inside `tx`; returns the new state.

@@ -6,15 +6,23 @@
 //! certificate. A crash in between leaves `reserved` rows that `abandon_reserved`
 //! revokes at the next start, so no certificate can exist that the ledger does
 //! not know. A partial unique index keeps one live certificate per device id.
+//! (The whole cycle, and what a crash between any two steps leaves, is in
+//! `runtime/src/ca/ISSUANCE-CYCLE.md`.)
+//!
+//! The ledger never reads the clock: every state change takes the time it
+//! happens at from its caller. The database and its `-wal`/`-shm` files are
+//! private to the CA's user (0600).
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::{audit, db};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
+pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
 
 const SCHEMA_V1: &str = "
 CREATE TABLE certs (
@@ -46,22 +54,6 @@ pub fn migrations() -> Vec<&'static str> {
     vec![audit::SCHEMA, SCHEMA_V1]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CertKind {
-    Device,
-    Service,
-}
-
-impl CertKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            CertKind::Device => "device",
-            CertKind::Service => "service",
-        }
-    }
-}
-
 pub struct Reservation {
     pub serial: Serial,
     /// The device id, or `<role>:<name>` for a service credential.
@@ -69,21 +61,6 @@ pub struct Reservation {
     pub kind: CertKind,
     /// The live certificate of the same device id that this one replaces.
     pub replaces: Option<Serial>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CertRecord {
-    pub serial: String,
-    pub subject: String,
-    pub kind: String,
-    pub status: String,
-    pub requester: String,
-    pub requested_at: String,
-    pub issued_at: Option<String>,
-    pub fingerprint: Option<String>,
-    pub replaces: Option<String>,
-    pub revoked_at: Option<String>,
-    pub reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,12 +104,28 @@ pub struct Ledger {
 
 const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason";
 
+/// A text column that must be one of an enum's names (the schema's CHECKs keep it so).
+fn column<T>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    parse: fn(&str) -> Option<T>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unexpected value {text:?} in the ledger").into(),
+        )
+    })
+}
+
 fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     Ok(CertRecord {
         serial: row.get(0)?,
         subject: row.get(1)?,
-        kind: row.get(2)?,
-        status: row.get(3)?,
+        kind: column(row, 2, CertKind::parse)?,
+        status: column(row, 3, CertStatus::parse)?,
         requester: row.get(4)?,
         requested_at: row.get(5)?,
         issued_at: row.get(6)?,
@@ -143,11 +136,46 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     })
 }
 
+/// Makes the ledger and its WAL files readable by the CA's user only. A new
+/// database is created 0600 before SQLite opens it (SQLite gives `-wal` and
+/// `-shm` the mode of the database file); an older one is tightened.
+fn keep_private(path: &Path, create: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if create && !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    }
+    let mut names = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        names.push(name.into());
+    }
+    for name in names {
+        match std::fs::metadata(&name) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", name.display()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Ledger {
     pub fn open(path: &Path, create: bool) -> anyhow::Result<Ledger> {
-        Ok(Ledger {
-            conn: db::open(path, create, &migrations())?,
-        })
+        if create || path.exists() {
+            keep_private(path, create)?;
+        }
+        let conn = db::open(path, create, &migrations())?;
+        // The WAL and shared-memory files exist now: make sure of them too.
+        keep_private(path, false)?;
+        Ok(Ledger { conn })
     }
 
     pub fn connection(&self) -> &Connection {
@@ -191,7 +219,12 @@ impl Ledger {
     /// Records serials and ids before signing, revoking (superseded) the
     /// certificates that the reservations replace, all in one transaction with
     /// its audit entry.
-    pub fn reserve(&mut self, items: &[Reservation], requester: &str) -> anyhow::Result<i64> {
+    pub fn reserve(
+        &mut self,
+        items: &[Reservation],
+        requester: &str,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<i64> {
         #[derive(Serialize)]
         struct Reserved<'a> {
             serial: String,
@@ -200,7 +233,7 @@ impl Ledger {
             replaces: Option<String>,
         }
         let tx = self.conn.transaction()?;
-        let now = db::now_text();
+        let now = db::time_text(now);
         // Only replacements need a look first; for the rest the partial unique
         // index refuses a second live certificate, and the error path below
         // names the certificate it collided with.
@@ -280,6 +313,7 @@ impl Ledger {
         &mut self,
         issued: &[(Serial, String)],
         requester: &str,
+        now: OffsetDateTime,
     ) -> anyhow::Result<()> {
         #[derive(Serialize)]
         struct Issued<'a> {
@@ -287,7 +321,7 @@ impl Ledger {
             fingerprint: &'a str,
         }
         let tx = self.conn.transaction()?;
-        let now = db::now_text();
+        let now = db::time_text(now);
         audit::append(
             &tx,
             requester,
@@ -320,6 +354,7 @@ impl Ledger {
         &mut self,
         only: Option<&[Serial]>,
         why: &str,
+        now: OffsetDateTime,
     ) -> anyhow::Result<usize> {
         let tx = self.conn.transaction()?;
         let serials: Vec<String> = match only {
@@ -339,7 +374,7 @@ impl Ledger {
             "abandon",
             &serde_json::json!({"why": why, "serials": serials}),
         )?;
-        let now = db::now_text();
+        let now = db::time_text(now);
         let mut count = 0;
         {
             let mut update = tx.prepare_cached(
@@ -354,13 +389,9 @@ impl Ledger {
         Ok(count)
     }
 
-    /// Revokes one valid certificate, by serial or by the device id it belongs to.
-    pub fn revoke(
-        &mut self,
-        target: &RevokeTarget,
-        reason: Reason,
-        actor: &str,
-    ) -> anyhow::Result<CertRecord> {
+    /// The certificate a revocation names, if it can be revoked: by serial
+    /// (any kind), or the valid certificate of a device id.
+    pub fn find_revocable(&self, target: &RevokeTarget) -> anyhow::Result<CertRecord> {
         let found = match target {
             RevokeTarget::Serial(serial) => self
                 .by_serial(&serial.to_hex())?
@@ -369,13 +400,24 @@ impl Ledger {
                 .live_device_cert(id)?
                 .ok_or_else(|| LedgerError::NoLiveCert(id.clone()))?,
         };
-        if found.status == "revoked" {
+        if found.status == CertStatus::Revoked {
             return Err(LedgerError::AlreadyRevoked {
                 serial: found.serial,
                 reason: found.reason.unwrap_or_default(),
             }
             .into());
         }
+        Ok(found)
+    }
+
+    /// Revokes one certificate found by [`Self::find_revocable`], with its audit entry.
+    pub fn revoke(
+        &mut self,
+        found: &CertRecord,
+        reason: Reason,
+        actor: &str,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<CertRecord> {
         let tx = self.conn.transaction()?;
         audit::append(
             &tx,
@@ -383,10 +425,17 @@ impl Ledger {
             "revoke",
             &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
         )?;
-        tx.execute(
-            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
-            params![found.serial, db::now_text(), reason.name()],
+        let changed = tx.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status != 'revoked'",
+            params![found.serial, db::time_text(now), reason.name()],
         )?;
+        if changed != 1 {
+            return Err(LedgerError::AlreadyRevoked {
+                serial: found.serial.clone(),
+                reason: String::new(),
+            }
+            .into());
+        }
         tx.commit()?;
         Ok(self.by_serial(&found.serial)?.expect("just updated"))
     }
@@ -477,11 +526,18 @@ impl Ledger {
             })?)
     }
 
-    pub fn counts(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+    /// How many certificates of each kind are in each status.
+    pub fn counts(&self) -> anyhow::Result<Vec<LedgerCount>> {
         let mut stmt = self.conn.prepare(
             "SELECT kind, status, COUNT(*) FROM certs GROUP BY kind, status ORDER BY kind, status",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(LedgerCount {
+                kind: column(r, 0, CertKind::parse)?,
+                status: column(r, 1, CertStatus::parse)?,
+                count: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

@@ -6,8 +6,14 @@
 //! `POST /v1/lookup` (station): the live certificate of each id, to resume safely.
 //! `GET /v1/crl`, `GET /v1/crl/root` (anyone, no client certificate needed): DER CRLs.
 //! `GET /v1/health` (anyone).
+//!
+//! Every refusal is an [`super::ErrorBody`] whose `code` is one of [`codes`].
+//! The `--json` reports of `certline ca …` are typed here too ([`LedgerCount`],
+//! [`CertRecord`], [`InitReport`], [`Enrolled`], [`WrittenPack`], [`Revoked`]),
+//! so that whoever reads them back deserializes, never indexes.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -23,6 +29,37 @@ pub const LOOKUP: &str = "/v1/lookup";
 pub const CRL: &str = "/v1/crl";
 pub const ROOT_CRL: &str = "/v1/crl/root";
 pub const HEALTH: &str = "/v1/health";
+
+/// The stable refusal codes of the CA API: the CA sends them, the station
+/// matches them. One definition each.
+pub mod codes {
+    /// The request body, an id, a serial or a batch is not what the endpoint takes.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// A certificate profile (the request's or the CA's configured one) cannot be
+    /// signed: its `not_after` is not later than the certificate's `not_before`.
+    pub const BAD_PROFILE: &str = "bad_profile";
+    /// The device id already has a valid certificate and the request does not
+    /// name it as the one replaced.
+    pub const ALREADY_CERTIFIED: &str = "already_certified";
+    /// `replaces` names a certificate that is not the id's valid one.
+    pub const REPLACE_MISMATCH: &str = "replace_mismatch";
+    /// The certificate to revoke is revoked already.
+    pub const ALREADY_REVOKED: &str = "already_revoked";
+    /// No certificate with that serial is in the ledger.
+    pub const UNKNOWN_SERIAL: &str = "unknown_serial";
+    /// The device id has no valid certificate (to revoke or replace).
+    pub const NO_VALID_CERTIFICATE: &str = "no_valid_certificate";
+    /// A station asked to revoke a service credential: only the CA's operator
+    /// (`certline ca revoke --dir`) revokes those.
+    pub const NOT_A_DEVICE_CERTIFICATE: &str = "not_a_device_certificate";
+    /// A station asked to revoke or replace a device certificate that another
+    /// requester (another station, or the CA's operator) asked for.
+    pub const NOT_YOUR_CERTIFICATE: &str = "not_your_certificate";
+    /// The caller's credential is not one this endpoint serves, or it was revoked.
+    pub const FORBIDDEN: &str = "forbidden";
+    /// The CA failed (a disk, the signer): nothing was issued.
+    pub const INTERNAL: &str = "internal";
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +180,119 @@ pub struct LiveCert {
     pub id: String,
     pub serial: String,
     pub fingerprint: Option<String>,
+}
+
+/// What kind of certificate a ledger row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertKind {
+    /// A device identity (`<model>-<serial>`).
+    Device,
+    /// A service credential (`<role>:<name>`).
+    Service,
+}
+
+impl CertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertKind::Device => "device",
+            CertKind::Service => "service",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CertKind> {
+        match text {
+            "device" => Some(CertKind::Device),
+            "service" => Some(CertKind::Service),
+            _ => None,
+        }
+    }
+}
+
+/// Where a certificate is in its life: `reserved → valid → revoked`, or
+/// `reserved → revoked` when its issuance never completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// Serial and id recorded; not (yet) signed and delivered.
+    Reserved,
+    Valid,
+    Revoked,
+}
+
+impl CertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertStatus::Reserved => "reserved",
+            CertStatus::Valid => "valid",
+            CertStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<CertStatus> {
+        match text {
+            "reserved" => Some(CertStatus::Reserved),
+            "valid" => Some(CertStatus::Valid),
+            "revoked" => Some(CertStatus::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One certificate in the ledger, as `ca status --id ID --json` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial: String,
+    /// The device id, or `<role>:<name>` for a service credential.
+    pub subject: String,
+    pub kind: CertKind,
+    pub status: CertStatus,
+    /// Who asked: `station:<name>`, `ca issue`, `ca enroll`, `ca init`.
+    pub requester: String,
+    pub requested_at: String,
+    pub issued_at: Option<String>,
+    pub fingerprint: Option<String>,
+    pub replaces: Option<String>,
+    pub revoked_at: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One line of `ca status --json` (an array of these): how many certificates
+/// of a kind are in a status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerCount {
+    pub kind: CertKind,
+    pub status: CertStatus,
+    pub count: u64,
+}
+
+/// `ca init --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    pub organization: String,
+    pub pen: u32,
+    pub root_fingerprint: String,
+    pub issuing_fingerprint: String,
+    pub listen: String,
+}
+
+/// `ca enroll --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub role: String,
+    pub name: String,
+    pub serial: String,
+    pub out: PathBuf,
+}
+
+/// One pack folder written by `ca issue` or `ca request` (`--json`: an array).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WrittenPack {
+    pub id: String,
+    pub serial: String,
+    pub fingerprint: String,
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
