@@ -42,6 +42,13 @@ pub fn this_certline() -> anyhow::Result<Command> {
     ))
 }
 
+/// This same binary with `passphrase` as its key-encryption passphrase.
+pub fn this_certline_with(passphrase: &str) -> anyhow::Result<Command> {
+    let mut cmd = this_certline()?;
+    cmd.env(crate::pki::seal::PASSPHRASE_ENV, passphrase);
+    Ok(cmd)
+}
+
 /// Runs a command to completion; its stdout if it succeeded, otherwise an
 /// error with its stderr.
 pub fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {

@@ -61,9 +61,8 @@ struct Figures {
 }
 
 fn certline(passphrase: &str) -> anyhow::Result<Command> {
-    let mut cmd = crate::child::this_certline()?;
-    cmd.env(crate::pki::seal::PASSPHRASE_ENV, passphrase)
-        .env(crate::station::admin::PASSWORD_ENV, passphrase);
+    let mut cmd = crate::child::this_certline_with(passphrase)?;
+    cmd.env(crate::station::admin::PASSWORD_ENV, passphrase);
     Ok(cmd)
 }
 

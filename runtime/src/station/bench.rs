@@ -24,7 +24,7 @@ use super::config::day_text;
 use super::fetch::{CaLink, Shared};
 use super::serve::{router, ServeState};
 use super::Station;
-use crate::child::{random_secret, run_ok, Child};
+use crate::child::{random_secret, run_ok, this_certline_with, Child};
 use crate::pki::credential::Credential;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
@@ -76,23 +76,17 @@ struct Figures {
 fn start_ca(dir: &Path, passphrase: &str, max_batch: usize) -> anyhow::Result<Child> {
     let ca = dir.join("ca");
     run_ok(
-        certline(passphrase)?
+        this_certline_with(passphrase)?
             .args(["ca", "init", "--max-batch"])
             .arg(max_batch.to_string())
             .arg("--dir")
             .arg(&ca),
     )?;
-    let mut serve = certline(passphrase)?;
+    let mut serve = this_certline_with(passphrase)?;
     serve
         .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
         .arg(&ca);
     Child::spawn(serve).listening("listening on ")
-}
-
-fn certline(passphrase: &str) -> anyhow::Result<Command> {
-    let mut cmd = crate::child::this_certline()?;
-    cmd.env(crate::pki::seal::PASSPHRASE_ENV, passphrase);
-    Ok(cmd)
 }
 
 fn enroll(
@@ -103,7 +97,7 @@ fn enroll(
 ) -> anyhow::Result<std::path::PathBuf> {
     let out = dir.join(format!("{role}-{name}.pem"));
     run_ok(
-        certline(passphrase)?
+        this_certline_with(passphrase)?
             .args(["ca", "enroll", "--role", role, "--name", name, "--dir"])
             .arg(dir.join("ca"))
             .arg("--out")
@@ -429,7 +423,7 @@ fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
     let passphrase = random_secret()?;
     let admin_password = random_secret()?;
     let certline = || -> anyhow::Result<Command> {
-        let mut cmd = certline(&passphrase)?;
+        let mut cmd = this_certline_with(&passphrase)?;
         cmd.env(super::admin::PASSWORD_ENV, &admin_password);
         Ok(cmd)
     };
