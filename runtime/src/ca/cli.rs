@@ -10,7 +10,7 @@ use super::config::DEFAULT_PEN;
 use super::dir::{self, InitOptions};
 use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use super::serve::{revoke_target, router, CaState};
-use crate::cli::{emit, runtime};
+use crate::command::{emit, runtime};
 use crate::pki::credential::Credential;
 use crate::pki::crl::Reason;
 use crate::pki::role::Role;

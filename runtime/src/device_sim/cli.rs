@@ -99,7 +99,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.report_to {
         let claimed = args.report_id.clone().unwrap_or_else(|| id.to_string());
         let answer = super::report::report_to_center(&device, &cred, url, &claimed, args.counter)?;
-        return crate::cli::emit(args.json, &answer, || answer.print(&id));
+        return crate::command::emit(args.json, &answer, || answer.print(&id));
     }
     let tls = link::device_config(&cred)?;
     let protocol = args.protocol.unwrap_or(if args.pty {

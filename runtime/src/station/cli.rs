@@ -13,7 +13,7 @@ use super::fetch::{CaLink, Shared};
 use super::login::{password_or_prompt, Secret};
 use super::serve::{router, ServeState};
 use super::{Opened, Station};
-use crate::cli::{emit, runtime};
+use crate::command::{emit, runtime};
 use crate::pki::seal::read_passphrase;
 use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
