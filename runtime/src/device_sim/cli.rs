@@ -120,7 +120,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         garble: args.garble,
     };
     let mut bad_crc = faults.bad_crc;
-    let mut events = |e: &str| eprintln!("device-sim {id}: {e}");
+    let mut events = |e: &str| eprintln!("device-sim {id}: {}", crate::text::printable(e));
 
     let announce = |key: &str, value: &str| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
