@@ -56,3 +56,24 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 }
+
+/// The state folder of a CA or a station and where its key-encryption
+/// passphrase comes from: one argument group for every command that opens
+/// one. The passphrase itself never goes on the command line: it comes from
+/// `--passphrase-file` or the `CERTLINE_PASSPHRASE` environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StateDir {
+    /// The state folder (the CA's or the station's).
+    #[arg(long)]
+    pub dir: std::path::PathBuf,
+    /// File holding the key-encryption passphrase (else CERTLINE_PASSPHRASE).
+    #[arg(long)]
+    pub passphrase_file: Option<std::path::PathBuf>,
+}
+
+impl StateDir {
+    /// The key-encryption passphrase, from the file or the environment.
+    pub fn passphrase(&self) -> anyhow::Result<zeroize::Zeroizing<String>> {
+        crate::pki::seal::read_passphrase(self.passphrase_file.as_deref())
+    }
+}
