@@ -5,26 +5,13 @@
 use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::Serialize;
 
 use super::Device;
 use crate::pki::credential::Credential;
 use crate::pki::pem_blocks;
 use crate::service::client::{ClientError, ServiceClient};
 use crate::service::tls::{anonymous_client_config, identity_client_config};
-use crate::wire::center::{self as api, Decision, Report, ReportReceipt};
-
-#[derive(Debug, Serialize)]
-pub struct CenterAnswer {
-    /// The center's decision about this device.
-    pub decision: Decision,
-    /// The id the report named.
-    pub reported_as: String,
-    pub report_accepted: bool,
-    /// The center's reason for refusing the report.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub report_refused: Option<String>,
-}
+use crate::wire::center::{self as api, CenterAnswer, Decision, Report, ReportReceipt};
 
 impl CenterAnswer {
     pub fn print(&self, id: &crate::pki::id::DeviceId) {

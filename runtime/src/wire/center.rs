@@ -71,6 +71,20 @@ pub struct ReportReceipt {
     pub decision: Decision,
 }
 
+/// What `certline device-sim --report-to ... --json` prints: the center's
+/// decision about the device and what became of its report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CenterAnswer {
+    /// The center's decision about this device.
+    pub decision: Decision,
+    /// The id the report named.
+    pub reported_as: String,
+    pub report_accepted: bool,
+    /// The center's reason for refusing the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_refused: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,
