@@ -159,18 +159,16 @@ pub fn run_line(
         let started = Instant::now();
         let mut v = terminal.scan(&step.scan)?;
         let mut tries = 0;
-        while v["status"] == "refused" && tries < 40 {
+        while v.status == "refused" && tries < 40 {
             tries += 1;
-            if v["code"] == CONFIRM {
+            if v.code == CONFIRM {
                 // line.lua asks the operator to check the device first (meters
                 // in service mode); the operator confirms by scanning again.
                 progress(&format!(
                     "    {:<7} {:<16} operator confirms: {}",
-                    line.name,
-                    step.scan,
-                    v["message"].as_str().unwrap_or("")
+                    line.name, step.scan, v.message
                 ));
-            } else if v["code"] == crate::wire::station::codes::REPLACEMENT_PENDING {
+            } else if v.code == crate::wire::station::codes::REPLACEMENT_PENDING {
                 // A failed write is replaced by the station; if the replacement
                 // is not in stock yet, the operator scans again a moment later.
                 std::thread::sleep(Duration::from_millis(250));
@@ -183,10 +181,10 @@ pub fn run_line(
         let result = ScanResult {
             line: line.name.clone(),
             scan: step.scan.clone(),
-            id: v["id"].as_str().map(str::to_string),
-            status: v["status"].as_str().unwrap_or("?").to_string(),
-            code: v["code"].as_str().unwrap_or("?").to_string(),
-            message: v["message"].as_str().unwrap_or("").to_string(),
+            id: v.id,
+            status: v.status,
+            code: v.code,
+            message: v.message,
             expected: step.expect.to_string(),
             note: step.note.to_string(),
             ms: started.elapsed().as_secs_f64() * 1000.0,

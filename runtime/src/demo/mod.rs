@@ -20,6 +20,10 @@ use clap::Args;
 use floor::{Cable, Line, Step};
 use process::{service, Certline};
 
+use crate::wire::ca::{CertRecord, CertStatus};
+use crate::wire::center::Verdict;
+use crate::wire::station::{DiscardReport, QueueReport, ReworkReport, StockReport};
+
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where to keep the demo's state (default: a new folder under the system
@@ -104,14 +108,48 @@ pub const IMPERSONATOR: (&str, &str) = ("3012-000007", "3012-000001");
 /// A device that was never written (scanned, not in the plan): it connects
 /// to the center without an identity.
 pub const STRAY: &str = "3012-999999";
-/// The maintenance contracts the center knows (CSV: devices,contract,from,to).
+/// The maintenance contracts the center knows: (first id, last id,
+/// contract), each from the demo's day with no end.
+pub const CONTRACTS: &[(&str, &str, &str)] = &[
+    ("3012-000001", "3012-000006", "MC-2041-ACME"),
+    ("3013-000001", "3013-000001", "MC-2042-GLOBEX"),
+    ("A123-000001", "A123-000003", "MC-7001-CITYGRID"),
+];
+
+/// The contracts file the center loads (CSV: devices,contract,from,to).
 pub fn contracts(day: &str) -> String {
-    format!(
-        "devices,contract,from,to\n\
-         3012-000001..3012-000006,MC-2041-ACME,{day},\n\
-         3013-000001,MC-2042-GLOBEX,{day},\n\
-         A123-000001..A123-000003,MC-7001-CITYGRID,{day},\n"
-    )
+    let mut csv = String::from("devices,contract,from,to\n");
+    for (first, last, contract) in CONTRACTS {
+        let devices = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}..{last}")
+        };
+        csv.push_str(&format!("{devices},{contract},{day},\n"));
+    }
+    csv
+}
+
+/// The center's verdict the demo's day should lead to for a device: the
+/// stray one holds no identity, the reworked one was revoked, and every
+/// other one has a contract exactly when [`CONTRACTS`] covers it.
+pub fn expected_verdict(id: &str) -> Verdict {
+    if id == STRAY {
+        return Verdict::Unknown;
+    }
+    if id == REWORKED {
+        return Verdict::Revoked;
+    }
+    // The plan's ids have a fixed width per model, so a range is a
+    // same-length lexicographic interval.
+    let covered = CONTRACTS
+        .iter()
+        .any(|(first, last, _)| id.len() == first.len() && *first <= id && id <= *last);
+    if covered {
+        Verdict::Contract
+    } else {
+        Verdict::NoContract
+    }
 }
 
 pub(crate) fn progress(text: &str) {
@@ -322,7 +360,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ));
     }
     std::fs::write(&plan_file, csv)?;
-    certline.json(&[
+    // The import's report is checked to be one, not read.
+    certline.json::<serde::de::IgnoredAny>(&[
         "station",
         "plan",
         "import",
@@ -343,7 +382,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     for line in fetch.lines().filter(|l| !l.trim().is_empty()).take(2) {
         progress(&format!("     {}", line.trim()));
     }
-    let after_fetch = certline.json(&[
+    let after_fetch: StockReport = certline.json(&[
         "station",
         "admin",
         "stock",
@@ -436,40 +475,54 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     );
     let root = st.join("root.pem");
-    let admin = |cmd: &[&str]| -> anyhow::Result<serde_json::Value> {
+    fn admin<T: serde::de::DeserializeOwned>(
+        certline: &Certline,
+        url: &str,
+        root: &Path,
+        cmd: &[&str],
+    ) -> anyhow::Result<T> {
         let mut args = vec!["station", "admin"];
         args.extend_from_slice(cmd);
         args.extend([
             "--url",
-            &station.url,
+            url,
             "--root",
-            path(&root),
+            path(root),
             "--user",
             "admin",
             "--json",
         ]);
         certline.json(&args)
-    };
-    let discard = admin(&["discard", "--model", DISCONTINUED, "--day", &day])?;
-    progress(&format!("     {}", compact(&discard)));
+    }
+    let admin_url = station.url.clone();
+    let discard: DiscardReport = admin(
+        &certline,
+        &admin_url,
+        &root,
+        &["discard", "--model", DISCONTINUED, "--day", &day],
+    )?;
+    progress(&format!("     {}", compact(&discard)?));
 
     step(
         8,
         &format!("admin: rework {REWORKED} (board replaced): its certificate is revoked at the CA"),
     );
-    let rework = admin(&[
-        "rework",
-        "--id",
-        REWORKED,
-        "--reason",
-        "main board replaced after burn-in",
-    ])?;
-    progress(&format!("     {}", compact(&rework)));
+    let rework: ReworkReport = admin(
+        &certline,
+        &admin_url,
+        &root,
+        &[
+            "rework",
+            "--id",
+            REWORKED,
+            "--reason",
+            "main board replaced after burn-in",
+        ],
+    )?;
+    progress(&format!("     {}", compact(&rework)?));
     wait_queue(&certline, &st)?;
-    if let Some(serial) = rework["revoked_serial"].as_str() {
-        wait_revoked(&certline, &ca_dir, REWORKED, serial)?;
-    }
-    let stock = admin(&["stock"])?;
+    wait_revoked(&certline, &ca_dir, REWORKED, &rework.revoked_serial)?;
+    let stock: StockReport = admin(&certline, &admin_url, &root, &["stock"])?;
 
     step(
         9,
@@ -494,7 +547,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "center",
     )?;
     let written: Vec<String> = report::written_ids(&scans);
-    let center_rows = report::connect_all(&certline, &center.url, &devices, &written, &day)?;
+    let center_rows = report::connect_all(&certline, &center.url, &devices, &written)?;
     drop(center);
 
     step(10, "summary and invariant checks");
@@ -548,13 +601,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn compact(v: &serde_json::Value) -> String {
-    let s = v.to_string();
-    if s.len() > 160 {
+/// A report as its compact JSON (keys sorted, as `serde_json::Value` has
+/// them), cut to a progress line's width.
+fn compact(v: &impl serde::Serialize) -> anyhow::Result<String> {
+    let s = serde_json::to_value(v)?.to_string();
+    Ok(if s.len() > 160 {
         format!("{}...", &s[..157])
     } else {
         s
-    }
+    })
 }
 
 /// The demo's station: every day a working day (the demo runs any day), and
@@ -599,13 +654,17 @@ fn configure_station(st: &Path, scripts: Option<&Path>) -> anyhow::Result<()> {
 fn wait_queue(certline: &Certline, st: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let q = certline.json(&["station", "admin", "queue", "--dir", path(st), "--json"])?;
-        let waiting = q["items"].as_array().map(Vec::len).unwrap_or(0);
+        let q: QueueReport =
+            certline.json(&["station", "admin", "queue", "--dir", path(st), "--json"])?;
+        let waiting = q.items.len();
         if waiting == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
-            anyhow::bail!("{waiting} item(s) still wait for the CA: {q}");
+            anyhow::bail!(
+                "{waiting} item(s) still wait for the CA: {}",
+                serde_json::to_value(&q)?
+            );
         }
         let _ = certline.run(&["station", "admin", "retry", "--dir", path(st), "--json"]);
         std::thread::sleep(Duration::from_millis(300));
@@ -616,13 +675,11 @@ fn wait_queue(certline: &Certline, st: &Path) -> anyhow::Result<()> {
 fn wait_revoked(certline: &Certline, ca_dir: &Path, id: &str, serial: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let history =
+        let history: Vec<CertRecord> =
             certline.json(&["ca", "status", "--dir", path(ca_dir), "--id", id, "--json"])?;
         let revoked = history
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["serial"] == serial && c["status"] == "revoked");
+            .iter()
+            .any(|c| c.serial == serial && c.status == CertStatus::Revoked);
         if revoked {
             return Ok(());
         }

@@ -8,6 +8,8 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::child::{random_secret, run_ok, Child, Stderr, WAIT};
 
@@ -77,10 +79,15 @@ impl Certline {
     }
 
     /// Runs a command with `--json` already among `args` and parses its report.
-    pub fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    pub fn json<T: DeserializeOwned>(&self, args: &[&str]) -> anyhow::Result<T> {
         let out = self.run(args)?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("certline {}: not JSON: {out}", args.join(" ")))
+        serde_json::from_str(&out).with_context(|| {
+            format!(
+                "certline {}: not the {} report: {out}",
+                args.join(" "),
+                std::any::type_name::<T>()
+            )
+        })
     }
 
     /// Runs a command, showing each stderr line that contains `marker` as
@@ -150,6 +157,35 @@ pub fn service(
         .listening(marker)
 }
 
+// The line's `--json` events, as far as the demo reads them. The line builds
+// them from its workflow report and a free-form `extra` object (line/run.rs),
+// so they are typed here, where they are read.
+
+/// Any event: what kind it is.
+#[derive(Deserialize)]
+struct EventKind {
+    event: String,
+}
+
+/// `{"event":"ready",...}`: the line is up.
+#[derive(Deserialize)]
+struct ReadyEvent {
+    /// The workflow it runs (built-in parser or a script).
+    workflow: String,
+}
+
+/// `{"event":"device",...}`: the operator line of one scan.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceEvent {
+    /// The device id the line read from the scan, if it got that far.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub status: String,
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+}
+
 /// A running `certline line --json` whose scanner is its stdin (a keyboard
 /// wedge): the demo types the scans, and reads the operator lines back.
 pub struct LineProc {
@@ -177,24 +213,25 @@ impl LineProc {
         let ready = line
             .event("ready")
             .with_context(|| format!("the line did not start; see logs/{log}.log"))?;
-        line.workflow = ready["workflow"].as_str().unwrap_or("?").to_string();
+        let ready: ReadyEvent = ready;
+        line.workflow = ready.workflow;
         Ok(line)
     }
 
     /// The next event of kind `kind` (others before it are skipped).
-    pub fn event(&self, kind: &str) -> anyhow::Result<serde_json::Value> {
+    pub fn event<T: DeserializeOwned>(&self, kind: &str) -> anyhow::Result<T> {
         let line = self
             .child
             .stdout_line(WAIT, |line| {
-                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["event"] == kind)
+                serde_json::from_str::<EventKind>(line).is_ok_and(|v| v.event == kind)
             })
             .with_context(|| format!("no {kind:?} event from the line"))?;
-        Ok(serde_json::from_str(&line)?)
+        serde_json::from_str(&line).with_context(|| format!("the line's {kind:?} event: {line}"))
     }
 
     /// Types one scan (as a keyboard-wedge scanner does: the code, then Enter)
     /// and returns the operator line for it.
-    pub fn scan(&mut self, code: &str) -> anyhow::Result<serde_json::Value> {
+    pub fn scan(&mut self, code: &str) -> anyhow::Result<DeviceEvent> {
         let stdin = self.stdin.as_mut().context("the scanner is closed")?;
         writeln!(stdin, "{code}")?;
         stdin.flush()?;

@@ -15,6 +15,9 @@ use super::process::Certline;
 use super::{path, progress, Planned, DISCONTINUED, IMPERSONATOR, PLAN, REWORKED, STRAY};
 use crate::pki::pack::Pack;
 use crate::pki::verify::verify_pack;
+use crate::wire::ca::{CertRecord, CertStatus, LedgerCount};
+use crate::wire::center::{CenterAnswer, Verdict};
+use crate::wire::station::{AuditReport, DeviceReport, ModelStock, PackState, StockReport};
 
 /// Ids whose identity a line wrote (and verified), in scan order.
 pub fn written_ids(scans: &[ScanResult]) -> Vec<String> {
@@ -31,7 +34,7 @@ pub fn written_ids(scans: &[ScanResult]) -> Vec<String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct CenterRow {
     pub id: String,
-    pub verdict: String,
+    pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract: Option<String>,
     pub reason: String,
@@ -39,28 +42,16 @@ pub struct CenterRow {
     pub report_accepted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_refused: Option<String>,
-    /// The verdict the demo's day should lead to.
-    pub expected: String,
+    /// The verdict the demo's day should lead to (from the scenario table).
+    pub expected: Verdict,
 }
 
-fn expected_verdict(id: &str, day: &str) -> &'static str {
-    if id == STRAY {
-        return "unknown";
-    }
-    if id == REWORKED {
-        return "revoked";
-    }
-    let contracts = crate::center::contracts::Contracts::parse("contracts", &super::contracts(day));
-    let covered = contracts.ok().and_then(|c| {
-        let id: crate::pki::id::DeviceId = id.parse().ok()?;
-        c.find(&id, time::OffsetDateTime::now_utc().date())
-            .map(|_| ())
-    });
-    if covered.is_some() {
-        "contract"
-    } else {
-        "no_contract"
-    }
+/// A verdict as its wire code (`no_contract`), as the summary shows it.
+fn code(v: Verdict) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|j| j.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Every written device (and the stray one, which holds no identity)
@@ -71,7 +62,6 @@ pub fn connect_all(
     url: &str,
     devices: &Path,
     written: &[String],
-    day: &str,
 ) -> anyhow::Result<Vec<CenterRow>> {
     let mut ids: Vec<String> = written.to_vec();
     ids.push(STRAY.to_string());
@@ -82,7 +72,7 @@ pub fn connect_all(
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(id) = ids.get(i) else { break };
-                let row = connect_one(certline, url, devices, id, i as u64, day);
+                let row = connect_one(certline, url, devices, id, i as u64);
                 rows.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((i, row));
@@ -99,7 +89,7 @@ pub fn connect_all(
         progress(&format!(
             "     {:<12} {:<12} {:<18} {}",
             r.id,
-            r.verdict,
+            code(r.verdict),
             r.contract.as_deref().unwrap_or("-"),
             match &r.report_refused {
                 None => format!("report as {}: accepted", r.reported_as),
@@ -116,7 +106,6 @@ fn connect_one(
     devices: &Path,
     id: &str,
     n: u64,
-    day: &str,
 ) -> anyhow::Result<CenterRow> {
     let (model, serial) = id.split_once('-').unwrap_or((id, ""));
     let counter = (1000 + n * 137).to_string();
@@ -138,30 +127,30 @@ fn connect_one(
     if id == IMPERSONATOR.0 {
         args.extend(["--report-id", IMPERSONATOR.1]);
     }
-    let v = certline.json(&args)?;
-    let d = &v["decision"];
+    let answer: CenterAnswer = certline.json(&args)?;
     Ok(CenterRow {
         id: id.to_string(),
-        verdict: d["verdict"].as_str().unwrap_or("?").to_string(),
-        contract: d["contract"].as_str().map(str::to_string),
-        reason: d["reason"].as_str().unwrap_or("").to_string(),
-        reported_as: v["reported_as"].as_str().unwrap_or("").to_string(),
-        report_accepted: v["report_accepted"].as_bool().unwrap_or(false),
-        report_refused: v["report_refused"].as_str().map(str::to_string),
-        expected: expected_verdict(id, day).to_string(),
+        verdict: answer.decision.verdict,
+        contract: answer.decision.contract,
+        reason: answer.decision.reason,
+        reported_as: answer.reported_as,
+        report_accepted: answer.report_accepted,
+        report_refused: answer.report_refused,
+        expected: super::expected_verdict(id),
     })
 }
 
 /// What the CA's ledger and the station's stock say about every planned id.
 pub struct Gathered {
     /// id → the CA's certificate history (`ca status --id`).
-    pub ledger: BTreeMap<String, Vec<serde_json::Value>>,
+    pub ledger: BTreeMap<String, Vec<CertRecord>>,
     /// id → the station's report (`station admin device`).
-    pub station: BTreeMap<String, serde_json::Value>,
+    pub station: BTreeMap<String, DeviceReport>,
     /// `ca status --json`.
-    pub ca_counts: serde_json::Value,
+    pub ca_counts: Vec<LedgerCount>,
     pub ca_audit_intact: Result<(), String>,
-    pub station_audit: serde_json::Value,
+    /// `station admin audit --last 1 --json`, or why it could not be read.
+    pub station_audit: Result<AuditReport, String>,
 }
 
 pub fn gather(certline: &Certline, ca_dir: &Path, st: &Path) -> anyhow::Result<Gathered> {
@@ -180,16 +169,14 @@ pub fn gather(certline: &Certline, ca_dir: &Path, st: &Path) -> anyhow::Result<G
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some(id) = ids.get(i) else { break };
                 // An id the CA never issued for has no history (an error).
-                let history: Vec<serde_json::Value> = certline
+                let history: Vec<CertRecord> = certline
                     .json(&["ca", "status", "--dir", path(ca_dir), "--id", id, "--json"])
-                    .ok()
-                    .and_then(|v| serde_json::from_value(v).ok())
                     .unwrap_or_default();
                 ledger
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id.clone(), history);
-                match certline.json(&[
+                match certline.json::<DeviceReport>(&[
                     "station",
                     "admin",
                     "device",
@@ -232,7 +219,7 @@ pub fn gather(certline: &Certline, ca_dir: &Path, st: &Path) -> anyhow::Result<G
             "1",
             "--json",
         ])
-        .unwrap_or_else(|e| serde_json::json!({ "error": format!("{e:#}") }));
+        .map_err(|e| format!("{e:#}"));
     Ok(Gathered {
         ledger: ledger.into_inner().unwrap_or_default(),
         station: station.into_inner().unwrap_or_default(),
@@ -295,7 +282,7 @@ pub struct Summary {
     pub center: CenterTally,
     pub center_devices: Vec<CenterRow>,
     pub checks: Vec<Check>,
-    pub ca_ledger: serde_json::Value,
+    pub ca_ledger: Vec<LedgerCount>,
     pub scan_log: Vec<ScanResult>,
     /// Commands to talk to the center yourself with a written device's flash.
     pub try_center: Vec<String>,
@@ -315,12 +302,14 @@ fn model_of(id: &str) -> &str {
     id.split_once('-').map(|(m, _)| m).unwrap_or(id)
 }
 
-fn stock_field(stock: &serde_json::Value, model: &str, field: &str) -> u64 {
-    stock["models"]
-        .as_array()
-        .and_then(|a| a.iter().find(|m| m["model"] == model))
-        .and_then(|m| m[field].as_u64())
-        .unwrap_or(0)
+/// A model's line of a stock report (all zero if the model is not in it).
+fn stock_of(stock: &StockReport, model: &str) -> ModelStock {
+    stock
+        .models
+        .iter()
+        .find(|m| m.model == model)
+        .cloned()
+        .unwrap_or_default()
 }
 
 impl Summary {
@@ -329,8 +318,8 @@ impl Summary {
         dir: &Path,
         day: &str,
         scripts: Option<&Path>,
-        after_fetch: &serde_json::Value,
-        stock: &serde_json::Value,
+        after_fetch: &StockReport,
+        stock: &StockReport,
         scans: &[ScanResult],
         center: &[CenterRow],
         g: &Gathered,
@@ -346,9 +335,9 @@ impl Summary {
                 model: p.model.to_string(),
                 certificate: p.certificate,
                 planned: p.count as u64,
-                fetched: stock_field(after_fetch, p.model, "in_stock"),
-                discarded: stock_field(stock, p.model, "discarded"),
-                in_stock: stock_field(stock, p.model, "in_stock"),
+                fetched: stock_of(after_fetch, p.model).in_stock as u64,
+                discarded: stock_of(stock, p.model).discarded as u64,
+                in_stock: stock_of(stock, p.model).in_stock as u64,
                 ..Default::default()
             };
             for s in scans {
@@ -362,18 +351,18 @@ impl Summary {
             }
             for id in &ids {
                 for cert in g.ledger.get(id).into_iter().flatten() {
-                    if cert["status"] == "revoked" {
+                    if cert.status == CertStatus::Revoked {
                         row.revoked += 1;
                     }
-                    if !cert["replaces"].is_null() {
+                    if cert.replaces.is_some() {
                         row.reissued += 1;
                     }
                 }
                 if let Some(report) = g.station.get(id) {
-                    for pack in report["packs"].as_array().into_iter().flatten() {
-                        match pack["state"].as_str() {
-                            Some("flagged") => row.flagged += 1,
-                            Some("deleted") => row.deleted += 1,
+                    for pack in &report.packs {
+                        match pack.state {
+                            PackState::Flagged => row.flagged += 1,
+                            PackState::Deleted => row.deleted += 1,
                             _ => {}
                         }
                     }
@@ -416,12 +405,12 @@ impl Summary {
             ..Default::default()
         };
         for r in center {
-            match r.verdict.as_str() {
-                "contract" => ct.contract += 1,
-                "no_contract" => ct.no_contract += 1,
-                "revoked" => ct.revoked += 1,
-                "unknown" => ct.unknown += 1,
-                _ => ct.unverifiable += 1,
+            match r.verdict {
+                Verdict::Contract => ct.contract += 1,
+                Verdict::NoContract => ct.no_contract += 1,
+                Verdict::Revoked => ct.revoked += 1,
+                Verdict::Unknown => ct.unknown += 1,
+                Verdict::Unverifiable => ct.unverifiable += 1,
             }
             if r.report_accepted {
                 ct.reports_accepted += 1;
@@ -547,7 +536,7 @@ impl Summary {
                 if r.reported_as != r.id {
                     format!("{} claimed to be {} (impersonation)", r.id, r.reported_as)
                 } else {
-                    format!("{} ({})", r.id, r.verdict)
+                    format!("{} ({})", r.id, code(r.verdict))
                 }
             })
             .collect();
@@ -597,7 +586,7 @@ fn checks(
     written: &[String],
     ca_root: &Path,
     devices: &Path,
-    stock: &serde_json::Value,
+    stock: &StockReport,
 ) -> Vec<Check> {
     let mut out = Vec::new();
 
@@ -658,7 +647,7 @@ fn checks(
         .ledger
         .iter()
         .filter_map(|(id, h)| {
-            let valid = h.iter().filter(|c| c["status"] == "valid").count();
+            let valid = h.iter().filter(|c| c.status == CertStatus::Valid).count();
             (valid > 1).then(|| format!("{id} has {valid} valid certificates"))
         })
         .collect();
@@ -673,27 +662,20 @@ fn checks(
     for (id, history) in &g.ledger {
         let valid: BTreeSet<&str> = history
             .iter()
-            .filter(|c| c["status"] == "valid")
-            .filter_map(|c| c["serial"].as_str())
+            .filter(|c| c.status == CertStatus::Valid)
+            .map(|c| c.serial.as_str())
             .collect();
         let report = g.station.get(id);
         let live: BTreeSet<&str> = report
-            .and_then(|r| r["packs"].as_array())
             .into_iter()
-            .flatten()
-            .filter(|p| {
-                serde_json::from_value::<crate::wire::station::PackState>(p["state"].clone())
-                    .is_ok_and(|s| s.is_live())
-            })
-            .filter_map(|p| p["serial"].as_str())
+            .flat_map(|r| &r.packs)
+            .filter(|p| p.state.is_live())
+            .map(|p| p.serial.as_str())
             .collect();
         if valid != live {
             problems.push(format!("{id}: CA valid {valid:?}, station live {live:?}"));
         }
-        let waiting = report
-            .and_then(|r| r["waiting_for_ca"].as_array())
-            .map(Vec::len)
-            .unwrap_or(0);
+        let waiting = report.map(|r| r.waiting_for_ca.len()).unwrap_or(0);
         if waiting > 0 {
             problems.push(format!("{id}: {waiting} item(s) still wait for the CA"));
         }
@@ -713,8 +695,11 @@ fn checks(
         let status = g
             .ledger
             .get(id)
-            .and_then(|h| h.iter().find(|c| c["fingerprint"] == fp.as_str()))
-            .and_then(|c| c["status"].as_str())
+            .and_then(|h| {
+                h.iter()
+                    .find(|c| c.fingerprint.as_deref() == Some(fp.as_str()))
+            })
+            .map(|c| c.status.as_str())
             .unwrap_or("not in the ledger");
         let want = if id == REWORKED { "revoked" } else { "valid" };
         if status != want {
@@ -732,20 +717,15 @@ fn checks(
     // Retention: no written pack is left merely "written".
     let mut problems = Vec::new();
     for id in written {
-        let packs = g
-            .station
-            .get(id)
-            .and_then(|r| r["packs"].as_array())
-            .cloned()
-            .unwrap_or_default();
+        let packs = g.station.get(id).map(|r| r.packs.as_slice()).unwrap_or(&[]);
         if packs
             .iter()
-            .any(|p| p["state"] == "written" || p["state"] == "received")
+            .any(|p| matches!(p.state, PackState::Written | PackState::Received))
         {
             problems.push(format!("{id}: a written pack was not flagged or deleted"));
         }
-        for p in &packs {
-            if p["state"] == "deleted" && p["key_held"] == true {
+        for p in packs {
+            if p.state == PackState::Deleted && p.key_held {
                 problems.push(format!("{id}: a deleted pack still holds its key"));
             }
         }
@@ -758,7 +738,7 @@ fn checks(
 
     // The discontinued model's leftovers: none in stock, every discarded one revoked.
     let mut problems = Vec::new();
-    let left = stock_field(stock, DISCONTINUED, "in_stock");
+    let left = stock_of(stock, DISCONTINUED).in_stock;
     if left > 0 {
         problems.push(format!("{left} {DISCONTINUED} pack(s) still in stock"));
     }
@@ -767,13 +747,13 @@ fn checks(
         if model_of(id) != DISCONTINUED {
             continue;
         }
-        for p in report["packs"].as_array().into_iter().flatten() {
-            if p["state"] == "discarded" {
+        for p in &report.packs {
+            if p.state == PackState::Discarded {
                 discarded += 1;
-                let serial = p["serial"].as_str().unwrap_or("");
+                let serial = &p.serial;
                 let revoked = g.ledger.get(id).is_some_and(|h| {
                     h.iter()
-                        .any(|c| c["serial"] == serial && c["status"] == "revoked")
+                        .any(|c| c.serial == *serial && c.status == CertStatus::Revoked)
                 });
                 if !revoked {
                     problems.push(format!(
@@ -798,15 +778,19 @@ fn checks(
         if r.verdict != r.expected {
             problems.push(format!(
                 "{}: {} ({}), expected {}",
-                r.id, r.verdict, r.reason, r.expected
+                r.id,
+                code(r.verdict),
+                r.reason,
+                code(r.expected)
             ));
         }
         let impersonating = r.reported_as != r.id;
-        let report_ok = if impersonating || r.expected == "revoked" || r.expected == "unknown" {
-            !r.report_accepted
-        } else {
-            r.report_accepted
-        };
+        let report_ok =
+            if impersonating || matches!(r.expected, Verdict::Revoked | Verdict::Unknown) {
+                !r.report_accepted
+            } else {
+                r.report_accepted
+            };
         if !report_ok {
             problems.push(format!(
                 "{}: report as {} {}",
@@ -840,8 +824,13 @@ fn checks(
     if let Err(e) = &g.ca_audit_intact {
         problems.push(format!("CA: {e}"));
     }
-    if g.station_audit.get("error").is_some() || g.station_audit["intact"] == false {
-        problems.push(format!("station: {}", g.station_audit));
+    match &g.station_audit {
+        Err(e) => problems.push(format!("station: {}", serde_json::json!({ "error": e }))),
+        Ok(a) if !a.intact => problems.push(format!(
+            "station: {}",
+            serde_json::to_value(a).unwrap_or_default()
+        )),
+        Ok(_) => {}
     }
     out.push(check(
         "audit logs intact",
