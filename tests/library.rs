@@ -1,5 +1,5 @@
 //! Tests of the library's parts driven from outside the binary: the plugin
-//! host, the scanner, the device protocols, and the Lua scripts. One test
+//! host, the device protocols, and the Lua scripts. One test
 //! binary holds them all, so the library is linked once for all of them (run
 //! one file with `cargo test --test library script_sandbox::`).
 
@@ -7,7 +7,6 @@ mod common;
 mod device_support;
 
 mod device_protocol;
-mod line_scanner;
 mod plugin_host;
 mod script_examples;
 mod script_line;

@@ -275,6 +275,100 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
     factory.assert_agree(&ids_of(&factory));
 }
 
+/// D8 and D10: a plan is capped in ids per plan and per day (before any id
+/// is made), and a serial range that runs past what a number holds is refused,
+/// naming the row; nothing of a refused plan is imported.
+#[test]
+fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
+    let factory = Factory::new(&["3012"], &[], &[]);
+    let import = |name: &str, content: &str| {
+        let file = factory.file(name, content);
+        fails(&[
+            "station",
+            "plan",
+            "import",
+            "--dir",
+            factory.dir(),
+            path(&file),
+        ])
+    };
+    let header = "date,model,first_serial,count";
+    // The default cap (200,000 a plan): three full rows on three days.
+    let err = import(
+        "huge.csv",
+        &format!(
+            "{header}\n2030-01-14,3012,000001,100000\n2030-01-15,3012,100001,100000\n2030-01-16,3012,200001,100000\n"
+        ),
+    );
+    assert!(
+        err.contains("huge.csv row 3 (line 4), field count") && err.contains("200000"),
+        "{err}"
+    );
+    // 2^128 - 1 counted up by two wraps a u128: refused, not zero ids.
+    let err = import(
+        "wrap.csv",
+        &format!("{header}\n{DAY},3012,340282366920938463463374607431768211455,2\n"),
+    );
+    assert!(
+        err.contains("wrap.csv row 1 (line 2), field first_serial"),
+        "{err}"
+    );
+    // A serial may not be longer than 20 characters.
+    let err = import(
+        "long.csv",
+        &format!("{header}\n{DAY},3012,123456789012345678901,1\n"),
+    );
+    assert!(
+        err.contains("long.csv row 1 (line 2), field first_serial") && err.contains("20"),
+        "{err}"
+    );
+    // Caps from station.toml: per plan, and per day (over several rows).
+    let toml = factory.dir.join("station.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&toml).unwrap().parse().unwrap();
+    config.insert(
+        "plan".into(),
+        toml::toml! { max_ids_per_plan = 10
+        max_ids_per_day = 6 }
+        .into(),
+    );
+    std::fs::write(&toml, config.to_string()).unwrap();
+    let err = import(
+        "per-plan.json",
+        r#"[{"date":"2030-01-14","model":"3012","first_serial":"1","count":5},
+            {"date":"2030-01-15","model":"3012","first_serial":"101","count":5},
+            {"date":"2030-01-16","model":"3012","serials":["301"]}]"#,
+    );
+    assert!(
+        err.contains("per-plan.json row 3, field serials") && err.contains("max_ids_per_plan"),
+        "{err}"
+    );
+    let err = import(
+        "per-day.csv",
+        &format!("{header}\n{DAY},3012,000001,4\n{DAY},3012,000101,3\n"),
+    );
+    assert!(
+        err.contains("per-day.csv row 2 (line 3), field count") && err.contains("max_ids_per_day"),
+        "{err}"
+    );
+    // Nothing of any refused plan was imported; a plan within the caps is.
+    assert!(factory.packs().is_empty());
+    for day in ["2030-01-14", "2030-01-15", "2030-01-16", &DAY.to_string()] {
+        let shown = json(&[
+            "station",
+            "plan",
+            "show",
+            "--dir",
+            factory.dir(),
+            "--day",
+            day,
+            "--json",
+        ]);
+        assert_eq!(shown["models"], serde_json::json!({}), "{day}: {shown}");
+    }
+    let report = factory.plan("fits.csv", &[&format!("{DAY},3012,000001,6")]);
+    assert_eq!(report["ids"], 6, "{report}");
+}
+
 fn ids_of(factory: &Factory) -> Vec<String> {
     let mut ids: Vec<String> = factory.packs().into_iter().map(|(id, _, _)| id).collect();
     ids.dedup();

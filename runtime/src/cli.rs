@@ -13,6 +13,10 @@ pub struct Cli {
     /// More log output on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Print the report as JSON. Accepted before or after the subcommand; a
+    /// command's own `--json` reads the same flag.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,26 +71,4 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args),
         Command::Center(args) => crate::center::cli::run(args),
     }
-}
-
-/// Prints a report: as one JSON document with `--json`, otherwise as the
-/// human-readable text `human` writes.
-pub fn emit<T: serde::Serialize>(
-    json: bool,
-    value: &T,
-    human: impl FnOnce(),
-) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        human();
-    }
-    Ok(())
-}
-
-/// A multi-threaded tokio runtime for the commands that talk over the network.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
 }

@@ -1,6 +1,7 @@
 //! Small CSV tables with a header row, as factories hand them over (plans,
-//! contract lists): quoted fields, `#` comments and blank lines allowed, and
-//! every error naming the file, the line and the column.
+//! contract lists), read with the `csv` crate: quoted fields (with commas,
+//! quotes or newlines inside), `#` comments and blank lines allowed, and every
+//! error naming the file, the line and the column.
 
 use std::collections::HashMap;
 
@@ -36,25 +37,26 @@ impl Row<'_> {
     }
 }
 
-/// Splits one CSV line; `""` inside quotes is a quote.
-pub fn split_line(line: &str) -> Vec<String> {
-    let mut fields = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                current.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => fields.push(std::mem::take(&mut current)),
-            _ => current.push(c),
+/// Where a record really starts, as (byte, line): the csv reader's position
+/// can point at the blank lines and `#` comments it skipped before it.
+fn record_start(text: &str, mut byte: usize, mut line: usize) -> (usize, usize) {
+    while let Some(rest) = text.get(byte..) {
+        let skip = if rest.starts_with('#') {
+            rest.find('\n').map_or(rest.len(), |i| i + 1)
+        } else if rest.starts_with("\r\n") {
+            2
+        } else if rest.starts_with('\n') {
+            1
+        } else {
+            0
+        };
+        if skip == 0 || byte + skip >= text.len() {
+            break;
         }
+        byte += skip;
+        line += 1;
     }
-    fields.push(current);
-    fields.into_iter().map(|f| f.trim().to_string()).collect()
+    (byte, line)
 }
 
 /// A parsed table: the column index and the rows' fields.
@@ -74,15 +76,35 @@ impl Table {
         optional: &[&str],
     ) -> anyhow::Result<Table> {
         let expected = required.join(",");
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| (i + 1, l.trim_start_matches('\u{feff}')))
-            .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-        let (header_line, header) = lines.next().ok_or_else(|| {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut records = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .comment(Some(b'#'))
+            .from_reader(text.as_bytes())
+            .into_records()
+            .filter_map(|record| match record {
+                Ok(record) => {
+                    let at = record.position().expect("a read record has a position");
+                    let (byte, line) = record_start(text, at.byte() as usize, at.line() as usize);
+                    // Blank lines, and comments indented with white space.
+                    let blank = record.iter().all(str::is_empty) && record.len() == 1;
+                    let comment = text[byte..].trim_start().starts_with('#');
+                    (!blank && !comment)
+                        .then(|| Ok((line, record.iter().map(str::to_string).collect())))
+                }
+                Err(e) => Some(Err(e)),
+            });
+        let next = |records: &mut dyn Iterator<Item = Result<(usize, Vec<String>), csv::Error>>| {
+            records.next().transpose().map_err(|e| {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                anyhow::anyhow!("{file} line {line}: not readable as CSV: {e}")
+            })
+        };
+        let (header_line, columns) = next(&mut records)?.ok_or_else(|| {
             anyhow::anyhow!("{file}: the file is empty (expected the header {expected})")
         })?;
-        let columns = split_line(header);
         let mut index = HashMap::new();
         for (i, column) in columns.iter().enumerate() {
             let name = column.to_ascii_lowercase();
@@ -99,12 +121,11 @@ impl Table {
             );
         }
         let mut rows = Vec::new();
-        for (row, (line, text)) in lines.enumerate() {
-            let fields = split_line(text);
+        while let Some((line, fields)) = next(&mut records)? {
             if fields.len() != columns.len() {
                 anyhow::bail!(
                     "{file} row {} (line {line}): {} fields, but the header has {}",
-                    row + 1,
+                    rows.len() + 1,
                     fields.len(),
                     columns.len()
                 );
@@ -148,5 +169,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("2 fields"));
+    }
+
+    #[test]
+    fn a_quoted_newline_stays_in_its_field() {
+        let text = "\u{feff}a,b\n  # indented comment\n\n1,\"two\nlines\"\n3,4\n";
+        let table = Table::parse("t.csv", text, &["a", "b"], &[]).unwrap();
+        let rows: Vec<_> = table.rows().collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].get("a"), rows[0].get("b")), ("1", "two\nlines"));
+        assert_eq!((rows[0].row, rows[0].line), (1, 4));
+        assert_eq!((rows[1].get("a"), rows[1].row, rows[1].line), ("3", 2, 6));
+        assert_eq!(
+            rows[1].error("t.csv", "b", "bad").to_string(),
+            "t.csv row 2 (line 6), field b: bad"
+        );
     }
 }

@@ -25,10 +25,15 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// Whether `text` shows as itself (nothing in it needs escaping).
+pub fn is_printable(text: &str) -> bool {
+    !text.chars().any(needs_escape)
+}
+
 /// `text` with every control or invisible formatting character escaped
 /// (`\x1b`, `\u{202e}`); borrowed when there is nothing to escape.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
+    if is_printable(text) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

@@ -1,12 +1,13 @@
 //! Helpers for black-box tests: run the real `certline` binary as separate
-//! processes, on loopback, in temporary directories.
+//! processes, on loopback, in temporary directories. Child processes are
+//! started with the library's one helper, `certline::child`.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use certline::child::Child;
 
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -16,11 +17,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_certline")
 }
 
-/// A `certline` command with the test passphrase in its environment.
+/// A `certline` command with the test passphrase in its environment (and no
+/// other certline secret or log filter inherited).
 pub fn certline() -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE)
-        .env_remove("CERTLINE_LOG");
+    let mut cmd = certline::child::certline(bin());
+    cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE);
     cmd
 }
 
@@ -162,47 +163,18 @@ impl Server {
     }
 
     /// As [`Server::start`], for a command with its own arguments and environment.
-    pub fn start_command(mut cmd: Command, marker: &str) -> Server {
-        let args: Vec<String> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("cannot start certline");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(rest) = line.split(marker).nth(1) {
-                        break rest.trim().to_string();
-                    }
-                }
-                _ => panic!("certline {args:?} exited before printing {marker:?}"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {marker:?} from certline {args:?}"
-            );
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
+    pub fn start_command(cmd: Command, marker: &str) -> Server {
+        let child = Child::spawn(cmd)
+            .listening(marker)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        Server {
+            url: child.url.clone(),
+            child,
+        }
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 

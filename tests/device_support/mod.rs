@@ -3,34 +3,19 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-pub const PASSPHRASE: &str = "device tests, not for production";
+use certline::child::{Child, Stderr};
 
-pub fn certline() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_certline"));
-    cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE)
-        .env_remove("CERTLINE_LOG")
-        .env_remove("CERTLINE_LINE_CREDENTIAL");
-    cmd
-}
+#[allow(unused_imports)] // each test file uses its own few
+pub use crate::common::{certline, text, PASSPHRASE};
 
-pub fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
+/// Runs `cmd` and insists on success, returning stdout.
 #[track_caller]
 pub fn ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("cannot start certline");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    crate::common::succeeds(out, &[&certline::child::describe(cmd)])
 }
 
 #[allow(unused_imports)] // each test file uses its own few
@@ -113,6 +98,19 @@ impl Sim {
     /// Starts a simulator for `id` (MODEL-SERIAL) in `dir` on loopback TCP
     /// (`pty` false) or a pseudo-terminal, with extra flags (fault knobs).
     pub fn start(dir: &Path, id: &str, credential: &Path, pty: bool, extra: &[&str]) -> Sim {
+        let cable = (!pty).then_some("127.0.0.1:0");
+        Sim::start_on(dir, id, credential, cable, extra)
+    }
+
+    /// A simulator listening on `cable` (a TCP address), or on a new
+    /// pseudo-terminal when `cable` is None.
+    pub fn start_on(
+        dir: &Path,
+        id: &str,
+        credential: &Path,
+        cable: Option<&str>,
+        extra: &[&str],
+    ) -> Sim {
         let (model, serial) = id.split_once('-').unwrap();
         let stderr = dir.with_extension("stderr");
         let mut cmd = certline();
@@ -120,28 +118,18 @@ impl Sim {
             .arg(dir)
             .arg("--credential")
             .arg(credential)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        if pty {
-            cmd.arg("--pty");
-        } else {
-            cmd.args(["--listen", "127.0.0.1:0"]);
-        }
-        let mut child = cmd.spawn().expect("cannot start device-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().to_string();
-        assert!(
-            !addr.is_empty(),
-            "device-sim printed no address; stderr:\n{}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
+            .args(extra);
+        match cable {
+            Some(addr) => cmd.args(["--listen", addr]),
+            None => cmd.arg("--pty"),
+        };
+        let child = Child::spawn(cmd)
+            .stderr(Stderr::File(stderr.clone()))
+            .first_line()
+            .unwrap_or_else(|e| panic!("device-sim printed no address: {e:#}"));
         Sim {
+            addr: child.url.clone(),
             child,
-            addr,
             dir: dir.to_path_buf(),
             stderr,
         }
@@ -159,12 +147,50 @@ impl Sim {
     pub fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().unwrap()
     }
-}
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn flash_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.flash()) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                names
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The flash holds nothing: no identity was written.
+    #[track_caller]
+    pub fn assert_blank(&self) {
+        let files: Vec<String> = self
+            .flash_files()
+            .into_iter()
+            .filter(|f| f.ends_with(".pem"))
+            .collect();
+        assert!(
+            files.is_empty(),
+            "flash of {} holds {files:?}",
+            self.dir.display()
+        );
+    }
+
+    /// The flash holds a chain that verifies to `root`, names `id` in its
+    /// SAN, and whose device certificate has `fingerprint`.
+    #[track_caller]
+    pub fn assert_holds(&self, root: &Path, id: &str, fingerprint: &str) {
+        let chain = self.flash().join("chain.pem");
+        crate::common::assert_chain_verifies_for(&chain, root, id);
+        let pem = std::fs::read_to_string(&chain).unwrap();
+        let der = certline::pki::pem_blocks(&pem, "CERTIFICATE").unwrap();
+        assert_eq!(certline::pki::fingerprint(&der[0]), fingerprint);
+        assert_eq!(
+            std::fs::read_to_string(self.flash().join("root.pem"))
+                .unwrap()
+                .trim(),
+            std::fs::read_to_string(root).unwrap().trim()
+        );
     }
 }
 

@@ -4,13 +4,15 @@
 //! process whose JSON operator lines the test reads.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
+
+use certline::child::{Child, Stderr};
 
 use crate::common::{path, text};
+pub use crate::device_support::Sim as Device;
 use crate::station_support::{certline, Factory, Proc, DAY};
 
 /// Long enough for a slow shared machine; every wait ends as soon as the
@@ -126,33 +128,8 @@ impl Rig {
     /// A device simulator process for `id` on `cable` (a TCP address), or on
     /// a new pseudo-terminal when `cable` is None.
     pub fn device(&self, id: &str, cable: Option<&str>, extra: &[&str]) -> Device {
-        let (model, serial) = id.split_once('-').unwrap();
         let dir = self.tmp().join(format!("dev-{id}"));
-        let stderr = self.tmp().join(format!("dev-{id}.stderr"));
-        let mut cmd = certline();
-        cmd.args(["device-sim", "--model", model, "--serial", serial, "--dir"])
-            .arg(&dir)
-            .arg("--credential")
-            .arg(&self.device_link)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap());
-        match cable {
-            Some(addr) => cmd.args(["--listen", addr]),
-            None => cmd.arg("--pty"),
-        };
-        let mut child = cmd.spawn().expect("cannot start device-sim");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().to_string();
-        assert!(
-            !addr.is_empty(),
-            "device-sim printed no address: {}",
-            std::fs::read_to_string(&stderr).unwrap_or_default()
-        );
-        Device { child, addr, dir }
+        Device::start_on(&dir, id, &self.device_link, cable, extra)
     }
 
     /// Writes a line configuration; `device` is the cable address.
@@ -173,71 +150,6 @@ impl Rig {
         )
         .unwrap();
         file
-    }
-}
-
-/// A device simulator process, killed when dropped.
-pub struct Device {
-    child: Child,
-    pub addr: String,
-    pub dir: PathBuf,
-}
-
-impl Device {
-    pub fn flash(&self) -> PathBuf {
-        self.dir.join("flash")
-    }
-
-    pub fn flash_files(&self) -> Vec<String> {
-        match std::fs::read_dir(self.flash()) {
-            Ok(entries) => {
-                let mut names: Vec<String> = entries
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort();
-                names
-            }
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// The flash holds nothing: no identity was written.
-    #[track_caller]
-    pub fn assert_blank(&self) {
-        let files: Vec<String> = self
-            .flash_files()
-            .into_iter()
-            .filter(|f| f.ends_with(".pem"))
-            .collect();
-        assert!(
-            files.is_empty(),
-            "flash of {} holds {files:?}",
-            self.dir.display()
-        );
-    }
-
-    /// The flash holds a chain that verifies to `root`, names `id` in its
-    /// SAN, and whose device certificate has `fingerprint`.
-    #[track_caller]
-    pub fn assert_holds(&self, root: &Path, id: &str, fingerprint: &str) {
-        let chain = self.flash().join("chain.pem");
-        crate::common::assert_chain_verifies_for(&chain, root, id);
-        let pem = std::fs::read_to_string(&chain).unwrap();
-        let der = certline::pki::pem_blocks(&pem, "CERTIFICATE").unwrap();
-        assert_eq!(certline::pki::fingerprint(&der[0]), fingerprint);
-        assert_eq!(
-            std::fs::read_to_string(self.flash().join("root.pem"))
-                .unwrap()
-                .trim(),
-            std::fs::read_to_string(root).unwrap().trim()
-        );
-    }
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -279,11 +191,10 @@ impl Scanner {
     }
 }
 
-/// A running `certline line --json`.
+/// A running `certline line --json`; its stdout and stderr lines are shown
+/// after `[line]`.
 pub struct Line {
     pub child: Child,
-    events: Receiver<serde_json::Value>,
-    pub stderr: Receiver<String>,
 }
 
 impl Line {
@@ -302,49 +213,30 @@ impl Line {
             .envs(env.iter().copied())
             .args(["line", "--json", "--config"])
             .arg(config)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("cannot start certline line");
-        let (tx, events) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                eprintln!("[line] {line}");
-                let v: serde_json::Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("operator line is not JSON ({e}): {line}"));
-                let _ = tx.send(v);
-            }
-        });
-        let (etx, stderr) = channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[line stderr] {line}");
-                let _ = etx.send(line);
-            }
-        });
-        let line = Line {
-            child,
-            events,
-            stderr,
-        };
+            .stdin(stdin);
+        let child = Child::spawn(cmd)
+            .stderr(Stderr::Lines)
+            .echo("[line]")
+            .started()
+            .expect("cannot start certline line");
+        let line = Line { child };
         line.event("ready");
         line
     }
 
-    /// The next event of kind `event` (others before it are skipped).
+    /// The next event of kind `event` (others before it are skipped); every
+    /// operator line must be JSON.
     #[track_caller]
     pub fn event(&self, event: &str) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) if v["event"] == event => return v,
-                Ok(_) => {}
-                Err(_) => panic!("no {event:?} event from the line"),
-            }
-        }
+        let line = self
+            .child
+            .stdout_line(WAIT, |line| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("operator line is not JSON ({e}): {line}"));
+                v["event"] == event
+            })
+            .unwrap_or_else(|e| panic!("no {event:?} event from the line: {e:#}"));
+        serde_json::from_str(&line).unwrap()
     }
 
     /// The next device line.
@@ -356,26 +248,16 @@ impl Line {
     /// Waits for a log line on stderr containing every one of `needles`.
     #[track_caller]
     pub fn wait_log(&self, needles: &[&str]) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(l) if needles.iter().all(|n| l.contains(n)) => return,
-                Ok(_) => {}
-                Err(_) => panic!("no {needles:?} in the line's log"),
-            }
+        if let Err(e) = self
+            .child
+            .stderr_line(WAIT, |l| needles.iter().all(|n| l.contains(n)))
+        {
+            panic!("no {needles:?} in the line's log: {e:#}");
         }
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Line {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 

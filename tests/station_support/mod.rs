@@ -4,12 +4,11 @@
 //! the CA's ledger and the station's stock agree.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use certline::child::{Child, Stderr, WAIT};
 use certline::pki::credential::Credential;
 use certline::service::client::{ClientError, ServiceClient};
 use certline::wire::station::{
@@ -30,14 +29,7 @@ pub struct Day(i64);
 
 impl std::fmt::Display for Day {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let day = time::OffsetDateTime::now_utc().date() + time::Duration::days(self.0);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}",
-            day.year(),
-            u8::from(day.month()),
-            day.day()
-        )
+        f.write_str(&certline::day::utc_day_text(self.0))
     }
 }
 
@@ -73,100 +65,50 @@ pub fn json(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("certline {args:?}: not JSON ({e}): {out}"))
 }
 
-/// A long-running process whose stdout and stderr lines the test can wait for.
+/// A long-running process whose stderr lines the test can wait for (each
+/// also shown, after `[station]`); killed on drop.
 pub struct Proc {
     pub child: Child,
     pub url: String,
-    stderr: Receiver<String>,
 }
 
 impl Proc {
-    pub fn start(mut cmd: Command, marker: &str) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start certline");
-        let (out_tx, out_rx) = channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = out_tx.send(line);
-            }
-        });
-        let (err_tx, err_rx) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[station] {line}");
-                let _ = err_tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let url = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match out_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split(marker).nth(1) {
-                        break rest.trim().to_string();
-                    }
-                }
-                Err(_) => panic!("no {marker:?} from {cmd:?}"),
-            }
-        };
-        std::thread::spawn(move || for _ in out_rx {});
+    /// Starts `cmd` and waits for the stdout line with `marker` and its URL.
+    pub fn start(cmd: Command, marker: &str) -> Proc {
+        let child = Child::spawn(cmd)
+            .stderr(Stderr::Lines)
+            .echo("[station]")
+            .listening(marker)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Proc {
+            url: child.url.clone(),
             child,
-            url,
-            stderr: err_rx,
         }
     }
 
     /// A process that prints no URL (a fetch): only its stderr is watched.
-    pub fn start_stderr(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start certline");
-        let (err_tx, err_rx) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[station] {line}");
-                let _ = err_tx.send(line);
-            }
-        });
+    pub fn start_stderr(cmd: Command) -> Proc {
+        let child = Child::spawn(cmd)
+            .stderr(Stderr::Lines)
+            .echo("[station]")
+            .started()
+            .unwrap_or_else(|e| panic!("{e:#}"));
         Proc {
-            child,
             url: String::new(),
-            stderr: err_rx,
+            child,
         }
     }
 
     /// Waits for a line on stderr containing `marker`.
     pub fn wait_stderr(&self, marker: &str) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) if line.contains(marker) => return,
-                Ok(_) => {}
-                Err(_) => panic!("no {marker:?} on the station's stderr"),
-            }
+        if let Err(e) = self.child.stderr_line(WAIT, |line| line.contains(marker)) {
+            panic!("no {marker:?} on the station's stderr: {e:#}");
         }
     }
 
     /// SIGKILL: no clean-up of any kind.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 

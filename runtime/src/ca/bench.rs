@@ -136,7 +136,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
-    crate::cli::emit(args.json, &figures, || {
+    crate::command::emit(args.json, &figures, || {
         println!("batch issuance, {count} packs per batch, P-256");
         for f in &figures {
             println!(
@@ -158,7 +158,7 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
     let station = ca.enroll(Role::Station, "bench-station", &hosts, &bench)?;
     let tls = server_config(&server_cred, ClientAuth::Optional)?;
     let request = batch("WIRE", count);
-    crate::cli::runtime()?.block_on(async move {
+    crate::command::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
         let state = CaState::new(ca, threads);

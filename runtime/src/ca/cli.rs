@@ -10,11 +10,11 @@ use super::config::DEFAULT_PEN;
 use super::dir::{self, InitOptions};
 use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use super::serve::{revoke_target, router, CaState};
-use crate::cli::{emit, runtime};
+use crate::command::StateDir;
+use crate::command::{emit, runtime};
 use crate::pki::credential::Credential;
 use crate::pki::crl::Reason;
 use crate::pki::role::Role;
-use crate::pki::seal::read_passphrase;
 use crate::pki::to_pem;
 use crate::service::client::ServiceClient;
 use crate::service::server::{bind, serve, shutdown_signal};
@@ -46,29 +46,18 @@ pub enum CaCommand {
     Bench(super::bench::BenchArgs),
 }
 
-#[derive(Args, Debug)]
-pub struct DirArgs {
-    /// The CA directory.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// File holding the key-encryption passphrase (else CERTLINE_PASSPHRASE).
-    #[arg(long)]
-    pub passphrase_file: Option<PathBuf>,
-}
-
-impl DirArgs {
-    fn open(&self) -> anyhow::Result<dir::OpenCa> {
-        // Say "not a CA" before asking for a passphrase it would not need.
-        dir::read_config(&self.dir, &Clock::system())?;
-        let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
-        dir::open(&self.dir, &passphrase, Clock::system())
-    }
+/// Opens the CA a command names.
+pub fn open(dir: &StateDir) -> anyhow::Result<dir::OpenCa> {
+    // Say "not a CA" before asking for a passphrase it would not need.
+    dir::read_config(&dir.dir, &Clock::system())?;
+    let passphrase = dir.passphrase()?;
+    dir::open(&dir.dir, &passphrase, Clock::system())
 }
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Organisation (the vendor) named in every certificate.
     #[arg(long, default_value = "certline Example Vendor")]
     pub org: String,
@@ -88,7 +77,7 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long)]
     pub listen: Option<String>,
@@ -100,7 +89,7 @@ pub struct ServeArgs {
 #[derive(Args, Debug)]
 pub struct EnrollArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     #[arg(long, value_enum)]
     pub role: Role,
     /// The service's name (letters, digits, '-', '_', '.').
@@ -119,7 +108,7 @@ pub struct EnrollArgs {
 #[derive(Args, Debug)]
 pub struct IssueArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// File with one device id a line.
     #[arg(long)]
     pub ids: PathBuf,
@@ -154,7 +143,7 @@ pub struct RequestArgs {
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Certificate serial number (hex).
     #[arg(long, conflicts_with = "id", required_unless_present = "id")]
     pub serial: Option<String>,
@@ -170,7 +159,7 @@ pub struct RevokeArgs {
 #[derive(Args, Debug)]
 pub struct CrlArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Write here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -234,7 +223,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
 }
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
-    let passphrase = read_passphrase(args.dir.passphrase_file.as_deref())?;
+    let passphrase = args.dir.passphrase()?;
     let report = dir::init(
         &args.dir.dir,
         &InitOptions {
@@ -280,7 +269,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
 }
 
 fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
-    let opened = args.dir.open()?;
+    let opened = open(&args.dir)?;
     let listen = args
         .listen
         .unwrap_or_else(|| opened.ca.config().listen.clone());
@@ -304,7 +293,7 @@ fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
-    let mut opened = args.dir.open()?;
+    let mut opened = open(&args.dir)?;
     let hosts = if args.hosts.is_empty() {
         vec!["localhost".into(), "127.0.0.1".into(), "::1".into()]
     } else {
@@ -339,7 +328,7 @@ fn enroll(args: EnrollArgs) -> anyhow::Result<()> {
 fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let ids = super::request::read_ids(&args.ids)?;
     super::request::check_out_dir(&ids, &args.out)?;
-    let mut opened = args.dir.open()?;
+    let mut opened = open(&args.dir)?;
     let request = BatchRequest::for_ids(&ids);
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -393,7 +382,7 @@ fn request(args: RequestArgs) -> anyhow::Result<()> {
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let target =
         revoke_target(args.serial.as_deref(), args.id.as_deref()).map_err(anyhow::Error::msg)?;
-    let mut opened = args.dir.open()?;
+    let mut opened = open(&args.dir)?;
     let revoked = opened
         .ca
         .revoke(&target, args.reason, &Requester::operator("ca revoke"))?;
@@ -406,7 +395,7 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 }
 
 fn crl(args: CrlArgs) -> anyhow::Result<()> {
-    let mut opened = args.dir.open()?;
+    let mut opened = open(&args.dir)?;
     let mut pem = String::new();
     for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
         let der = match args.valid_for {

@@ -105,7 +105,7 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
         events: CenterState::open_events(&args.dir.join("events.jsonl"))?,
     });
     let tls = server_config(&cred, ClientAuth::Optional)?;
-    crate::cli::runtime()?.block_on(async move {
+    crate::command::runtime()?.block_on(async move {
         // The first CRL before the first answer, so a fresh center does not fail closed needlessly.
         if let Ok(crls) = source.fetch().await {
             if let Ok(fresh) = super::crl::state_from(crls) {

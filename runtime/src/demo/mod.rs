@@ -18,7 +18,7 @@ use anyhow::Context;
 use clap::Args;
 
 use floor::{Cable, Line, Step};
-use process::{Certline, Service};
+use process::{service, Certline};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -161,11 +161,6 @@ fn find_scripts(given: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
     Ok((dir.join("retention.lua").is_file() && dir.join("line.lua").is_file()).then_some(dir))
 }
 
-fn today() -> String {
-    let d = time::OffsetDateTime::now_utc().date();
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -197,7 +192,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let scripts = find_scripts(args.scripts)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
-    let day = today();
+    let day = crate::day::utc_day_text(0);
     std::fs::write(
         dir.join(MARKER),
         format!("certline demo of {day}: every role's state is in this folder\n"),
@@ -258,7 +253,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&center_dir)?;
     let center_cred = enroll("center", "center-1")?;
     std::fs::copy(&center_cred, center_dir.join("credential.pem"))?;
-    let ca = Service::start(
+    let ca = service(
         &certline,
         &[
             "ca",
@@ -360,7 +355,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     ])?;
 
     step(5, "station: serve the lines (mTLS)");
-    let station = Service::start(
+    let station = service(
         &certline,
         &[
             "station",
@@ -482,7 +477,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let contracts_file = center_dir.join("contracts.csv");
     std::fs::write(&contracts_file, contracts(&day))?;
-    let center = Service::start(
+    let center = service(
         &certline,
         &[
             "center",
@@ -535,7 +530,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir.join("summary.json"),
         serde_json::to_string_pretty(&value)?,
     )?;
-    crate::cli::emit(args.json, &value, || summary.print())?;
+    crate::command::emit(args.json, &value, || summary.print())?;
     if !summary.ok {
         let failed: Vec<&str> = summary
             .checks

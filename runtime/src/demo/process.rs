@@ -4,14 +4,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{ChildStdin, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
 
-/// How long the demo waits for any one thing a child should say.
-pub const WAIT: Duration = Duration::from_secs(120);
+use crate::child::{random_secret, run_ok, Child, Stderr, WAIT};
 
 /// How to start this same binary, with the demo's passphrase and admin password.
 pub struct Certline {
@@ -19,13 +17,6 @@ pub struct Certline {
     passphrase: String,
     admin_password: String,
     logs: PathBuf,
-}
-
-/// A fresh random secret, printable.
-fn secret() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 18];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
-    Ok(crate::pki::seal::encode(&bytes))
 }
 
 impl Certline {
@@ -37,12 +28,12 @@ impl Certline {
         let passphrase = match std::env::var(crate::pki::seal::PASSPHRASE_ENV) {
             Ok(p) if !p.is_empty() => p,
             _ => {
-                let p = secret()?;
+                let p = random_secret()?;
                 crate::pki::pack::write_private_file(&dir.join("passphrase"), p.as_bytes())?;
                 p
             }
         };
-        let admin_password = secret()?;
+        let admin_password = random_secret()?;
         crate::pki::pack::write_private_file(
             &dir.join("admin-password"),
             admin_password.as_bytes(),
@@ -58,40 +49,22 @@ impl Certline {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = crate::child::certline(&self.exe);
         cmd.args(args)
             .env(crate::pki::seal::PASSPHRASE_ENV, &self.passphrase)
-            .env(crate::station::admin::PASSWORD_ENV, &self.admin_password)
-            .env_remove("CERTLINE_LOG");
+            .env(crate::station::admin::PASSWORD_ENV, &self.admin_password);
         cmd
     }
 
-    /// A log file for a child's stderr.
-    pub fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
-        let file = self.logs.join(format!("{name}.log"));
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&file)
-            .with_context(|| format!("cannot open {}", file.display()))
+    /// The log file for a child's stderr (`DIR/logs/NAME.log`).
+    pub fn log(&self, name: &str) -> Stderr {
+        Stderr::File(self.logs.join(format!("{name}.log")))
     }
 
     /// Runs a command to completion; its stdout is returned, its stderr kept
     /// for the error if it fails.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .command(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("cannot start certline {}", args.join(" ")))?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "certline {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_ok(&mut self.command(args))
     }
 
     /// Runs a command with `--json` already among `args` and parses its report.
@@ -142,57 +115,19 @@ impl Certline {
     }
 }
 
-/// A long-running role; stopped when dropped.
-pub struct Service {
-    child: Child,
-    pub url: String,
-}
-
-impl Service {
-    /// Starts `args` (stderr to `DIR/logs/<log>.log`) and waits for the line
-    /// that announces its URL.
-    pub fn start(
-        certline: &Certline,
-        args: &[&str],
-        marker: &str,
-        log: &str,
-    ) -> anyhow::Result<Service> {
-        let mut child = certline
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(certline.log(log)?)
-            .spawn()
-            .with_context(|| format!("cannot start certline {}", args.join(" ")))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(rest) = line.split(marker).nth(1) {
-                        break rest.trim().to_string();
-                    }
-                }
-                _ => {
-                    let status = child.wait()?;
-                    anyhow::bail!(
-                        "certline {} exited ({status}) before it was ready; see {}",
-                        args.join(" "),
-                        certline.logs.join(format!("{log}.log")).display()
-                    );
-                }
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Service { child, url })
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A long-running role (its stderr in `DIR/logs/<log>.log`), started once it
+/// printed the line with `marker` and its URL; stopped when dropped.
+pub fn service(
+    certline: &Certline,
+    args: &[&str],
+    marker: &str,
+    log: &str,
+) -> anyhow::Result<Child> {
+    let mut cmd = certline.command(args);
+    cmd.stdin(Stdio::null());
+    Child::spawn(cmd)
+        .stderr(certline.log(log))
+        .listening(marker)
 }
 
 /// A running `certline line --json` whose scanner is its stdin (a keyboard
@@ -202,7 +137,6 @@ pub struct LineProc {
     /// The workflow the line said it runs (built-in parser or a script).
     pub workflow: String,
     stdin: Option<ChildStdin>,
-    events: Receiver<serde_json::Value>,
 }
 
 impl LineProc {
@@ -210,31 +144,15 @@ impl LineProc {
         let config = config
             .to_str()
             .context("the line configuration path is not UTF-8")?;
-        let mut child = certline
-            .command(&["line", "--json", "--config", config])
-            .env("CERTLINE_LOG", "certline::line=info,warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(certline.log(log)?)
-            .spawn()
-            .context("cannot start certline line")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, events) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        let mut cmd = certline.command(&["line", "--json", "--config", config]);
+        cmd.env("CERTLINE_LOG", "certline::line=info,warn")
+            .stdin(Stdio::piped());
+        let mut child = Child::spawn(cmd).stderr(certline.log(log)).started()?;
         let stdin = child.stdin.take();
         let mut line = LineProc {
             child,
             workflow: String::new(),
             stdin,
-            events,
         };
         let ready = line
             .event("ready")
@@ -245,15 +163,13 @@ impl LineProc {
 
     /// The next event of kind `kind` (others before it are skipped).
     pub fn event(&self, kind: &str) -> anyhow::Result<serde_json::Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) if v["event"] == kind => return Ok(v),
-                Ok(_) => {}
-                Err(_) => anyhow::bail!("no {kind:?} event from the line"),
-            }
-        }
+        let line = self
+            .child
+            .stdout_line(WAIT, |line| {
+                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["event"] == kind)
+            })
+            .with_context(|| format!("no {kind:?} event from the line"))?;
+        Ok(serde_json::from_str(&line)?)
     }
 
     /// Types one scan (as a keyboard-wedge scanner does: the code, then Enter)
@@ -268,27 +184,14 @@ impl LineProc {
     /// Ends the shift: closes the scanner and waits for the line to exit.
     pub fn finish(mut self) {
         self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child.exited_within(Duration::from_secs(10));
     }
 }
 
-impl Drop for LineProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A device simulator serving a line (on TCP or a new pseudo-terminal);
-/// taken off the cable (killed) when dropped.
+/// A device simulator serving a line (on TCP or a new pseudo-terminal),
+/// printing where it listens; taken off the cable (killed) when dropped.
 pub struct DeviceSim {
-    child: Child,
+    _child: Child,
     /// Where it listens: a TCP address or the pseudo-terminal's path.
     pub addr: String,
 }
@@ -320,28 +223,15 @@ impl DeviceSim {
             None => args.push("--pty"),
         }
         args.extend_from_slice(faults);
-        let mut child = certline
-            .command(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(certline.log(&format!("device-{id}"))?)
-            .spawn()
-            .context("cannot start certline device-sim")?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?).read_line(&mut line)?;
-        let addr = line.trim().to_string();
-        if addr.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("device-sim {id} did not start; see logs/device-{id}.log");
-        }
-        Ok(DeviceSim { child, addr })
-    }
-}
-
-impl Drop for DeviceSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut cmd = certline.command(&args);
+        cmd.stdin(Stdio::null());
+        let child = Child::spawn(cmd)
+            .stderr(certline.log(&format!("device-{id}")))
+            .first_line()
+            .with_context(|| format!("device-sim {id} did not start"))?;
+        Ok(DeviceSim {
+            addr: child.url.clone(),
+            _child: child,
+        })
     }
 }

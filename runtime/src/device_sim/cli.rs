@@ -99,7 +99,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     if let Some(url) = &args.report_to {
         let claimed = args.report_id.clone().unwrap_or_else(|| id.to_string());
         let answer = super::report::report_to_center(&device, &cred, url, &claimed, args.counter)?;
-        return crate::cli::emit(args.json, &answer, || answer.print(&id));
+        return crate::command::emit(args.json, &answer, || answer.print(&id));
     }
     let tls = link::device_config(&cred)?;
     let protocol = args.protocol.unwrap_or(if args.pty {
@@ -120,7 +120,7 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         garble: args.garble,
     };
     let mut bad_crc = faults.bad_crc;
-    let mut events = |e: &str| eprintln!("device-sim {id}: {e}");
+    let mut events = |e: &str| eprintln!("device-sim {id}: {}", crate::text::printable(e));
 
     let announce = |key: &str, value: &str| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();

@@ -72,7 +72,7 @@ pub fn report_to_center(
         None => anonymous_client_config(&link_credential.root, crate::pki::role::Role::Center)?,
     };
     let client = ServiceClient::with_tls(url, (*tls).clone(), Duration::from_secs(30))?;
-    crate::cli::runtime()?.block_on(async {
+    crate::command::runtime()?.block_on(async {
         let decision: Decision = client.get_json(api::STATUS).await?;
         let report = Report {
             id: claimed.to_string(),

@@ -1,19 +1,17 @@
 //! `certline line bench`: scan-to-written time of the line, with real CA and
 //! station processes on loopback (mTLS, durable commits, encrypted stock), the
-//! real plugin (WASM) and a zero-delay reference device on loopback TCP. The
-//! device runs in this process on the line's cable address; each "device on
-//! the cable" is a fresh simulator folder with its own id. Scan-to-written is
+//! real plugin (WASM) and a zero-delay reference device on loopback TCP. Each
+//! "device on the cable" is a `certline device-sim` process with a fresh
+//! folder and its own id, started on the line's cable address before its scan
+//! (the start is not measured) and stopped after it. Scan-to-written is
 //! the time from the scan to the station's answer to "written" (device
 //! identified, pack taken, written, read back, possession proved, results
 //! committed to the outbox and delivered). Reports figures; asserts nothing
 //! about time.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
 
 use anyhow::Context;
 use clap::Args;
@@ -21,9 +19,8 @@ use serde::Serialize;
 
 use super::config::LineConfig;
 use super::workflow::Status;
-use crate::device_sim::{Device, Faults, Protocol};
-use crate::link;
-use crate::pki::credential::Credential;
+use crate::child::{random_secret, run_ok, Child};
+use crate::command::{median, percentile};
 use crate::pki::id::DeviceId;
 
 #[derive(Args, Debug)]
@@ -63,68 +60,10 @@ struct Figures {
     median_until_ready_ms: f64,
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn certline(passphrase: &str) -> anyhow::Result<Command> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.env(crate::pki::seal::PASSPHRASE_ENV, passphrase)
-        .env(crate::station::admin::PASSWORD_ENV, passphrase)
-        .env_remove("CERTLINE_LOG");
+    let mut cmd = crate::child::this_certline_with(passphrase)?;
+    cmd.env(crate::station::admin::PASSWORD_ENV, passphrase);
     Ok(cmd)
-}
-
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Starts a serving process and returns it with the URL it printed after `marker`.
-fn serve(mut cmd: Command, marker: &str) -> anyhow::Result<(Proc, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let proc = Proc(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.split(marker).nth(1) {
-                    break rest.trim().to_string();
-                }
-            }
-            _ => anyhow::bail!("{cmd:?} exited before printing {marker:?}"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((proc, url))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median_of(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    percentile(&v, 50.0)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -136,9 +75,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let mut secret = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
-    let passphrase = hex::encode(secret);
+    let passphrase = random_secret()?;
     let total = args.count + args.warmup;
     eprintln!("line bench: setting up a CA and a station with {total} packs ...");
 
@@ -149,15 +86,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .args(["ca", "init", "--dir"])
             .arg(&ca),
     )?;
-    let (_ca, ca_url) = serve(
-        {
-            let mut c = certline(&passphrase)?;
-            c.args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
-                .arg(&ca);
-            c
-        },
-        "listening on ",
-    )?;
+    let ca_server = Child::spawn({
+        let mut c = certline(&passphrase)?;
+        c.args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&ca);
+        c
+    })
+    .listening("listening on ")?;
+    let ca_url = ca_server.url.clone();
     let enroll = |role: &str, name: &str| -> anyhow::Result<PathBuf> {
         let out = dir.join(format!("{name}.pem"));
         run_ok(
@@ -180,13 +116,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .args(["--ca", &ca_url, "--credential"])
             .arg(&station_cred),
     )?;
-    let today = time::OffsetDateTime::now_utc().date();
-    let day = format!(
-        "{:04}-{:02}-{:02}",
-        today.year(),
-        u8::from(today.month()),
-        today.day()
-    );
+    let day = crate::day::utc_day_text(0);
     let plan = dir.join("plan.csv");
     std::fs::write(
         &plan,
@@ -203,15 +133,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .args(["station", "fetch", "--day", &day, "--dir"])
             .arg(&station),
     )?;
-    let (_station, station_url) = serve(
-        {
-            let mut c = certline(&passphrase)?;
-            c.args(["station", "serve", "--listen", "127.0.0.1:0", "--dir"])
-                .arg(&station);
-            c
-        },
-        "listening on ",
-    )?;
+    let station_server = Child::spawn({
+        let mut c = certline(&passphrase)?;
+        c.args(["station", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(&station);
+        c
+    })
+    .listening("listening on ")?;
+    let station_url = station_server.url.clone();
 
     // The device on the cable: whichever simulator folder is current.
     let shm = PathBuf::from("/dev/shm");
@@ -221,39 +150,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => tempfile::tempdir()?,
     };
     let devices = devices_tmp.path().to_path_buf();
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let cable = listener.local_addr()?.to_string();
-    let device_tls = link::device_config(&Credential::load(&device_cred)?)?;
-    let current: Arc<Mutex<Option<Arc<Device>>>> = Arc::new(Mutex::new(None));
-    {
-        let current = current.clone();
-        std::thread::spawn(move || {
-            for sock in listener.incoming().flatten() {
-                let _ = sock.set_nodelay(true);
-                let Some(device) = current.lock().unwrap().clone() else {
-                    continue;
-                };
-                let Ok(mut l) = link::accept(
-                    Box::new(sock),
-                    "bench line".into(),
-                    device_tls.clone(),
-                    Duration::from_secs(10),
-                ) else {
-                    continue;
-                };
-                let mut bad_crc = 0;
-                device.serve(
-                    &mut l,
-                    Protocol::Xml,
-                    &Faults::default(),
-                    &mut bad_crc,
-                    &mut |_| {},
-                );
-                link::DeviceLink::close(&mut l);
-            }
-        });
-    }
-
+    // A free loopback port for the cable: each device simulator listens there in turn.
+    let cable = TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
     // The line, configured as a factory would.
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins)?;
@@ -282,10 +180,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
     for n in 1..=total {
         let id = DeviceId::new("3012", &format!("{n:06}"))?;
-        let device = Device::open(&devices.join(id.to_string()), &id)?;
-        device.install_link_credential(&device_cred)?;
-        *current.lock().unwrap() = Some(Arc::new(device));
+        let mut sim = crate::child::this_certline()?;
+        sim.args([
+            "device-sim",
+            "--model",
+            "3012",
+            "--serial",
+            &format!("{n:06}"),
+        ])
+        .arg("--dir")
+        .arg(devices.join(id.to_string()))
+        .arg("--credential")
+        .arg(&device_cred)
+        .args(["--listen", &cable, "--once"]);
+        let device = Child::spawn(sim).first_line()?;
         let report = terminal.handle_scan(&id.to_string());
+        drop(device);
         if report.status != Status::Ok || report.result.as_deref() != Some("delivered") {
             anyhow::bail!(
                 "device {id}: {} {} - {}",
@@ -320,11 +230,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         max_ms: sorted.last().copied().unwrap_or(0.0),
         steps: steps
             .into_iter()
-            .map(|(name, v)| (name, median_of(v)))
+            .map(|(name, v)| (name, median(v)))
             .collect(),
-        median_until_ready_ms: median_of(ready),
+        median_until_ready_ms: median(ready),
     };
-    crate::cli::emit(args.json, &figures, || {
+    crate::command::emit(args.json, &figures, || {
         println!(
             "scan-to-written over {} devices: median {:.2} ms, p99 {:.2} ms (mean {:.2}, max {:.2})",
             figures.devices, figures.median_ms, figures.p99_ms, figures.mean_ms, figures.max_ms

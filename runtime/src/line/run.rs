@@ -452,7 +452,7 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
         "waiting": pending,
         "delivered": delivered,
     });
-    crate::cli::emit(json_out, &value, || {
+    crate::command::emit(json_out, &value, || {
         println!(
             "line {}: {} result(s) waiting for the station",
             config.name,

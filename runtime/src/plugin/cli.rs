@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::{Limits, Plugin, PluginEngine, Precheck, WriteJob};
+use crate::command::emit;
 use crate::link::{self, DeviceAddr, DeviceLink};
 use crate::pki::credential::Credential;
 use crate::pki::pack::Pack;
@@ -89,15 +90,6 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Try(args) => try_write(args),
         PluginCommand::Bench(args) => bench(args),
     }
-}
-
-fn emit(json: bool, value: &serde_json::Value, human: impl FnOnce()) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        human();
-    }
-    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {

@@ -190,7 +190,7 @@ fn check_imports(imports: &[String]) -> anyhow::Result<()> {
 fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
     let name_ok = !info.name.is_empty()
         && info.name.chars().count() <= 64
-        && info.name.chars().all(|c| !c.is_control());
+        && crate::text::is_printable(&info.name);
     if !name_ok {
         anyhow::bail!(
             "malformed answer from info: plugin name \"{}\" must be 1-64 printable characters",
@@ -199,7 +199,7 @@ fn validate_info(info: bindings::PluginInfo) -> anyhow::Result<PluginInfo> {
     }
     if info.version.is_empty()
         || info.version.len() > 64
-        || info.version.chars().any(|c| c.is_control())
+        || !crate::text::is_printable(&info.version)
     {
         anyhow::bail!(
             "malformed answer from info: plugin version \"{}\" must be 1-64 printable characters",

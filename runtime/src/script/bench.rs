@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::line::{open_folder, ParseOutcome};
 use super::retention::{PackFacts, RetentionScript};
 use super::Limits;
+use crate::command::percentile;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -55,14 +56,6 @@ const SCANS: [&str; 4] = [
     "]Q13015-42",
 ];
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i]
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -87,7 +80,7 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     }
     let scan_us_mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     times.sort_by(f64::total_cmp);
-    let scan_us_p99 = percentile(&times, 0.99);
+    let scan_us_p99 = percentile(&times, 99.0);
 
     let started = Instant::now();
     for i in 0..args.scans {
@@ -192,7 +185,7 @@ fn reload_latency(dir: &Path, reloads: usize) -> anyhow::Result<(f64, f64, f64)>
     latencies.sort_by(f64::total_cmp);
     let load_mean = loads.iter().sum::<f64>() / loads.len().max(1) as f64;
     Ok((
-        percentile(&latencies, 0.5),
+        percentile(&latencies, 50.0),
         latencies.last().copied().unwrap_or(0.0),
         load_mean,
     ))
@@ -200,7 +193,7 @@ fn reload_latency(dir: &Path, reloads: usize) -> anyhow::Result<(f64, f64, f64)>
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = measure(&args)?;
-    crate::cli::emit(args.json, &report, || {
+    crate::command::emit(args.json, &report, || {
         println!("script bench ({})", args.dir.display());
         println!(
             "  scan (parse + workflow, Lua): {:.1} µs mean, {:.1} µs p99 over {} scans (goal < 200 µs)",

@@ -122,7 +122,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         sha256,
         results,
     };
-    crate::cli::emit(args.json, &report, || {
+    crate::command::emit(args.json, &report, || {
         println!(
             "{}: loads and passes its self-check as a {role} script",
             args.file.display()

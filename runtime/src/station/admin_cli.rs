@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::config::parse_day;
 use super::login::{password_or_prompt, Secret};
 use super::Station;
-use crate::cli::{emit, runtime};
+use crate::command::{emit, runtime};
 use crate::service::client::ServiceClient;
 use crate::wire::station::{
     self as api, AuditQuery, AuditReport, DeviceQuery, DeviceReport, DiscardReport, DiscardRequest,

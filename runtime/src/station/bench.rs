@@ -3,10 +3,16 @@
 //! CA's own rate for the same batches; then take + result round trips from
 //! concurrent line clients over kept-alive mTLS connections, each state change
 //! durably committed. Reports figures; asserts nothing about time.
+//!
+//! With `--chaos`, the load run instead: CA and station as child processes,
+//! `--lines` line clients taking and reporting `--devices` devices while the
+//! CA is paused (SIGSTOP) for `--ca-pause-secs` and the station is SIGKILLed
+//! and restarted mid-way; the clients retry as a line's outbox does. At the
+//! end it checks that nothing was lost and every result was recorded exactly
+//! once, and reports round trips per second and the p99 round trip.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +24,7 @@ use super::config::day_text;
 use super::fetch::{CaLink, Shared};
 use super::serve::{router, ServeState};
 use super::Station;
+use crate::child::{random_secret, run_ok, this_certline_with, Child};
 use crate::pki::credential::Credential;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
@@ -29,7 +36,7 @@ use crate::wire::station::{
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Packs in the day's fetch (and take + written round trips afterwards).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, visible_alias = "devices", default_value_t = 10_000)]
     pub count: usize,
     /// Concurrent line clients.
     #[arg(long, default_value_t = 8)]
@@ -40,6 +47,13 @@ pub struct BenchArgs {
     /// Retention for the round trips: flag (keep) or delete (wipe + WAL checkpoint).
     #[arg(long, value_parser = ["flag", "delete"], default_value = "flag")]
     pub retention: String,
+    /// The load run: CA and station as processes, the CA paused and the
+    /// station killed and restarted mid-way; checks nothing was lost.
+    #[arg(long)]
+    pub chaos: bool,
+    /// With --chaos: how long the CA stays paused (SIGSTOP), in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ca_pause_secs: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -58,65 +72,21 @@ struct Figures {
     commits_per_round_trip: usize,
 }
 
-struct CaProcess {
-    child: Child,
-    url: String,
-}
-
-impl Drop for CaProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn certline(passphrase: &str) -> anyhow::Result<Command> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.env(crate::pki::seal::PASSPHRASE_ENV, passphrase)
-        .env_remove("CERTLINE_LOG");
-    Ok(cmd)
-}
-
-fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn start_ca(dir: &Path, passphrase: &str, max_batch: usize) -> anyhow::Result<CaProcess> {
+/// A CA process on loopback (`ca init` then `ca serve`), killed on drop.
+fn start_ca(dir: &Path, passphrase: &str, max_batch: usize) -> anyhow::Result<Child> {
     let ca = dir.join("ca");
     run_ok(
-        certline(passphrase)?
+        this_certline_with(passphrase)?
             .args(["ca", "init", "--max-batch"])
             .arg(max_batch.to_string())
             .arg("--dir")
             .arg(&ca),
     )?;
-    let mut child = certline(passphrase)?
+    let mut serve = this_certline_with(passphrase)?;
+    serve
         .args(["ca", "serve", "--listen", "127.0.0.1:0", "--dir"])
-        .arg(&ca)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    break rest.trim().to_string();
-                }
-            }
-            _ => anyhow::bail!("the CA exited before printing its URL"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok(CaProcess { child, url })
+        .arg(&ca);
+    Child::spawn(serve).listening("listening on ")
 }
 
 fn enroll(
@@ -127,7 +97,7 @@ fn enroll(
 ) -> anyhow::Result<std::path::PathBuf> {
     let out = dir.join(format!("{role}-{name}.pem"));
     run_ok(
-        certline(passphrase)?
+        this_certline_with(passphrase)?
             .args(["ca", "enroll", "--role", role, "--name", name, "--dir"])
             .arg(dir.join("ca"))
             .arg("--out")
@@ -136,21 +106,15 @@ fn enroll(
     Ok(out)
 }
 
-fn random_secret() -> String {
-    use aws_lc_rs::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("random");
-    hex::encode(bytes)
-}
-
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.chaos {
+        return chaos(&args);
+    }
     let count = args.count.max(1);
     let chunk = args.chunk.clamp(1, 10_000);
     let lines = args.lines.max(1);
     let tmp = tempfile::tempdir()?;
-    let passphrase = random_secret();
+    let passphrase = random_secret()?;
     let say = |text: &str| {
         if !args.json {
             eprintln!("{text}");
@@ -169,7 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?)?);
     }
     let station_cred = Credential::load(&station_cred_path)?;
-    let rt = crate::cli::runtime()?;
+    let rt = crate::command::runtime()?;
 
     // The CA's own rate for the same batches (ids the station will not use).
     say(&format!("CA alone: {count} packs in batches of {chunk}..."));
@@ -202,7 +166,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The station: init, a plan for today, the fetch.
     let dir = tmp.path().join("station");
-    let admin_password = random_secret();
+    let admin_password = random_secret()?;
     super::dir::init(
         &dir,
         &super::dir::InitOptions {
@@ -330,7 +294,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         round_trips_per_second: round_trip_rate,
         commits_per_round_trip: 2,
     };
-    crate::cli::emit(args.json, &figures, || {
+    crate::command::emit(args.json, &figures, || {
         println!("station bench, {count} packs, batches of {chunk}, P-256, CA on loopback");
         println!(
             "  CA alone (batch requests over mTLS)   {:>9.0} packs/s",
@@ -346,4 +310,316 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             figures.retention, figures.round_trips_per_second
         );
     })
+}
+
+#[derive(Debug, Serialize)]
+struct ChaosFigures {
+    devices: usize,
+    lines: usize,
+    /// Round trips (take + written, retries included) per second, over the whole run.
+    round_trips_per_second: f64,
+    /// Take to the station's answer to written, retries included, milliseconds.
+    median_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Requests that failed in transport (station down) and were retried.
+    retried_requests: usize,
+    /// Written reports answered "already reported" after a retry (the first got through).
+    duplicate_reports: usize,
+    ca_paused_secs: u64,
+    station_restarts: usize,
+    seconds: f64,
+    /// Devices with exactly one recorded written result (must be all).
+    recorded_once: usize,
+}
+
+/// What the load run's clients share: the next device, progress, figures.
+#[derive(Default)]
+struct Load {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    retried: AtomicUsize,
+    duplicates: AtomicUsize,
+    times_ms: Mutex<Vec<f64>>,
+}
+
+/// Whether a failed request is worth sending again as it is: the station is
+/// down or restarting, or answered that it cannot serve right now.
+fn transient(err: &crate::service::client::ClientError) -> bool {
+    use crate::service::client::ClientError;
+    match err {
+        ClientError::Unreachable { .. } | ClientError::Garbage { .. } => true,
+        ClientError::Refused { status, .. } => *status >= 500,
+    }
+}
+
+/// One line's client: take + written for devices until none is left,
+/// retrying as a line's outbox does.
+async fn load_line(
+    client: ServiceClient,
+    load: Arc<Load>,
+    devices: usize,
+    give_up: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let n = load.next.fetch_add(1, Ordering::Relaxed);
+        if n >= devices {
+            return Ok(());
+        }
+        let id = format!("BENCH-{:08}", n + 1);
+        let start = Instant::now();
+        let pack: TakeResponse = loop {
+            match client
+                .post(api::TAKE, &TakeRequest { id: id.clone() })
+                .await
+            {
+                Ok(pack) => break pack,
+                Err(e) if transient(&e) && Instant::now() < give_up => {
+                    load.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => anyhow::bail!("take {id}: {e}"),
+            }
+        };
+        let request = WrittenRequest {
+            id: id.clone(),
+            serial: pack.serial.clone(),
+            fingerprint: pack.fingerprint.clone(),
+        };
+        let mut retried = false;
+        loop {
+            match client
+                .post::<_, ReportResponse>(api::WRITTEN, &request)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if retried && e.code() == Some(api::codes::DUPLICATE_REPORT) => {
+                    load.duplicates.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) if transient(&e) && Instant::now() < give_up => {
+                    retried = true;
+                    load.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => anyhow::bail!("written {id}: {e}"),
+            }
+        }
+        load.times_ms
+            .lock()
+            .unwrap()
+            .push(start.elapsed().as_secs_f64() * 1000.0);
+        load.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The load run (`--chaos`); see the module's opening comment.
+fn chaos(args: &BenchArgs) -> anyhow::Result<()> {
+    let devices = args.count.max(1);
+    let lines = args.lines.max(1);
+    let chunk = args.chunk.clamp(1, 10_000);
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let passphrase = random_secret()?;
+    let admin_password = random_secret()?;
+    let certline = || -> anyhow::Result<Command> {
+        let mut cmd = this_certline_with(&passphrase)?;
+        cmd.env(super::admin::PASSWORD_ENV, &admin_password);
+        Ok(cmd)
+    };
+    let say = |text: &str| {
+        if !args.json {
+            eprintln!("station bench --chaos: {text}");
+        }
+    };
+    say("starting a CA on loopback...");
+    let ca = start_ca(dir, &passphrase, chunk)?;
+    let station_cred = enroll(dir, &passphrase, "station", "bench-station")?;
+    let mut line_creds = Vec::new();
+    for n in 0..lines {
+        line_creds.push(Credential::load(&enroll(
+            dir,
+            &passphrase,
+            "line",
+            &format!("bench-line-{n}"),
+        )?)?);
+    }
+    let station = dir.join("station");
+    run_ok(
+        certline()?
+            .args(["station", "init", "--model", "BENCH", "--dir"])
+            .arg(&station)
+            .args(["--ca", &ca.url, "--credential"])
+            .arg(&station_cred)
+            .args(["--chunk-size", &chunk.to_string()]),
+    )?;
+    let day = crate::day::utc_day_text(0);
+    let plan = dir.join("plan.csv");
+    std::fs::write(
+        &plan,
+        format!("date,model,first_serial,count\n{day},BENCH,00000001,{devices}\n"),
+    )?;
+    run_ok(
+        certline()?
+            .args(["station", "plan", "import", "--dir"])
+            .arg(&station)
+            .arg(&plan),
+    )?;
+    say(&format!("fetching {devices} packs..."));
+    run_ok(
+        certline()?
+            .args(["station", "fetch", "--day", &day, "--dir"])
+            .arg(&station),
+    )?;
+    // A fixed address, so that the restarted station is where the lines look.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let serve = || -> anyhow::Result<Child> {
+        let mut cmd = certline()?;
+        cmd.args(["station", "serve", "--listen", &listen, "--dir"])
+            .arg(&station);
+        Child::spawn(cmd).listening("listening on ")
+    };
+    let mut server = Some(serve()?);
+    let url = format!("https://{listen}");
+
+    say(&format!(
+        "{lines} lines, {devices} devices; the CA pauses at 25 % for {} s, the station is killed at 50 %...",
+        args.ca_pause_secs
+    ));
+    let load = Arc::new(Load::default());
+    let rt = crate::command::runtime()?;
+    let give_up = Instant::now() + Duration::from_secs(args.ca_pause_secs + 600);
+    let clients = line_creds
+        .iter()
+        .map(|c| {
+            ServiceClient::new(
+                &url,
+                c,
+                crate::pki::role::Role::Station,
+                Duration::from_secs(10),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let start = Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| rt.spawn(load_line(client, load.clone(), devices, give_up)))
+        .collect();
+    // The chaos, on this thread while the lines work.
+    let pause = Duration::from_secs(args.ca_pause_secs);
+    let mut ca_paused_at: Option<Instant> = None;
+    let mut ca_resumed = false;
+    let mut restarts = 0;
+    while load.done.load(Ordering::Relaxed) < devices && !tasks.iter().all(|t| t.is_finished()) {
+        let done = load.done.load(Ordering::Relaxed);
+        if ca_paused_at.is_none() && done * 4 >= devices {
+            say(&format!("{done} done: pausing the CA (SIGSTOP)"));
+            ca.signal("STOP")?;
+            ca_paused_at = Some(Instant::now());
+        }
+        if restarts == 0 && done * 2 >= devices {
+            say(&format!(
+                "{done} done: killing the station (SIGKILL) and starting it again"
+            ));
+            if let Some(mut s) = server.take() {
+                s.kill();
+            }
+            server = Some(serve()?);
+            restarts += 1;
+        }
+        if !ca_resumed && ca_paused_at.is_some_and(|at| at.elapsed() >= pause) {
+            say("the CA goes on (SIGCONT)");
+            ca.signal("CONT")?;
+            ca_resumed = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let results: Vec<anyhow::Result<()>> = rt.block_on(async {
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(
+                task.await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("a line task failed: {e}"))),
+            );
+        }
+        out
+    });
+    let elapsed = start.elapsed();
+    // The CA's pause lasts its full time even when the lines finished first.
+    if let Some(at) = ca_paused_at.filter(|_| !ca_resumed) {
+        std::thread::sleep(pause.saturating_sub(at.elapsed()));
+        ca.signal("CONT")?;
+    }
+    for result in results {
+        result?;
+    }
+
+    // Nothing lost, every result recorded exactly once: read the station's stock.
+    let recorded_once = recorded_once(&station.join("stock.db"), devices)?;
+    drop(server);
+    let mut times = std::mem::take(&mut *load.times_ms.lock().unwrap());
+    times.sort_by(f64::total_cmp);
+    let figures = ChaosFigures {
+        devices,
+        lines,
+        round_trips_per_second: devices as f64 / elapsed.as_secs_f64(),
+        median_ms: crate::command::percentile(&times, 50.0),
+        p99_ms: crate::command::percentile(&times, 99.0),
+        max_ms: times.last().copied().unwrap_or(0.0),
+        retried_requests: load.retried.load(Ordering::Relaxed),
+        duplicate_reports: load.duplicates.load(Ordering::Relaxed),
+        ca_paused_secs: args.ca_pause_secs,
+        station_restarts: restarts,
+        seconds: elapsed.as_secs_f64(),
+        recorded_once,
+    };
+    crate::command::emit(args.json, &figures, || {
+        println!(
+            "station load, {devices} devices, {lines} lines, the CA paused {} s, the station killed and restarted {restarts} time(s)",
+            figures.ca_paused_secs
+        );
+        println!(
+            "  {:.0} round trips/s (take + written, over {:.1} s); round trip median {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            figures.round_trips_per_second, figures.seconds, figures.median_ms, figures.p99_ms, figures.max_ms
+        );
+        println!(
+            "  {} requests retried, {} written reports found already recorded; {} of {devices} devices recorded exactly once",
+            figures.retried_requests, figures.duplicate_reports, figures.recorded_once
+        );
+    })?;
+    anyhow::ensure!(
+        recorded_once == devices,
+        "only {recorded_once} of {devices} devices have exactly one written result"
+    );
+    Ok(())
+}
+
+/// How many of the bench's devices have exactly one pack, written (flagged
+/// or deleted by retention), and exactly one `written` entry in the audit log.
+fn recorded_once(stock: &Path, devices: usize) -> anyhow::Result<usize> {
+    let conn =
+        rusqlite::Connection::open_with_flags(stock, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut written = std::collections::HashMap::<String, (usize, usize)>::new();
+    let mut packs = conn.prepare("SELECT id, state FROM packs")?;
+    for row in packs.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (id, state) = row?;
+        if ["written", "flagged", "deleted"].contains(&state.as_str()) {
+            written.entry(id).or_default().0 += 1;
+        }
+    }
+    let mut audit = conn.prepare(
+        "SELECT json_extract(detail, '$.id'), COUNT(*) FROM audit WHERE action = 'written' GROUP BY 1",
+    )?;
+    for row in audit.query_map([], |r| {
+        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        if let (Some(id), n) = row? {
+            written.entry(id).or_default().1 += n as usize;
+        }
+    }
+    Ok((1..=devices)
+        .filter(|n| written.get(&format!("BENCH-{n:08}")) == Some(&(1, 1)))
+        .count())
 }

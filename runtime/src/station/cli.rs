@@ -13,8 +13,8 @@ use super::fetch::{CaLink, Shared};
 use super::login::{password_or_prompt, Secret};
 use super::serve::{router, ServeState};
 use super::{Opened, Station};
-use crate::cli::{emit, runtime};
-use crate::pki::seal::read_passphrase;
+use crate::command::StateDir;
+use crate::command::{emit, runtime};
 use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
 use crate::wire::station::{FetchCommandReport, PlanShowReport};
@@ -37,29 +37,18 @@ pub enum StationCommand {
     Bench(super::bench::BenchArgs),
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct DirArgs {
-    /// The station directory.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// File holding the key-encryption passphrase (else CERTLINE_PASSPHRASE).
-    #[arg(long)]
-    pub passphrase_file: Option<PathBuf>,
-}
-
-impl DirArgs {
-    fn open(&self) -> anyhow::Result<Opened> {
-        // Say "not a station" before asking for a passphrase it would not need.
-        dir::read_config(&self.dir)?;
-        let passphrase = read_passphrase(self.passphrase_file.as_deref())?;
-        Station::open(&self.dir, Some(&passphrase))
-    }
+/// Opens the station a command names.
+pub(crate) fn open(dir: &StateDir) -> anyhow::Result<Opened> {
+    // Say "not a station" before asking for a passphrase it would not need.
+    dir::read_config(&dir.dir)?;
+    let passphrase = dir.passphrase()?;
+    Station::open(&dir.dir, Some(&passphrase))
 }
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// The CA's URL, e.g. https://127.0.0.1:8443
     #[arg(long)]
     pub ca: String,
@@ -128,7 +117,7 @@ pub struct PlanShowArgs {
 #[derive(Args, Debug)]
 pub struct FetchArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Fetch this day only (YYYY-MM-DD); default: today and the next working day(s).
     #[arg(long)]
     pub day: Option<String>,
@@ -142,7 +131,7 @@ pub struct FetchArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub dir: DirArgs,
+    pub dir: StateDir,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long)]
     pub listen: Option<String>,
@@ -178,7 +167,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             dir::CONFIG_FILE
         );
     }
-    let passphrase = read_passphrase(args.dir.passphrase_file.as_deref())?;
+    let passphrase = args.dir.passphrase()?;
     let password = password_or_prompt(
         args.admin_password.as_ref(),
         &format!("password for the new administrator {}: ", args.admin_user),
@@ -314,7 +303,7 @@ fn fetch_days(station: &Station, day: Option<&str>) -> anyhow::Result<Vec<time::
 fn fetch(args: FetchArgs) -> anyhow::Result<()> {
     dir::read_config(&args.dir.dir)?;
     let _lock = dir::lock_fetch(&args.dir.dir)?;
-    let opened = args.dir.open()?;
+    let opened = open(&args.dir)?;
     let credential = opened.credential.expect("opened with a passphrase");
     let ca_url = args
         .ca
@@ -380,7 +369,7 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 }
 
 fn serve_station(args: ServeArgs) -> anyhow::Result<()> {
-    let opened = args.dir.open()?;
+    let opened = open(&args.dir)?;
     let credential = opened.credential.expect("opened with a passphrase");
     let mut station = opened.station;
     if let Some(day) = &args.today {

@@ -43,6 +43,9 @@ pub struct StationConfig {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// How many ids one plan file may hold (checked before any id is made).
+    #[serde(default)]
+    pub plan: PlanLimits,
     /// Model codes the factory builds. Every model in a plan must be listed.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -102,6 +105,33 @@ pub struct AdminConfig {
     pub max_failures_per_peer: u32,
     #[serde(default = "default_peer_window")]
     pub peer_window_secs: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    /// Most device ids one plan file may hold, all days together.
+    #[serde(default = "default_max_ids_per_plan")]
+    pub max_ids_per_plan: u64,
+    /// Most device ids one plan file may hold for one day.
+    #[serde(default = "default_max_ids_per_day")]
+    pub max_ids_per_day: u64,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            max_ids_per_plan: default_max_ids_per_plan(),
+            max_ids_per_day: default_max_ids_per_day(),
+        }
+    }
+}
+
+fn default_max_ids_per_plan() -> u64 {
+    200_000
+}
+fn default_max_ids_per_day() -> u64 {
+    100_000
 }
 
 impl Default for AdminConfig {
@@ -166,17 +196,7 @@ const WEEKDAYS: [(&str, time::Weekday); 7] = [
     ("sun", time::Weekday::Sunday),
 ];
 
-pub const DAY_FORMAT: &[time::format_description::FormatItem<'static>] =
-    time::macros::format_description!("[year]-[month]-[day]");
-
-/// Parses YYYY-MM-DD, naming what was wrong.
-pub fn parse_day(text: &str) -> Result<Date, String> {
-    Date::parse(text, DAY_FORMAT).map_err(|e| format!("{text:?} is not a date as YYYY-MM-DD ({e})"))
-}
-
-pub fn day_text(day: Date) -> String {
-    day.format(DAY_FORMAT).expect("a date always formats")
-}
+pub use crate::day::{day_text, parse_day, DAY_FORMAT};
 
 impl StationConfig {
     pub fn new(name: &str, ca_url: &str) -> StationConfig {
@@ -192,6 +212,7 @@ impl StationConfig {
             utc_offset: default_offset(),
             retention: RetentionConfig::default(),
             admin: AdminConfig::default(),
+            plan: PlanLimits::default(),
             models: BTreeMap::new(),
         }
     }
@@ -200,6 +221,9 @@ impl StationConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !self.ca_url.starts_with("https://") {
             return Err(format!("ca_url {:?} must start with https://", self.ca_url));
+        }
+        if self.plan.max_ids_per_plan == 0 || self.plan.max_ids_per_day == 0 {
+            return Err("plan.max_ids_per_plan and plan.max_ids_per_day must be at least 1".into());
         }
         if self.chunk_size == 0 || self.chunk_size > 10_000 {
             return Err(format!(

@@ -1,7 +1,9 @@
 //! Production plans: CSV (`date,model,first_serial,count`) or JSON (the same
 //! fields, or an explicit `serials` list), parsed whole before anything is
-//! stored, so an import is all rows or none. Errors name the file, the row
-//! and the field.
+//! stored, so an import is all rows or none. How many ids a plan may hold is
+//! capped (per row, per plan and per day, see `[plan]` in station.toml) and
+//! checked before a row is expanded. Errors name the file, the row and the
+//! field.
 //!
 //! Also the drop folder (`DIR/plans/`) that a serving station watches: see
 //! [`drop_folder`]. One job, a plan from its file to the stock; the file is
@@ -13,7 +15,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::config::{day_text, parse_day, StationConfig};
-use crate::pki::id::{check_model, DeviceId};
+use crate::pki::id::{check_model, DeviceId, SERIAL_MAX};
 use crate::store::stock::{PlanRow, Stock, StockError};
 pub use crate::wire::station::ImportReport;
 
@@ -188,8 +190,14 @@ fn parse_json(file: &str, text: &str) -> anyhow::Result<Vec<RawRow>> {
 }
 
 /// Serials counting up from `first`, keeping its width: the trailing digits
-/// count, a leading letter prefix stays.
+/// count, a leading letter prefix stays. A serial is at most
+/// [`SERIAL_MAX`] characters, so the count never runs past what a `u128` holds.
 fn expand(first: &str, count: u64) -> Result<Vec<String>, String> {
+    if first.len() > SERIAL_MAX {
+        return Err(format!(
+            "{first:?} is longer than {SERIAL_MAX} characters, the longest serial"
+        ));
+    }
     let digits_at = first
         .rfind(|c: char| !c.is_ascii_digit())
         .map(|i| i + 1)
@@ -207,11 +215,13 @@ fn expand(first: &str, count: u64) -> Result<Vec<String>, String> {
     let start: u128 = digits
         .parse()
         .map_err(|_| format!("{first:?} has too many digits to count up"))?;
-    let last = start + u128::from(count) - 1;
+    let past = || format!("counting {count} up from {first:?} runs past {width} digits");
+    let last = count
+        .checked_sub(1)
+        .and_then(|more| start.checked_add(u128::from(more)))
+        .ok_or_else(past)?;
     if last.to_string().len() > width {
-        return Err(format!(
-            "counting {count} up from {first:?} runs past {width} digits"
-        ));
+        return Err(past());
     }
     Ok((start..=last)
         .map(|n| format!("{prefix}{n:0width$}"))
@@ -224,8 +234,10 @@ fn expand_rows(
     raw: Vec<RawRow>,
     config: &StationConfig,
 ) -> anyhow::Result<Vec<PlanRow>> {
+    let limits = &config.plan;
     let mut rows = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut per_day: HashMap<time::Date, u64> = HashMap::new();
     for r in raw {
         let day = parse_day(&r.date).map_err(|e| field_error(file, &r.origin, "date", e))?;
         check_model(&r.model).map_err(|e| field_error(file, &r.origin, "model", e))?;
@@ -242,8 +254,11 @@ fn expand_rows(
                 ),
             ));
         }
-        let (serials, field) = match &r.serials {
-            SerialSpec::Range { first, count } => {
+        // How many ids the row holds, checked against the caps before the
+        // row is expanded: a plan that would hold too many is refused
+        // without making them.
+        let (field, adds) = match &r.serials {
+            SerialSpec::Range { count, .. } => {
                 let count: i64 = count.parse().map_err(|_| {
                     field_error(
                         file,
@@ -260,16 +275,49 @@ fn expand_rows(
                         format!("{count} is not a count from 1 to {MAX_COUNT}"),
                     ));
                 }
-                let serials = expand(first, count as u64)
-                    .map_err(|e| field_error(file, &r.origin, "first_serial", e))?;
-                (serials, "first_serial")
+                ("count", count as u64)
             }
             SerialSpec::List(list) => {
                 if list.is_empty() {
                     return Err(field_error(file, &r.origin, "serials", "the list is empty"));
                 }
-                (list.clone(), "serials")
+                ("serials", list.len() as u64)
             }
+        };
+        let in_plan = rows.len() as u64 + adds;
+        if in_plan > limits.max_ids_per_plan {
+            return Err(field_error(
+                file,
+                &r.origin,
+                field,
+                format!(
+                    "the plan would hold {in_plan} ids, over the limit of {} a plan (plan.max_ids_per_plan in station.toml); split it. Nothing was imported",
+                    limits.max_ids_per_plan
+                ),
+            ));
+        }
+        let on_day = per_day.entry(day).or_default();
+        *on_day += adds;
+        if *on_day > limits.max_ids_per_day {
+            return Err(field_error(
+                file,
+                &r.origin,
+                field,
+                format!(
+                    "the plan would hold {} ids for {}, over the limit of {} a day (plan.max_ids_per_day in station.toml). Nothing was imported",
+                    *on_day,
+                    day_text(day),
+                    limits.max_ids_per_day
+                ),
+            ));
+        }
+        let (serials, field) = match &r.serials {
+            SerialSpec::Range { first, .. } => {
+                let serials = expand(first, adds)
+                    .map_err(|e| field_error(file, &r.origin, "first_serial", e))?;
+                (serials, "first_serial")
+            }
+            SerialSpec::List(list) => (list.clone(), "serials"),
         };
         for serial in serials {
             let id = DeviceId::new(&r.model, &serial)
@@ -716,5 +764,182 @@ mod tests {
             1
         );
         assert!(!folder.join("rejected/good.csv.error.txt").exists());
+    }
+
+    #[test]
+    fn counting_past_what_a_number_holds_is_refused() {
+        let max = u128::MAX.to_string();
+        let e = expand(&max, 2).unwrap_err();
+        assert!(
+            e.contains("longer than 20") || e.contains("runs past"),
+            "{e}"
+        );
+        let e = check(
+            &format!("date,model,first_serial,count\n2030-01-15,3012,{max},2\n"),
+            "csv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("row 1 (line 2), field first_serial"), "{e}");
+        // Twenty digits is the longest serial, and it counts up to its end.
+        let last = "9".repeat(20);
+        assert_eq!(expand(&last, 1).unwrap(), std::slice::from_ref(&last));
+        assert!(expand(&last, 2)
+            .unwrap_err()
+            .contains("runs past 20 digits"));
+        assert!(expand(&format!("{last}0"), 1)
+            .unwrap_err()
+            .contains("longer than 20"));
+    }
+
+    #[test]
+    fn caps_per_plan_and_per_day_are_checked_before_expanding() {
+        let mut config = config();
+        config.plan.max_ids_per_plan = 10;
+        config.plan.max_ids_per_day = 6;
+        let read = |text: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("plan.csv");
+            std::fs::write(&path, text).unwrap();
+            read(&path, &config)
+        };
+        let header = "date,model,first_serial,count";
+        // Two days of five, then one more id: over the plan's cap at row 3.
+        let e = read(&format!(
+            "{header}\n2030-01-14,3012,1,5\n2030-01-15,3012,101,5\n2030-01-16,3012,201,1\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("row 3 (line 4), field count") && e.contains("max_ids_per_plan"),
+            "{e}"
+        );
+        // Four and three on one day: over the day's cap at row 2.
+        let e = read(&format!(
+            "{header}\n2030-01-14,3012,1,4\n2030-01-14,3012,101,3\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("row 2 (line 3), field count") && e.contains("max_ids_per_day"),
+            "{e}"
+        );
+        // Exactly at both caps is fine.
+        let rows = read(&format!(
+            "{header}\n2030-01-14,3012,1,6\n2030-01-15,3012,101,4\n"
+        ))
+        .unwrap();
+        assert_eq!(rows.len(), 10);
+        // The defaults.
+        let limits = crate::station::config::PlanLimits::default();
+        assert_eq!(
+            (limits.max_ids_per_plan, limits.max_ids_per_day),
+            (200_000, 100_000)
+        );
+    }
+
+    /// Property tests of the plan readers (a short run in the normal test
+    /// command): whatever the file holds, reading it never panics, and a plan
+    /// that reads is complete: every row's ids, nothing more, nothing less.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn date() -> impl Strategy<Value = String> {
+            prop_oneof!["2030-01-1[4-6]", "2030-0[0-9]-3[0-9]", "[0-9-]{0,12}"]
+        }
+        fn model() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("3012".to_string()),
+                Just("X9".to_string()),
+                "[A-Za-z0-9-]{0,9}"
+            ]
+        }
+        fn first_serial() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9]{1,7}",
+                "[A-Z]{1,3}[0-9]{1,5}",
+                "[0-9]{18,40}",
+                "[A-Za-z0-9 ,\"]{0,24}"
+            ]
+        }
+        fn count() -> impl Strategy<Value = String> {
+            prop_oneof!["[0-9]{1,3}", "-?[0-9]{1,7}", "[0-9]{20,40}", ".{0,4}"]
+        }
+        fn row() -> impl Strategy<Value = (String, String, String, String)> {
+            (date(), model(), first_serial(), count())
+        }
+
+        /// A station with small caps, so plans run into them.
+        fn capped() -> StationConfig {
+            let mut c = config();
+            c.plan.max_ids_per_plan = 400;
+            c.plan.max_ids_per_day = 250;
+            c
+        }
+
+        fn read_text(text: &str, ext: &str) -> anyhow::Result<Vec<PlanRow>> {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(format!("plan.{ext}"));
+            std::fs::write(&path, text).unwrap();
+            read(&path, &capped())
+        }
+
+        /// A plan that reads holds exactly the ids its rows ask for.
+        fn complete(rows: &[(String, String, String, String)], read: &[PlanRow]) {
+            let asked: u64 = rows
+                .iter()
+                .map(|r| r.3.trim().parse::<u64>().unwrap())
+                .sum();
+            assert_eq!(read.len() as u64, asked);
+            for (n, r) in rows.iter().enumerate() {
+                let made = read.iter().filter(|p| p.row == n as i64 + 1).count();
+                assert_eq!(
+                    made as u64,
+                    r.3.trim().parse::<u64>().unwrap(),
+                    "row {}",
+                    n + 1
+                );
+            }
+            let ids: std::collections::HashSet<&str> = read.iter().map(|p| p.id.as_str()).collect();
+            assert_eq!(ids.len(), read.len(), "an id twice");
+            assert!(read.len() as u64 <= capped().plan.max_ids_per_plan);
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn csv_plans_read_whole_or_not_at_all(rows in prop::collection::vec(row(), 0..5)) {
+                let mut text = String::from("date,model,first_serial,count\n");
+                for (d, m, f, c) in &rows {
+                    let f = if f.contains([',', '"']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f.clone() };
+                    text.push_str(&format!("{d},{m},{f},{c}\n"));
+                }
+                if let Ok(read) = read_text(&text, "csv") {
+                    complete(&rows, &read);
+                }
+            }
+
+            #[test]
+            fn json_plans_read_whole_or_not_at_all(rows in prop::collection::vec(row(), 0..5), numbers in any::<bool>()) {
+                let list: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(d, m, f, c)| match (numbers, c.parse::<i64>()) {
+                        (true, Ok(n)) => serde_json::json!({"date": d, "model": m, "first_serial": f, "count": n}),
+                        _ => serde_json::json!({"date": d, "model": m, "first_serial": f, "count": c}),
+                    })
+                    .collect();
+                let text = serde_json::Value::Array(list).to_string();
+                if let Ok(read) = read_text(&text, "json") {
+                    complete(&rows, &read);
+                }
+            }
+
+            #[test]
+            fn any_text_never_panics(text in "(\\PC|[,\"\n\\[\\]{}:]){0,160}", json in any::<bool>()) {
+                let _ = read_text(&text, if json { "json" } else { "csv" });
+            }
+        }
     }
 }
