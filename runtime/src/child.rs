@@ -20,8 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(120);
 /// Environment variables a child never inherits: each is given only what it needs.
 const NOT_INHERITED: [&str; 4] = [
     "CERTLINE_LOG",
-    "CERTLINE_PASSPHRASE",
-    "CERTLINE_ADMIN_PASSWORD",
+    crate::pki::seal::PASSPHRASE_ENV,
+    crate::command::ADMIN_PASSWORD_ENV,
     "CERTLINE_LINE_CREDENTIAL",
 ];
 

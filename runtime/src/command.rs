@@ -3,6 +3,10 @@
 //! `--json`, the tokio runtime for commands that talk over the network, and
 //! the percentile the bench commands report.
 
+/// The environment variable a station's admin password comes from (the
+/// passphrase's is [`crate::pki::seal::PASSPHRASE_ENV`]).
+pub const ADMIN_PASSWORD_ENV: &str = "CERTLINE_ADMIN_PASSWORD";
+
 /// Prints a report: as one JSON document with `--json`, otherwise as the
 /// human-readable text `human` writes.
 pub fn emit<T: serde::Serialize>(

@@ -48,11 +48,20 @@ impl Certline {
         })
     }
 
+    /// A command for `certline ARGS`, given only the secrets its role needs:
+    /// the passphrase for the CA's and the station's own commands, the admin
+    /// password for `station init` (the first administrator) and `station
+    /// admin`; a line, a device or the center gets neither.
     pub fn command(&self, args: &[&str]) -> Command {
+        let (passphrase, admin_password) = secrets_for(args);
         let mut cmd = crate::child::certline(&self.exe);
-        cmd.args(args)
-            .env(crate::pki::seal::PASSPHRASE_ENV, &self.passphrase)
-            .env(crate::station::admin::PASSWORD_ENV, &self.admin_password);
+        cmd.args(args);
+        if passphrase {
+            cmd.env(crate::pki::seal::PASSPHRASE_ENV, &self.passphrase);
+        }
+        if admin_password {
+            cmd.env(crate::command::ADMIN_PASSWORD_ENV, &self.admin_password);
+        }
         cmd
     }
 
@@ -112,6 +121,17 @@ impl Certline {
             anyhow::bail!("certline {} failed: {}", args.join(" "), errors.join("\n"));
         }
         Ok(out)
+    }
+}
+
+/// Which secrets `certline ARGS` needs: (the passphrase, the admin password).
+fn secrets_for(args: &[&str]) -> (bool, bool) {
+    match (args.first().copied(), args.get(1).copied()) {
+        (Some("ca"), _) => (true, false),
+        (Some("station"), Some("init")) => (true, true),
+        (Some("station"), Some("admin")) => (false, true),
+        (Some("station"), _) => (true, false),
+        _ => (false, false),
     }
 }
 
@@ -233,5 +253,24 @@ impl DeviceSim {
             addr: child.url.clone(),
             _child: child,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secrets_for;
+
+    #[test]
+    fn each_child_gets_only_the_secrets_its_role_needs() {
+        assert_eq!(secrets_for(&["ca", "serve", "--dir", "x"]), (true, false));
+        assert_eq!(
+            secrets_for(&["station", "init", "--dir", "x"]),
+            (true, true)
+        );
+        assert_eq!(secrets_for(&["station", "serve"]), (true, false));
+        assert_eq!(secrets_for(&["station", "admin", "stock"]), (false, true));
+        for role in ["line", "device-sim", "center"] {
+            assert_eq!(secrets_for(&[role, "--dir", "x"]), (false, false));
+        }
     }
 }

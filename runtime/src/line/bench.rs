@@ -62,7 +62,7 @@ struct Figures {
 
 fn certline(passphrase: &str) -> anyhow::Result<Command> {
     let mut cmd = crate::child::this_certline_with(passphrase)?;
-    cmd.env(crate::station::admin::PASSWORD_ENV, passphrase);
+    cmd.env(crate::command::ADMIN_PASSWORD_ENV, passphrase);
     Ok(cmd)
 }
 

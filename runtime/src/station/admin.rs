@@ -11,7 +11,7 @@ use crate::store::stock::{apply, now_unix, Event, EventContext, Stock};
 use crate::wire::station::{codes, DiscardReport, ReworkReport};
 
 /// The environment variable that carries the admin password.
-pub const PASSWORD_ENV: &str = "CERTLINE_ADMIN_PASSWORD";
+pub const PASSWORD_ENV: &str = crate::command::ADMIN_PASSWORD_ENV;
 /// The environment variable that carries a new administrator's password (`admin user-add`).
 pub const NEW_PASSWORD_ENV: &str = "CERTLINE_NEW_ADMIN_PASSWORD";
 
