@@ -8,6 +8,10 @@
 //! code from [`crate::wire::ca::codes`]; `serve.rs` maps them onto HTTP. The
 //! time comes from the [`Clock`] the CA is built with, read once per operation
 //! and handed down to the ledger and the signer.
+//!
+//! One job in one file although it passes 600 lines: the cycle's steps, the
+//! checks before them and the refusals they raise are read together, since
+//! the order of the checks and of the ledger and signer calls is the guarantee.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! the station, write it through the model's plugin (write, read back,
 //! fingerprint, proof of possession in one plugin session), commit the
 //! results to the outbox and deliver them. Every step has a timeout; every
-//! failure becomes one operator [`Report`].
+//! failure becomes one operator [`Report`] (worded in `stop.rs`).
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::config::LineConfig;
 use super::outbox::{Flushed, Interrupted, Outbox, Outcome};
+use super::stop::{stop, take_refusal, write_failure, Stop};
 use super::workflow::{LineHost, Report, Status, Workflow};
 use crate::link::{self, DeviceLink};
 use crate::pki::credential::Credential;
@@ -20,9 +21,9 @@ use crate::pki::id::DeviceId;
 use crate::pki::pack::Pack;
 use crate::pki::role::Role;
 use crate::plugin::folder::PluginFolder;
-use crate::plugin::{Fault, Limits, OpError, PluginEngine, Precheck, WriteJob};
+use crate::plugin::{Limits, PluginEngine, Precheck, WriteJob};
 use crate::service::client::{ClientError, ServiceClient};
-use crate::wire::station::{self as api, codes, TakeRequest, TakeResponse};
+use crate::wire::station::{self as api, TakeRequest, TakeResponse};
 
 /// Everything built from one configuration. A reload builds a new one and
 /// swaps it in only if it built.
@@ -209,23 +210,6 @@ fn ms(since: Instant) -> f64 {
 struct Steps<'a> {
     setup: &'a Setup,
     delivery: &'a Delivery,
-}
-
-/// A step that failed, as the operator sees it.
-struct Stop {
-    status: Status,
-    code: &'static str,
-    message: String,
-    next: String,
-}
-
-fn stop(status: Status, code: &'static str, message: String, next: &str) -> Stop {
-    Stop {
-        status,
-        code,
-        message,
-        next: next.to_string(),
-    }
 }
 
 impl LineHost for Steps<'_> {
@@ -500,144 +484,6 @@ fn checked_job(pack: &TakeResponse, id: &DeviceId) -> anyhow::Result<WriteJob> {
         );
     }
     Ok(job)
-}
-
-fn take_refusal(e: &ClientError, id: &DeviceId, url: &str) -> Stop {
-    let model = id.model();
-    let refused = |code, message: String, next: &str| stop(Status::Refused, code, message, next);
-    match e {
-        ClientError::Unreachable { reason, .. } => refused(
-            "station_unreachable",
-            format!("the station at {url} cannot be reached ({reason}); nothing was written"),
-            "leave the device connected; scan it again when the station is back (tell the shift lead)",
-        ),
-        ClientError::Garbage { reason, .. } => refused(
-            "station_error",
-            format!("the station gave an answer the line cannot read ({reason}); nothing was written"),
-            "scan the device again; if it repeats, call the station administrator",
-        ),
-        ClientError::Refused { code, message, .. } => match code.as_str() {
-            codes::NOT_IN_PLAN => refused(
-                "not_in_plan",
-                format!("{id} is not in the production plan; nothing was written"),
-                "check the plate; set the device aside and ask the shift lead",
-            ),
-            codes::NOT_PLANNED_TODAY => refused(
-                "not_planned_today",
-                format!("{id} is planned for another day, not today; nothing was written"),
-                "set the device aside and ask the shift lead (the station administrator can authorise it)",
-            ),
-            codes::UNKNOWN_MODEL => refused(
-                "unknown_model",
-                format!("the station does not know model {model}; nothing was written"),
-                "check the model code on the plate; if it is right, ask the station administrator to add the model",
-            ),
-            codes::NO_CERTIFICATE_MODEL => refused(
-                "no_certificate_model",
-                format!("model {model} is built without a certificate; nothing to write"),
-                "take the device off and connect the next one",
-            ),
-            codes::NOT_IN_STOCK => refused(
-                "not_in_stock",
-                format!("the station has no certificate for {id} yet (not fetched); nothing was written"),
-                "set the device aside and ask the station administrator to run today's fetch",
-            ),
-            codes::REPLACEMENT_PENDING => refused(
-                "replacement_pending",
-                format!("the fresh certificate for {id} is still on its way from the CA; nothing was written"),
-                "wait a minute, then scan the device again",
-            ),
-            codes::ALREADY_WRITTEN => refused(
-                "already_written",
-                format!("{id} already has its certificate (written earlier); nothing was changed"),
-                "take the device off and connect the next one; if it must be written again, ask the station administrator for a rework",
-            ),
-            codes::HANDED_OUT_ELSEWHERE => refused(
-                "handed_out_elsewhere",
-                format!("{id} is being written on another line; nothing was written"),
-                "check the plate; if it is right, let the other line finish first",
-            ),
-            codes::DISCARDED => refused(
-                "discarded",
-                format!("the certificate for {id} was discarded by the station administrator; nothing was written"),
-                "set the device aside and ask the station administrator",
-            ),
-            codes::QUARANTINED => refused(
-                "quarantined",
-                format!("the station's stored certificate for {id} is damaged and kept out of use; nothing was written"),
-                "set the device aside and ask the station administrator",
-            ),
-            codes::WRONG_STATE => refused(
-                "wrong_state",
-                format!("the station has a result pending for {id} ({message}); nothing was written"),
-                "wait a minute, then scan the device again",
-            ),
-            _ => refused(
-                "station_refused",
-                format!("the station refused {id}: {message} ({code}); nothing was written"),
-                "set the device aside and call the station administrator",
-            ),
-        },
-    }
-}
-
-/// A failed device operation in an operator's words.
-fn write_failure(e: &OpError, id: &DeviceId) -> Stop {
-    let failed = |code, message: String, next: &str| stop(Status::Failed, code, message, next);
-    let retry = "scan the device again to write a fresh certificate; if it fails again, set it aside for repair";
-    match &e.fault {
-        Fault::Link { failure, .. } => match failure {
-            link::LinkFailure::Timeout => failed(
-                "device_timeout",
-                format!("the device stopped answering during the write ({e})"),
-                "check the cable and the device, then scan it again to write a fresh certificate",
-            ),
-            _ => failed(
-                "link_dropped",
-                format!("the connection to the device dropped during the write ({e})"),
-                "check the cable, then scan the device again to write a fresh certificate",
-            ),
-        },
-        Fault::Device { reason, .. } => failed(
-            "device_refused",
-            format!("the device refused the write: {reason}"),
-            retry,
-        ),
-        Fault::Protocol { detail, .. } => failed(
-            "device_protocol",
-            format!("the device answered something its plugin cannot understand: {detail}"),
-            retry,
-        ),
-        Fault::WrongDevice { found, .. } => failed(
-            "wrong_device",
-            format!("the device on the cable says it is {found}, but the plate says {id}"),
-            "connect the device whose plate you scanned, or scan the plate of the device on the cable",
-        ),
-        Fault::ReadBack { detail } => failed(
-            "readback_mismatch",
-            format!("the device did not keep the certificate correctly: {detail}"),
-            retry,
-        ),
-        Fault::Possession { detail } => failed(
-            "possession_failed",
-            format!("the device could not prove it holds the new key: {detail}"),
-            retry,
-        ),
-        Fault::Trap { .. }
-        | Fault::OutOfFuel { .. }
-        | Fault::Deadline { .. }
-        | Fault::Rule { .. }
-        | Fault::Memory { .. }
-        | Fault::Malformed { .. }
-        | Fault::Host(_) => failed(
-            "plugin_fault",
-            format!("the device plugin failed: {e}"),
-            &format!(
-                "set the device aside and call the line engineer (the plugin for model {} needs fixing)",
-                id.model()
-            ),
-        ),
-    }
 }
 
 /// Builds the terminal for `config` (credential, station client, plugins,
