@@ -773,3 +773,28 @@ fn line2_steps() -> Vec<Step> {
         Step::new("A123-000006", Some("A123-000006"), "ok", "written"),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contracts_file_and_the_expected_verdicts_come_from_one_table() {
+        assert_eq!(
+            contracts("2026-12-02"),
+            "devices,contract,from,to\n\
+             3012-000001..3012-000006,MC-2041-ACME,2026-12-02,\n\
+             3013-000001,MC-2042-GLOBEX,2026-12-02,\n\
+             A123-000001..A123-000003,MC-7001-CITYGRID,2026-12-02,\n"
+        );
+        assert_eq!(expected_verdict("3012-000001"), Verdict::Contract);
+        assert_eq!(expected_verdict("3012-000006"), Verdict::Contract);
+        assert_eq!(expected_verdict("3012-000007"), Verdict::NoContract);
+        assert_eq!(expected_verdict("3013-000001"), Verdict::Contract);
+        assert_eq!(expected_verdict("3013-000002"), Verdict::NoContract);
+        assert_eq!(expected_verdict("A123-000003"), Verdict::Contract);
+        assert_eq!(expected_verdict("A123-000004"), Verdict::NoContract);
+        assert_eq!(expected_verdict(REWORKED), Verdict::Revoked);
+        assert_eq!(expected_verdict(STRAY), Verdict::Unknown);
+    }
+}
