@@ -6,7 +6,9 @@
 //! field.
 //!
 //! The drop folder (`DIR/plans/`) that a serving station watches is
-//! [`drop`]: it hands each dropped file to the same reader.
+//! [`drop`]: it hands each dropped file to the same reader. This file is one
+//! job (a plan from its text to the stock); it is over 600 lines only because
+//! its tests and property runs live beside it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
