@@ -184,4 +184,47 @@ mod tests {
         assert!(err("devices,contract,from\n3012-1,,2026-01-01\n").contains("field contract"));
         assert!(err("devices,price,from\n").contains("unknown column"));
     }
+
+    // Property runs (issue 12's fuzzing matrix): any contract list reads
+    // whole or is refused with an error naming a row or a column, never a
+    // panic; a list that reads gives the same contracts when read again.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn cell() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[0-9A-Z]{1,9}-[0-9A-Z]{0,21}",
+                "[0-9A-Z]{1,4}-[0-9]{1,6}\\.\\.[0-9A-Z]{1,4}-[0-9]{1,6}",
+                "20[0-9]{2}-[01][0-9]-[0-3][0-9]",
+                "C-[0-9]{1,4}",
+                "(\\PC|[,\"\n]){0,12}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn contract_lists_read_whole_or_are_refused(
+                rows in prop::collection::vec(prop::collection::vec(cell(), 3..5), 0..6),
+            ) {
+                let mut text = String::from("devices,contract,from,to\n");
+                for row in &rows {
+                    text.push_str(&row.join(","));
+                    text.push('\n');
+                }
+                match Contracts::parse("c.csv", &text) {
+                    Ok(contracts) => {
+                        let again = Contracts::parse("c.csv", &text).unwrap();
+                        prop_assert_eq!(contracts.len(), again.len());
+                        prop_assert!(contracts.len() <= rows.len());
+                    }
+                    Err(err) => {
+                        let err = format!("{err:#}");
+                        prop_assert!(err.contains("c.csv"), "{}", err);
+                    }
+                }
+            }
+        }
+    }
 }

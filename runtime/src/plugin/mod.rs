@@ -149,7 +149,7 @@ pub enum Fault {
     Trap { call: &'static str, detail: String },
     #[error("used up its fuel budget of {fuel} in {call} (is it looping?)")]
     OutOfFuel { call: &'static str, fuel: u64 },
-    #[error("ran past the device operation's deadline of {secs} s in {call} (is it looping or waiting forever?)")]
+    #[error("timed out: ran past the device operation's deadline of {secs} s in {call} (is it looping or waiting forever?)")]
     Deadline { call: &'static str, secs: u64 },
     #[error("broke a rule of the host in {call}: {rule}")]
     Rule { call: &'static str, rule: String },
