@@ -80,6 +80,18 @@ pub fn cut(text: &str, max: usize) -> &str {
     }
 }
 
+/// At most `max` characters of `text`, escaped with [`printable`], with
+/// "..." where it was cut: what an error file or a log line may keep of
+/// something read from outside.
+pub fn excerpt(text: &str, max: usize) -> String {
+    let kept = cut(text, max);
+    let mut out = printable(kept).into_owned();
+    if kept.len() < text.len() {
+        out.push_str("...");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,29 +6,12 @@
 use std::path::Path;
 
 use super::{parse, store, ImportReport};
+use crate::text::excerpt;
 
 /// Largest plan file the drop folder reads.
 pub const MAX_DROP_BYTES: u64 = 16 * 1024 * 1024;
 /// Most characters of an error (which may quote the file) kept in an error file.
 const MAX_ERROR_CHARS: usize = 400;
-
-/// At most `max` characters of `text`, control characters escaped: what an
-/// error file or a log line may keep of something read from a file.
-pub(crate) fn excerpt(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (n, c) in text.chars().enumerate() {
-        if n == max {
-            out.push_str("...");
-            break;
-        }
-        if c.is_control() && c != '\n' {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// Opens a dropped file without following a link and without blocking on
 /// a FIFO, and reads it if it is a regular file of a sane size.
