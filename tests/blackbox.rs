@@ -9,6 +9,9 @@ mod line_support;
 mod station_support;
 
 mod ca;
+mod ca_hsm;
+mod ca_ledger;
+mod ca_public;
 mod center;
 mod demo;
 mod device_link;

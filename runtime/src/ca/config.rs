@@ -9,7 +9,23 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::pki::keystore::KeyStoreConfig;
 use crate::pki::profile::CertProfile;
+use crate::pki::urls::{self, IssuerUrls};
+
+/// The file name of the root's CRL, published beside `crl_url`.
+pub const ROOT_CRL_FILE: &str = "root.crl";
+/// The file name of the root's certificate, published beside `ca_issuers_url`.
+pub const ROOT_CERT_FILE: &str = "root.crt";
+
+/// What the public listener publishes at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    IssuingCrl,
+    RootCrl,
+    IssuingCert,
+    RootCert,
+}
 
 /// The documentation enterprise number (RFC 5612), the default PEN.
 pub const DEFAULT_PEN: u32 = 32473;
@@ -26,6 +42,20 @@ pub struct CaConfig {
     /// How long a published CRL is valid (nextUpdate - thisUpdate).
     #[serde(default = "default_crl_hours")]
     pub crl_validity_hours: u32,
+    /// The public URL of the issuing CA's CRL, exactly as device certificates
+    /// and service credentials carry it (CRL Distribution Point). The root's
+    /// CRL is published beside it as `root.crl` (the issuing CA's certificate
+    /// names that one). Served by `ca serve --public-listen` at its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_url: Option<String>,
+    /// The public URL of the issuing CA's certificate (DER), exactly as
+    /// certificates carry it (Authority Information Access, caIssuers). The
+    /// root's certificate is published beside it as `root.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_issuers_url: Option<String>,
+    /// Where the root and issuing keys are: sealed files (the default) or a PKCS#11 token.
+    #[serde(default, skip_serializing_if = "KeyStoreConfig::is_sealed")]
+    pub keystore: KeyStoreConfig,
     /// Profile for models that neither the request nor `models` names.
     #[serde(default)]
     pub default_profile: CertProfile,
@@ -53,6 +83,9 @@ impl CaConfig {
             max_batch,
             listen: default_listen(),
             crl_validity_hours: default_crl_hours(),
+            crl_url: None,
+            ca_issuers_url: None,
+            keystore: KeyStoreConfig::Sealed,
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
         }
@@ -73,6 +106,28 @@ impl CaConfig {
     /// Every profile must resolve and sign a certificate that is valid at
     /// `now` (a `not_after` in the past is refused here, not at signing time).
     pub fn check(&self, now: OffsetDateTime) -> Result<(), String> {
+        let mut paths: Vec<(&str, String)> = Vec::new();
+        for (key, url, root_file) in [
+            ("crl_url", &self.crl_url, ROOT_CRL_FILE),
+            ("ca_issuers_url", &self.ca_issuers_url, ROOT_CERT_FILE),
+        ] {
+            let Some(url) = url else { continue };
+            urls::check_url(key, url)?;
+            if urls::sibling(url, root_file) == *url {
+                return Err(format!(
+                    "{key} {url:?} ends in {root_file}, the name the root's copy is published under beside it; name the issuing CA's file otherwise"
+                ));
+            }
+            paths.push((key, urls::path_of(url)));
+            paths.push((key, urls::path_of(&urls::sibling(url, root_file))));
+        }
+        for (index, (key, path)) in paths.iter().enumerate() {
+            if let Some((other, _)) = paths[index + 1..].iter().find(|(_, p)| p == path) {
+                return Err(format!(
+                    "{key} and {other} are published at the same path {path}; give them different file names"
+                ));
+            }
+        }
         for (model, profile) in std::iter::once(("default_profile", &self.default_profile))
             .chain(self.models.iter().map(|(m, p)| (m.as_str(), p)))
         {
@@ -87,6 +142,44 @@ impl CaConfig {
     /// The configured profile of a model (or the default profile).
     pub fn profile(&self, model: &str) -> &CertProfile {
         self.models.get(model).unwrap_or(&self.default_profile)
+    }
+
+    /// What certificates signed by the issuing CA name as their issuer's CRL and certificate.
+    pub fn issued_urls(&self) -> IssuerUrls {
+        IssuerUrls {
+            crl: self.crl_url.clone(),
+            ca_issuers: self.ca_issuers_url.clone(),
+        }
+    }
+
+    /// What the issuing CA's certificate names: the root's CRL and certificate,
+    /// published beside the issuing CA's.
+    pub fn root_urls(&self) -> IssuerUrls {
+        IssuerUrls {
+            crl: self
+                .crl_url
+                .as_ref()
+                .map(|u| urls::sibling(u, ROOT_CRL_FILE)),
+            ca_issuers: self
+                .ca_issuers_url
+                .as_ref()
+                .map(|u| urls::sibling(u, ROOT_CERT_FILE)),
+        }
+    }
+
+    /// What the public listener serves, by path: each configured URL and its root sibling.
+    pub fn public_paths(&self) -> Vec<(String, Published)> {
+        let issued = self.issued_urls();
+        let root = self.root_urls();
+        [
+            (issued.crl, Published::IssuingCrl),
+            (root.crl, Published::RootCrl),
+            (issued.ca_issuers, Published::IssuingCert),
+            (root.ca_issuers, Published::RootCert),
+        ]
+        .into_iter()
+        .filter_map(|(url, what)| url.map(|u| (urls::path_of(&u), what)))
+        .collect()
     }
 
     /// How long a published CRL is valid.

@@ -227,7 +227,13 @@ struct Signed {
 type Item = (DeviceId, Option<Serial>, ResolvedProfile);
 
 impl CertAuthority {
-    pub fn new(pki: Authority, ledger: Ledger, config: CaConfig, clock: Clock) -> CertAuthority {
+    pub fn new(
+        mut pki: Authority,
+        ledger: Ledger,
+        config: CaConfig,
+        clock: Clock,
+    ) -> CertAuthority {
+        pki.set_issued_urls(config.issued_urls());
         CertAuthority {
             pki,
             ledger,
@@ -384,9 +390,9 @@ impl CertAuthority {
         crash_point("ca-after-sign");
 
         // 3. commit
-        let committed: Vec<(Serial, String)> = signed
+        let committed: Vec<(Serial, Vec<u8>)> = signed
             .iter()
-            .map(|s| (s.serial.clone(), fingerprint(&s.der)))
+            .map(|s| (s.serial.clone(), s.der.clone()))
             .collect();
         if let Err(err) = self
             .ledger
@@ -409,11 +415,10 @@ impl CertAuthority {
         }
         let packs = signed
             .into_iter()
-            .zip(committed)
-            .map(|(s, (_, fp))| IssuedPack {
+            .map(|s| IssuedPack {
                 id: s.id,
                 serial: s.serial.to_hex(),
-                fingerprint: fp,
+                fingerprint: fingerprint(&s.der),
                 cert_pem: to_pem("CERTIFICATE", &s.der),
                 key_pem: s.key_pem,
             })
@@ -502,7 +507,7 @@ impl CertAuthority {
             .pki
             .sign_service(role, name, hosts, &serial, &key, now)?;
         self.ledger
-            .commit_issued(&[(serial, fingerprint(&der))], &who, now)?;
+            .commit_issued(&[(serial, der.clone())], &who, now)?;
         Credential::new(
             vec![der, self.pki.issuing_der().to_vec()],
             self.pki.root_der().to_vec(),

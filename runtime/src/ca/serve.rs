@@ -1,4 +1,7 @@
-//! The CA's HTTPS API over mutual TLS (see `wire::ca` for the endpoints).
+//! The CA's HTTPS API over mutual TLS (see `wire::ca` for the endpoints),
+//! and its optional plain-HTTP public listener ([`public_router`]), which
+//! serves the CRLs and CA certificates at the paths of ca.toml's `crl_url`
+//! and `ca_issuers_url` and nothing else.
 //! Only station credentials may ask for, replace, revoke or look up packs
 //! (and a station revokes only the device certificates it asked for);
 //! CRLs and health are open to anyone who can reach the CA. The one place
@@ -12,6 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use super::config::Published;
 use super::issuance::{CaError, CaErrorKind, CertAuthority, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use crate::pki::crl::Reason;
 use crate::pki::role::Role;
@@ -87,6 +91,47 @@ impl CaState {
         }
         Ok(Requester::Station(name))
     }
+}
+
+/// The plain-HTTP public listener: each CRL and CA certificate at its URL's
+/// path (see [`crate::ca::config::CaConfig::public_paths`]), nothing else
+/// (any other path is a 404). Refused when ca.toml names no public URL.
+pub fn public_router(state: CaState) -> anyhow::Result<Router> {
+    let paths = state
+        .ca
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .config()
+        .public_paths();
+    if paths.is_empty() {
+        anyhow::bail!(
+            "--public-listen: ca.toml names no crl_url or ca_issuers_url, so there is nothing to publish (set them with `ca init --crl-url/--ca-issuers-url` or in ca.toml)"
+        );
+    }
+    let mut router = Router::new();
+    for (path, what) in paths {
+        router = router.route(
+            &path,
+            get(move |State(state): State<CaState>| published(state, what)),
+        );
+    }
+    Ok(router.with_state(state))
+}
+
+async fn published(state: CaState, what: Published) -> Result<axum::response::Response, ApiError> {
+    let (kind, der) = state
+        .with_ca(move |ca, _| {
+            Ok(match what {
+                Published::IssuingCrl => ("application/pkix-crl", ca.crl(SCOPE_ISSUING)?),
+                Published::RootCrl => ("application/pkix-crl", ca.crl(SCOPE_ROOT)?),
+                Published::IssuingCert => {
+                    ("application/pkix-cert", ca.pki().issuing_der().to_vec())
+                }
+                Published::RootCert => ("application/pkix-cert", ca.pki().root_der().to_vec()),
+            })
+        })
+        .await?;
+    Ok(([(header::CONTENT_TYPE, kind)], der).into_response())
 }
 
 pub fn router(state: CaState) -> Router {

@@ -17,7 +17,7 @@ use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("crl_source").required(true).args(["ca", "crl_file"]))]
+#[command(group = clap::ArgGroup::new("crl_source").required(true).args(["ca", "crl_file", "crl_from_cdp"]))]
 pub struct CenterArgs {
     /// The center's folder: its credential (credential.pem) and event log (events.jsonl).
     #[arg(long)]
@@ -37,6 +37,10 @@ pub struct CenterArgs {
     /// Read the CRLs from this PEM file instead (as `certline ca crl --out` writes it).
     #[arg(long)]
     pub crl_file: Option<PathBuf>,
+    /// Fetch the CRLs from the CRL Distribution Points in the center's own
+    /// credential and its issuing CA's certificate (plain HTTP, signed data).
+    #[arg(long)]
+    pub crl_from_cdp: bool,
     /// Seconds between CRL refreshes.
     #[arg(long, default_value_t = 60)]
     pub crl_refresh: u64,
@@ -85,6 +89,7 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
     )?;
 
     let source = match (&args.ca, &args.crl_file) {
+        _ if args.crl_from_cdp => CrlSource::from_cdp(&cred)?,
         (Some(url), _) => CrlSource::Ca(ServiceClient::anonymous(
             url,
             &cred.root,

@@ -15,6 +15,14 @@ pub enum CrlSource {
     Ca(ServiceClient),
     /// A PEM file holding the CRLs (as `certline ca crl --out` writes it).
     File(PathBuf),
+    /// The CRL Distribution Points the CA wrote into the center's own
+    /// credential (the issuing CA's CRL) and into the issuing CA's certificate
+    /// (the root's), fetched over plain HTTP: CRLs are signed, and their
+    /// signatures are checked when a chain is verified against them.
+    Cdp {
+        urls: Vec<String>,
+        http: reqwest::Client,
+    },
 }
 
 #[derive(Default, Clone)]
@@ -56,6 +64,26 @@ impl CrlSource {
                 client.get_bytes(ca_api::CRL).await?,
                 client.get_bytes(ca_api::ROOT_CRL).await?,
             ]),
+            CrlSource::Cdp { urls, http } => {
+                let mut crls = Vec::with_capacity(urls.len());
+                for url in urls {
+                    let response = http
+                        .get(url)
+                        .send()
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot fetch the CRL at {url}: {e}"))?;
+                    let status = response.status();
+                    anyhow::ensure!(status.is_success(), "the CRL at {url} answered {status}");
+                    crls.push(
+                        response
+                            .bytes()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("cannot read the CRL at {url}: {e}"))?
+                            .to_vec(),
+                    );
+                }
+                Ok(crls)
+            }
             CrlSource::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("cannot read CRL file {}: {e}", path.display()))?;
@@ -64,6 +92,43 @@ impl CrlSource {
                 Ok(crls)
             }
         }
+    }
+}
+
+impl CrlSource {
+    /// The CDP source for a credential: the CRL URLs in its leaf (the issuing
+    /// CA's CRL) and in its issuing CA's certificate (the root's), refused
+    /// with a clear error when the CA wrote none.
+    pub fn from_cdp(cred: &crate::pki::credential::Credential) -> anyhow::Result<CrlSource> {
+        let mut urls = Vec::new();
+        for (cert, which) in cred.chain.iter().zip([
+            "the credential's own certificate",
+            "its issuing CA's certificate",
+        ]) {
+            let url = crate::pki::urls::read(cert)?.crl.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--crl-from-cdp: {which} names no CRL Distribution Point (the CA had no crl_url when it signed it); use --ca or --crl-file"
+                )
+            })?;
+            urls.push(url);
+        }
+        anyhow::ensure!(
+            urls.len() == 2,
+            "--crl-from-cdp: the credential holds no issuing CA certificate"
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cred.root.clone())?;
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(CrlSource::Cdp { urls, http })
     }
 }
 

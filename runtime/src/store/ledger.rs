@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use super::{audit, db};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
-pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
+pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, ExportRow, LedgerCount, StateChange};
 
 const SCHEMA_V1: &str = "
 CREATE TABLE certs (
@@ -50,8 +50,31 @@ CREATE TABLE crl_state (
 );
 ";
 
+/// Schema 2: the ledger keeps the DER of every certificate it signs and who
+/// revoked it. Rows from before have neither: the migration fills nothing in
+/// (it cannot: the CA never kept them) and leaves a note saying how many rows
+/// that is, which `ca show` and `ca export` repeat for such a row.
+const SCHEMA_V2: &str = "
+ALTER TABLE certs ADD COLUMN der BLOB;
+ALTER TABLE certs ADD COLUMN revoked_by TEXT;
+CREATE INDEX certs_by_issued_at ON certs(issued_at);
+CREATE INDEX certs_by_revoked_at ON certs(revoked_at);
+CREATE TABLE ledger_notes (
+    id INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+INSERT INTO ledger_notes (note)
+    SELECT 'schema 2 (the ledger keeps each certificate''s DER) found ' || COUNT(*) ||
+           ' certificate(s) issued before it: their DER was never kept and stays missing; serial, fingerprint and states are kept'
+    FROM certs WHERE issued_at IS NOT NULL HAVING COUNT(*) > 0;
+";
+
+/// What `ca show` says of a certificate issued before the ledger kept DER.
+pub const NO_DER_NOTE: &str =
+    "issued before the ledger kept certificates (schema 2): only its serial, fingerprint and states are known";
+
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1]
+    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2]
 }
 
 pub struct Reservation {
@@ -102,7 +125,7 @@ pub struct Ledger {
     conn: Connection,
 }
 
-const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason";
+const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason, revoked_by";
 
 /// A text column that must be one of an enum's names (the schema's CHECKs keep it so).
 fn column<T>(
@@ -133,7 +156,54 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         replaces: row.get(8)?,
         revoked_at: row.get(9)?,
         reason: row.get(10)?,
+        revoked_by: row.get(11)?,
     })
+}
+
+/// The states a certificate went through, from its row: reserved (by its
+/// requester), valid when issued, revoked (by whom, why) if it was.
+pub fn states(record: &CertRecord) -> Vec<StateChange> {
+    let mut out = vec![StateChange {
+        status: CertStatus::Reserved,
+        at: record.requested_at.clone(),
+        by: Some(record.requester.clone()),
+        reason: None,
+    }];
+    if let Some(at) = &record.issued_at {
+        out.push(StateChange {
+            status: CertStatus::Valid,
+            at: at.clone(),
+            by: Some(record.requester.clone()),
+            reason: None,
+        });
+    }
+    if let Some(at) = &record.revoked_at {
+        out.push(StateChange {
+            status: CertStatus::Revoked,
+            at: at.clone(),
+            by: record.revoked_by.clone(),
+            reason: record.reason.clone(),
+        });
+    }
+    out
+}
+
+impl From<CertRecord> for ExportRow {
+    fn from(r: CertRecord) -> ExportRow {
+        ExportRow {
+            id: r.subject,
+            kind: r.kind,
+            serial: r.serial,
+            fingerprint: r.fingerprint,
+            status: r.status,
+            requested_at: r.requested_at,
+            issued_at: r.issued_at,
+            revoked_at: r.revoked_at,
+            requester: r.requester,
+            reason: r.reason,
+            revoked_by: r.revoked_by,
+        }
+    }
 }
 
 /// Makes the ledger and its WAL files readable by the CA's user only. A new
@@ -207,6 +277,53 @@ impl Ledger {
             .optional()?)
     }
 
+    /// The DER of a certificate, if the ledger kept it (see [`NO_DER_NOTE`]).
+    pub fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT der FROM certs WHERE serial = ?1", [serial], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
+    }
+
+    /// The newest certificate recorded for a subject: its live one if it has one.
+    pub fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1
+                     ORDER BY status IN ('reserved', 'valid') DESC, requested_at DESC, rowid DESC LIMIT 1"
+                ),
+                [subject],
+                record,
+            )
+            .optional()?)
+    }
+
+    /// Every certificate issued or revoked at or after `since` (either
+    /// counts), oldest event first: what an auditor's export lists.
+    pub fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>> {
+        let since = db::time_text(since);
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM certs WHERE issued_at >= ?1 OR revoked_at >= ?1
+             ORDER BY COALESCE(issued_at, revoked_at), rowid"
+        ))?;
+        let rows = stmt.query_map([since], record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What migrations noted about rows they could not fill in.
+    pub fn notes(&self) -> anyhow::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT note FROM ledger_notes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every certificate ever recorded for a subject, oldest first.
     pub fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
         let mut stmt = self.conn.prepare(&format!(
@@ -258,9 +375,9 @@ impl Ledger {
                 .into());
             }
             tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4 WHERE serial = ?1",
             )?
-            .execute(params![named.to_hex(), now, Reason::Superseded.name()])?;
+            .execute(params![named.to_hex(), now, Reason::Superseded.name(), requester])?;
         }
         let detail = serde_json::json!({
             "count": items.len(),
@@ -308,10 +425,11 @@ impl Ledger {
         Ok(seq)
     }
 
-    /// Marks reserved certificates as issued, with their fingerprints and DER.
+    /// Marks reserved certificates as issued, keeping each one's DER (its
+    /// fingerprint is computed here, from that DER).
     pub fn commit_issued(
         &mut self,
-        issued: &[(Serial, String)],
+        issued: &[(Serial, Vec<u8>)],
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
@@ -320,6 +438,10 @@ impl Ledger {
             serial: String,
             fingerprint: &'a str,
         }
+        let fingerprints: Vec<String> = issued
+            .iter()
+            .map(|(_, der)| crate::pki::fingerprint(der))
+            .collect();
         let tx = self.conn.transaction()?;
         let now = db::time_text(now);
         audit::append(
@@ -328,16 +450,16 @@ impl Ledger {
             "issue",
             &serde_json::json!({
                 "count": issued.len(),
-                "certs": issued.iter().map(|(s, fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
+                "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
             }),
         )?;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3
+                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3, der = ?4
                  WHERE serial = ?1 AND status = 'reserved'",
             )?;
-            for (serial, fingerprint) in issued {
-                if update.execute(params![serial.to_hex(), now, fingerprint])? != 1 {
+            for ((serial, der), fingerprint) in issued.iter().zip(&fingerprints) {
+                if update.execute(params![serial.to_hex(), now, fingerprint, der])? != 1 {
                     anyhow::bail!(
                         "serial {serial} was not reserved when its certificate was committed"
                     );
@@ -378,7 +500,7 @@ impl Ledger {
         let mut count = 0;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status = 'reserved'",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = 'ca' WHERE serial = ?1 AND status = 'reserved'",
             )?;
             for serial in &serials {
                 count +=
@@ -426,8 +548,8 @@ impl Ledger {
             &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
         )?;
         let changed = tx.execute(
-            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status != 'revoked'",
-            params![found.serial, db::time_text(now), reason.name()],
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4 WHERE serial = ?1 AND status != 'revoked'",
+            params![found.serial, db::time_text(now), reason.name(), actor],
         )?;
         if changed != 1 {
             return Err(LedgerError::AlreadyRevoked {
@@ -539,5 +661,61 @@ impl Ledger {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_from_before_schema_2_keep_no_der_and_the_migration_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let now = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+        {
+            // A ledger as schema 1 left it, with one issued certificate.
+            let conn = db::open(&path, true, &migrations()[..2]).unwrap();
+            conn.execute(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, audit_seq)
+                 VALUES ('0a', '3012-1', 'device', 'valid', 'ca issue', ?1, ?1, 'ff', 0)",
+                [db::time_text(now)],
+            )
+            .unwrap();
+        }
+        let mut ledger = Ledger::open(&path, false).unwrap();
+        assert_eq!(ledger.der("0a").unwrap(), None);
+        let notes = ledger.notes().unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("1 certificate(s)") && notes[0].contains("DER"));
+        let old = ledger.by_serial("0a").unwrap().unwrap();
+        let states: Vec<_> = states(&old).iter().map(|s| s.status).collect();
+        assert_eq!(states, [CertStatus::Reserved, CertStatus::Valid]);
+
+        // From schema 2 on, every certificate is kept.
+        let serial = Serial::random();
+        let item = Reservation {
+            serial: serial.clone(),
+            subject: "3012-2".into(),
+            kind: CertKind::Device,
+            replaces: None,
+        };
+        ledger.reserve(&[item], "test", now).unwrap();
+        ledger
+            .commit_issued(&[(serial.clone(), vec![0x30, 0x00])], "test", now)
+            .unwrap();
+        assert_eq!(
+            ledger.der(&serial.to_hex()).unwrap(),
+            Some(vec![0x30, 0x00])
+        );
+        let exported = ledger.changed_since(now - time::Duration::days(1)).unwrap();
+        assert_eq!(exported.len(), 2);
+    }
+
+    #[test]
+    fn a_fresh_ledger_has_no_migration_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&tmp.path().join("l.db"), true).unwrap();
+        assert!(ledger.notes().unwrap().is_empty());
     }
 }
