@@ -3,8 +3,7 @@
 //! format is `certline_device_protocol::xml`, shared with the reference device.
 
 use certline_device_protocol::xml::XmlEndpoint;
-use certline_plugin_sdk::LinkTransport;
 
 certline_plugin_sdk::protocol_plugin!(Imaging, "acme-imaging", ["3012", "3013"], |link| {
-    XmlEndpoint::new(LinkTransport(link))
+    XmlEndpoint::new(link)
 });
