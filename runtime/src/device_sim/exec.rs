@@ -19,10 +19,12 @@
 //!   | `{"op":"check","pack":P}` | `{"ok":true}`: P is for this device and hangs together (say "received" now) |
 //!   | `{"op":"store","pack":P}` | `{"ok":true,"fingerprint":...}`: checked and written to flash atomically |
 //!   | `{"op":"sign","challenge":"<hex>"}` | `{"ok":true,"signature":"<hex>"}`: proof of possession with the flash key |
+//!   | `{"op":"generate-key","algorithm":"p256"}` | `{"ok":true,"csr":"<hex DER>"}`: a key born in the secure element (`--keygen`; p256, p384, ed25519) |
 //!   | `{"op":"log","message":"..."}` | `{"ok":true}` |
 //!
 //!   where P is `{"device_id","root_pem","chain_pem","key_pem"}`, the pack as
-//!   the plugin's `write-pack` got it. `$CERTLINE_DEVICE_ID` holds the id too.
+//!   the plugin's `write-pack` got it (`key_pem` absent or null for a key the
+//!   secure element generated). `$CERTLINE_DEVICE_ID` holds the id too.
 //!
 //! The built-in protocols (`--protocol xml|tlv`) are users of the same chip:
 //! [`Chip`] is what both they and the socket call.
@@ -73,15 +75,26 @@ impl Chip<'_> {
     }
 
     /// Checks and writes a pack into flash (the `fail_write` knob refuses).
+    /// A pack without a key installs the certificate for the key the secure
+    /// element generated (`generate_key`).
     pub fn store(&self, pack: &certline_device_protocol::Pack) -> Result<String, String> {
         let parsed = self.device.check_pack(pack)?;
         if let Some(reason) = &self.faults.fail_write {
             return Err(reason.clone());
         }
         self.device
-            .write_flash(&parsed)
+            .write_flash(&parsed, pack.key_pem.is_none())
             .map_err(|e| format!("flash write failed: {e:#}"))?;
         parsed.fingerprint().map_err(|e| format!("{e:#}"))
+    }
+
+    /// Generates a key in the secure element (with `--keygen`) and returns
+    /// its CSR (DER).
+    pub fn generate_key(
+        &self,
+        request: &certline_device_protocol::KeyRequest,
+    ) -> Result<Vec<u8>, String> {
+        self.device.generate_key(request, self.faults)
     }
 
     pub fn sign(&self, challenge: &[u8]) -> Result<Vec<u8>, String> {
@@ -94,7 +107,9 @@ struct WirePack {
     device_id: String,
     root_pem: String,
     chain_pem: String,
-    key_pem: String,
+    /// Absent for a device that generated its own key.
+    #[serde(default)]
+    key_pem: Option<String>,
 }
 
 impl From<WirePack> for certline_device_protocol::Pack {
@@ -113,10 +128,22 @@ impl From<WirePack> for certline_device_protocol::Pack {
 enum ChipRequest {
     Id,
     Identity,
-    Check { pack: WirePack },
-    Store { pack: WirePack },
-    Sign { challenge: String },
-    Log { message: String },
+    Check {
+        pack: WirePack,
+    },
+    Store {
+        pack: WirePack,
+    },
+    Sign {
+        challenge: String,
+    },
+    #[serde(rename = "generate-key")]
+    GenerateKey {
+        algorithm: String,
+    },
+    Log {
+        message: String,
+    },
 }
 
 /// One chip request line in, one answer out.
@@ -126,7 +153,7 @@ fn answer(chip: &Chip<'_>, line: &str, log: &dyn Fn(&str)) -> serde_json::Value 
         Ok(r) => r,
         Err(e) => {
             return fail(format!(
-                "cannot read this chip request ({e}); ops: id, identity, check, store, sign, log"
+                "cannot read this chip request ({e}); ops: id, identity, check, store, sign, generate-key, log"
             ))
         }
     };
@@ -161,6 +188,16 @@ fn answer(chip: &Chip<'_>, line: &str, log: &dyn Fn(&str)) -> serde_json::Value 
             },
             Err(e) => fail(format!("challenge is not hex: {e}")),
         },
+        ChipRequest::GenerateKey { algorithm } => {
+            let request = certline_device_protocol::KeyRequest {
+                device_id: chip.device.id().to_string(),
+                algorithm,
+            };
+            match chip.generate_key(&request) {
+                Ok(csr) => json!({ "ok": true, "csr": hex::encode(csr) }),
+                Err(e) => fail(e),
+            }
+        }
         ChipRequest::Log { message } => {
             log(&format!("program: {message}"));
             json!({ "ok": true })

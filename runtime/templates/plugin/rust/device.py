@@ -9,7 +9,7 @@ The simulator does what the device's hardware does: TLS on the link, NVRAM
 (the id), flash and the secure element. This program gets the link's plain
 bytes on stdin, answers on stdout, and asks the chip over the Unix socket
 $CERTLINE_DEVICE_SOCKET (one JSON object a line; ops id, identity, check,
-store, sign, log). One run per link session; stderr goes to the simulator's log.
+store, sign, generate-key, log). One run per link session; stderr goes to the simulator's log.
 """
 import json
 import os
@@ -69,7 +69,8 @@ def main():
                     device_id=args[0],
                     root_pem=bytes.fromhex(args[1]).decode(),
                     chain_pem=bytes.fromhex(args[2]).decode(),
-                    key_pem=bytes.fromhex(args[3]).decode(),
+                    # "-": the device made its own key (GENKEY); the pack has none.
+                    key_pem=None if args[3] == "-" else bytes.fromhex(args[3]).decode(),
                 )
                 try:
                     chip.call("check", pack=pack)
@@ -84,6 +85,11 @@ def main():
                     send("FAILED %s" % e)
             elif command == "SIGN" and len(args) == 1:
                 send("SIG " + chip.call("sign", challenge=args[0])["signature"])
+            elif command == "GENKEY" and len(args) == 2:
+                if args[0] != chip.call("id")["id"]:
+                    send("ERR key request is for %s" % args[0])
+                    continue
+                send("CSR " + chip.call("generate-key", algorithm=args[1])["csr"])
             else:
                 send("ERR unknown command %s" % command)
         except (DeviceError, ValueError) as e:

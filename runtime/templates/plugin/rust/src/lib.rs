@@ -7,9 +7,11 @@
 //! line                                   device
 //! HELLO certline/1                       HELLO <id>            once per session
 //! ID                                     ID <id> <sha256 hex of the certificate, or ->
-//! WRITE <id> <root> <chain> <key>        RECEIVED, then WRITTEN or FAILED <reason>
-//!        (the PEMs hex-encoded)          (or FAILED <reason> at once: not for me)
+//! WRITE <id> <root> <chain> <key|->     RECEIVED, then WRITTEN or FAILED <reason>
+//!        (the PEMs hex-encoded; - when   (or FAILED <reason> at once: not for me)
+//!        the device made its own key)
 //! SIGN <challenge hex>                   SIG <signature hex>
+//! GENKEY <id> <algorithm>                CSR <PKCS#10 DER hex>  (keys born in the device)
 //! anything the device cannot serve       ERR <reason>
 //! ```
 //!
@@ -89,9 +91,14 @@ impl<T: Transport> ClientSide for LineEndpoint<T> {
                 pack.device_id,
                 hex::encode(pack.root_pem.as_bytes()),
                 hex::encode(pack.chain_pem.as_bytes()),
-                hex::encode(pack.key_pem.as_bytes()),
+                pack.key_pem
+                    .as_deref()
+                    .map_or("-".to_string(), |k| hex::encode(k.as_bytes())),
             )),
             Request::Sign(challenge) => self.send_line(&format!("SIGN {}", hex::encode(challenge))),
+            Request::GenerateKey(request) => {
+                self.send_line(&format!("GENKEY {} {}", request.device_id, request.algorithm))
+            }
             #[allow(unreachable_patterns)] // requests of later interface versions
             other => Err(Error::Protocol(format!(
                 "this device does not support {}",
@@ -117,6 +124,9 @@ impl<T: Transport> ClientSide for LineEndpoint<T> {
             "SIG" => hex::decode(rest)
                 .map(Answer::Signature)
                 .map_err(|e| Error::Protocol(format!("SIG with a signature that is not hex: {e}"))),
+            "CSR" => hex::decode(rest)
+                .map(Answer::Csr)
+                .map_err(|e| Error::Protocol(format!("CSR that is not hex: {e}"))),
             "ERR" => Ok(Answer::Fault(rest.to_string())),
             _ => Err(Error::Protocol(format!("the device sent {line:?}"))),
         }
