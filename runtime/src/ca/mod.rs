@@ -2,12 +2,15 @@
 //! ([`config`]), issuance policy with no transport in it ([`issuance`], its
 //! crash story in `ISSUANCE-CYCLE.md`), the CA directory and its sealed keys
 //! ([`dir`]), transport ([`serve`], the only place refusals become HTTP, and
-//! [`request`] for the client side), and the command line.
+//! [`request`] for the client side), CRL publication off the request path
+//! ([`publish`]), and the command line.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dir;
 pub mod issuance;
+pub mod publish;
 pub mod request;
+pub mod revocation_bench;
 pub mod serve;
