@@ -26,6 +26,11 @@ pub struct CaConfig {
     /// How long a published CRL is valid (nextUpdate - thisUpdate).
     #[serde(default = "default_crl_hours")]
     pub crl_validity_hours: u32,
+    /// At most how long (seconds) a committed revocation waits for the CRL
+    /// that lists it: the publisher signs at most once per this delay, and
+    /// no request ever waits for it (`ca crl --now` publishes at once).
+    #[serde(default = "default_crl_max_delay")]
+    pub crl_max_delay: f64,
     /// Profile for models that neither the request nor `models` names.
     #[serde(default)]
     pub default_profile: CertProfile,
@@ -43,6 +48,9 @@ fn default_listen() -> String {
 fn default_crl_hours() -> u32 {
     24 * 7
 }
+fn default_crl_max_delay() -> f64 {
+    1.0
+}
 
 impl CaConfig {
     /// A fresh configuration with the defaults for everything not given.
@@ -53,6 +61,7 @@ impl CaConfig {
             max_batch,
             listen: default_listen(),
             crl_validity_hours: default_crl_hours(),
+            crl_max_delay: default_crl_max_delay(),
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
         }
@@ -73,6 +82,12 @@ impl CaConfig {
     /// Every profile must resolve and sign a certificate that is valid at
     /// `now` (a `not_after` in the past is refused here, not at signing time).
     pub fn check(&self, now: OffsetDateTime) -> Result<(), String> {
+        if !(0.0..=86_400.0).contains(&self.crl_max_delay) {
+            return Err(format!(
+                "crl_max_delay = {}: give the seconds a revocation may wait for its CRL, from 0 to 86400",
+                self.crl_max_delay
+            ));
+        }
         for (model, profile) in std::iter::once(("default_profile", &self.default_profile))
             .chain(self.models.iter().map(|(m, p)| (m.as_str(), p)))
         {
@@ -87,6 +102,11 @@ impl CaConfig {
     /// The configured profile of a model (or the default profile).
     pub fn profile(&self, model: &str) -> &CertProfile {
         self.models.get(model).unwrap_or(&self.default_profile)
+    }
+
+    /// At most how long a committed revocation waits for its CRL.
+    pub fn crl_max_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.crl_max_delay.clamp(0.0, 86_400.0))
     }
 
     /// How long a published CRL is valid.
