@@ -12,6 +12,7 @@ mod ca;
 mod center;
 mod demo;
 mod device_link;
+mod est;
 mod hostile_peers;
 mod line_config;
 mod line_flow;

@@ -2,12 +2,14 @@
 //! ([`config`]), issuance policy with no transport in it ([`issuance`], its
 //! crash story in `ISSUANCE-CYCLE.md`), the CA directory and its sealed keys
 //! ([`dir`]), transport ([`serve`], the only place refusals become HTTP, and
-//! [`request`] for the client side), and the command line.
+//! [`request`] for the client side; [`est`] is the RFC 7030 front door to the
+//! same issuance), and the command line.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dir;
+pub mod est;
 pub mod issuance;
 pub mod request;
 pub mod serve;

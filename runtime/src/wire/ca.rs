@@ -57,6 +57,10 @@ pub mod codes {
     pub const NOT_YOUR_CERTIFICATE: &str = "not_your_certificate";
     /// The caller's credential is not one this endpoint serves, or it was revoked.
     pub const FORBIDDEN: &str = "forbidden";
+    /// A device's certificate signing request cannot be signed: not a DER
+    /// PKCS#10 request, over 16 KiB, a signature that does not verify with
+    /// its key, or a key that is not the model profile's algorithm.
+    pub const BAD_CSR: &str = "bad_csr";
     /// The CA failed (a disk, the signer): nothing was issued.
     pub const INTERNAL: &str = "internal";
 }

@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod center;
+pub mod est;
 pub mod station;
 
 use serde::{Deserialize, Serialize};
