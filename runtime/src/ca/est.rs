@@ -31,6 +31,7 @@ use x509_cert::der::{Decode, Encode};
 use super::config::CaConfig;
 use super::issuance::{CaError, CaErrorKind, CertAuthority, Requester};
 use super::serve::CaState;
+use crate::pki::csr;
 use crate::pki::id::{check_model, DeviceId};
 use crate::pki::identity::device_identity;
 use crate::pki::profile::KeyAlgorithm;
@@ -858,46 +859,4 @@ fn base64_body(media: &'static str, text: String) -> Response {
         text + "\n",
     )
         .into_response()
-}
-
-/// TEMPORARY, until issue 14's CSR path (`pki::csr`, `CertAuthority::issue_for_key`)
-/// is in main: the same signatures, so that EST compiles and its framing can be tested.
-mod csr {
-    use super::*;
-
-    #[derive(Debug, Clone)]
-    pub struct CsrKey;
-
-    pub struct Signed {
-        pub cert_pem: String,
-    }
-
-    pub struct VerifiedCsr {
-        pub key: CsrKey,
-        pub request: x509_cert::request::CertReq,
-    }
-
-    pub fn verify(der: &[u8]) -> Result<VerifiedCsr, String> {
-        let request = x509_cert::request::CertReq::from_der(der)
-            .map_err(|e| format!("the CSR is not a DER-encoded PKCS#10 request: {e}"))?;
-        Ok(VerifiedCsr {
-            key: CsrKey,
-            request,
-        })
-    }
-
-    impl CertAuthority {
-        pub fn issue_for_key(
-            &mut self,
-            _id: &str,
-            _replaces: Option<&str>,
-            _profile: Option<crate::pki::profile::CertProfile>,
-            _key: &CsrKey,
-            _requester: &Requester,
-        ) -> Result<Signed, CaError> {
-            Err(CaError::Internal(anyhow::anyhow!(
-                "the CSR path is not merged yet"
-            )))
-        }
-    }
 }
