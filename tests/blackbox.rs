@@ -14,6 +14,7 @@ mod center;
 mod demo;
 mod device_link;
 mod engineer_tools;
+mod est;
 mod hostile_peers;
 mod keygen_line;
 mod line_config;

@@ -154,6 +154,9 @@ pub enum Requester {
     Operator(String),
     /// A station, by the name in its credential.
     Station(String),
+    /// A device renewing its own identity over EST, by the id its current
+    /// identity certificate names (`simplereenroll`).
+    Device(String),
 }
 
 impl Requester {
@@ -166,15 +169,30 @@ impl Requester {
         match self {
             Requester::Operator(command) => command.clone(),
             Requester::Station(name) => format!("station:{name}"),
+            Requester::Device(id) => format!("device:{id}"),
         }
     }
 
     /// Refuses what a station may not touch: a service credential, or a
     /// device certificate another requester asked for.
     fn may_touch(&self, cert: &CertRecord, doing: &str) -> Result<(), CaError> {
-        let Requester::Station(_) = self else {
-            return Ok(());
-        };
+        match self {
+            Requester::Operator(_) => return Ok(()),
+            Requester::Station(_) => {}
+            Requester::Device(id) => {
+                if cert.kind == CertKind::Device && &cert.subject == id {
+                    return Ok(());
+                }
+                return Err(CaError::refused(
+                    CaErrorKind::Forbidden,
+                    codes::NOT_YOUR_CERTIFICATE,
+                    format!(
+                        "certificate {} of {} is not the identity of device {id}; a device may {doing} only its own",
+                        cert.serial, cert.subject
+                    ),
+                ));
+            }
+        }
         if cert.kind != CertKind::Device {
             return Err(CaError::refused(
                 CaErrorKind::Forbidden,
@@ -554,6 +572,19 @@ impl CertAuthority {
             .current_crl(scope)?
             .ok_or_else(|| anyhow::anyhow!("no CRL for {scope}"))?;
         Ok(der)
+    }
+
+    /// Writes an audit entry for a request the CA refused (nothing else
+    /// changes): who asked, what, and why it was refused.
+    pub fn record_refusal(
+        &mut self,
+        requester: &Requester,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.ledger
+            .audit_only(&requester.name(), action, detail)
+            .map(|_| ())
     }
 
     /// Whether a serial (hex) is revoked in this CA's ledger.

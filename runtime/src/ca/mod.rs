@@ -3,14 +3,15 @@
 //! crash story in `ISSUANCE-CYCLE.md`), the CA directory and its sealed keys
 //! ([`dir`]), the path for keys born in the device ([`csr`]), transport
 //! ([`serve`], the only place refusals become HTTP, and [`request`] for the
-//! client side), CRL publication off the request path ([`publish`]), and the
-//! command line.
+//! client side; [`est`] is the RFC 7030 front door to the same issuance), CRL
+//! publication off the request path ([`publish`]), and the command line.
 
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod csr;
 pub mod dir;
+pub mod est;
 pub mod issuance;
 pub mod publish;
 pub mod request;

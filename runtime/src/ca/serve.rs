@@ -111,7 +111,7 @@ impl CaState {
 
     /// Runs ledger and signing work off the async executor, one request at a
     /// time; a write that may have revoked something wakes the publisher.
-    async fn with_ca<T: Send + 'static>(
+    pub(super) async fn with_ca<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut CertAuthority, usize) -> Result<T, CaError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -130,7 +130,7 @@ impl CaState {
     }
 
     /// A station whose own credential has not been revoked.
-    async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
+    pub(super) async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
         let name = peer.require(&[Role::Station])?.to_string();
         let serial = peer.serial.clone().unwrap_or_default();
         let revoked = self
@@ -159,7 +159,9 @@ pub fn router(state: CaState) -> Router {
         .route(api::HEALTH, get(health))
         // A 10,000-id batch is about 300 KB of JSON; leave room, refuse floods.
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
-        .with_state(state)
+        .with_state(state.clone())
+        // RFC 7030 under /.well-known/est/: a second front door to the same issuance.
+        .merge(super::est::router(state))
 }
 
 async fn packs(
