@@ -18,6 +18,7 @@ mod line_flow;
 mod line_outage;
 mod line_script;
 mod station_admin;
+mod station_console;
 mod station_crash;
 mod station_fetch;
 mod station_line;
