@@ -9,10 +9,12 @@ mod line_support;
 mod station_support;
 
 mod ca;
+mod ca_csr;
 mod center;
 mod demo;
 mod device_link;
 mod hostile_peers;
+mod keygen_line;
 mod line_config;
 mod line_flow;
 mod line_outage;

@@ -104,8 +104,9 @@ try {
       const model = { model: row.getAttribute("data-model") };
       for (const cell of row.querySelectorAll("[data-field]")) {
         const field = cell.getAttribute("data-field");
+        const value = cell.getAttribute("data-value");
         model[field] =
-          field === "certificate" ? cell.getAttribute("data-value") === "true" : Number(cell.textContent);
+          field === "certificate" ? value === "true" : value !== null ? value : Number(cell.textContent);
       }
       return model;
     }),

@@ -174,7 +174,7 @@ pub struct Today {
 
 /// The columns of the stock table: the field's name in `admin stock --json`,
 /// its heading, its value.
-pub const STOCK_COLUMNS: [(&str, &str, fn(&ModelStock) -> usize); 9] = [
+pub const STOCK_COLUMNS: [(&str, &str, fn(&ModelStock) -> usize); 10] = [
     ("planned_today", "Planned today", |m| m.planned_today),
     ("in_stock", "In stock", |m| m.in_stock),
     ("handed_out", "Handed out", |m| m.handed_out),
@@ -184,6 +184,9 @@ pub const STOCK_COLUMNS: [(&str, &str, fn(&ModelStock) -> usize); 9] = [
     ("quarantined", "Quarantined", |m| m.quarantined),
     ("discarded", "Discarded", |m| m.discarded),
     ("waiting_for_ca", "Waiting for the CA", |m| m.waiting_for_ca),
+    ("signed_today", "Signed today (keys born in the device)", |m| {
+        m.signed_today
+    }),
 ];
 
 fn stock_table(stock: &StockReport) -> String {
@@ -204,15 +207,17 @@ fn stock_table(stock: &StockReport) -> String {
                 .collect();
             format!(
                 "<tr data-model=\"{model}\"><td>{model}</td>\
-                 <td data-field=\"certificate\" data-value=\"{c}\">{cert}</td>{cells}</tr>",
+                 <td data-field=\"certificate\" data-value=\"{c}\">{cert}</td>\
+                 <td data-field=\"keygen\" data-value=\"{keygen}\">{keygen}</td>{cells}</tr>",
                 model = esc(&m.model),
+                keygen = m.keygen.name(),
                 c = m.certificate,
                 cert = if m.certificate { "yes" } else { "no" },
             )
         })
         .collect();
     format!(
-        "<table id=\"stock\" data-day=\"{day}\"><thead><tr><th>Model</th><th>Certificate</th>{heads}</tr></thead>\
+        "<table id=\"stock\" data-day=\"{day}\"><thead><tr><th>Model</th><th>Certificate</th><th>Keys born in</th>{heads}</tr></thead>\
          <tbody>{rows}</tbody></table>",
         day = esc(&stock.day)
     )
