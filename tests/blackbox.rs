@@ -23,6 +23,7 @@ mod line_outage;
 mod line_script;
 mod plugin_guide;
 mod station_admin;
+mod station_console;
 mod station_crash;
 mod station_fetch;
 mod station_line;
