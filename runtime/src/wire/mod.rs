@@ -3,6 +3,7 @@
 pub mod ca;
 pub mod center;
 pub mod line;
+pub mod est;
 pub mod station;
 
 use serde::{Deserialize, Serialize};
