@@ -56,12 +56,37 @@ pub struct CaConfig {
     /// Where the root and issuing keys are: sealed files (the default) or a PKCS#11 token.
     #[serde(default, skip_serializing_if = "KeyStoreConfig::is_sealed")]
     pub keystore: KeyStoreConfig,
+    /// At most how long (seconds) a committed revocation waits for the CRL
+    /// that lists it: the publisher signs at most once per this delay, and
+    /// no request ever waits for it (`ca crl --now` publishes at once).
+    #[serde(default = "default_crl_max_delay")]
+    pub crl_max_delay: f64,
     /// Profile for models that neither the request nor `models` names.
     #[serde(default)]
     pub default_profile: CertProfile,
     /// Per model code profiles.
     #[serde(default)]
     pub models: BTreeMap<String, CertProfile>,
+    /// The EST front door (`/.well-known/est/`, see `est.rs`); written only
+    /// when it differs from the default.
+    #[serde(default, skip_serializing_if = "EstConfig::is_default")]
+    pub est: EstConfig,
+}
+
+/// `[est]` in `ca.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Whether `cacerts` and `csrattrs` answer a client without a certificate
+    /// (RFC 7030 §4.1.1 allows it; off unless the operator says so).
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl EstConfig {
+    fn is_default(&self) -> bool {
+        !self.public
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -72,6 +97,9 @@ fn default_listen() -> String {
 }
 fn default_crl_hours() -> u32 {
     24 * 7
+}
+fn default_crl_max_delay() -> f64 {
+    1.0
 }
 
 impl CaConfig {
@@ -86,8 +114,10 @@ impl CaConfig {
             crl_url: None,
             ca_issuers_url: None,
             keystore: KeyStoreConfig::Sealed,
+            crl_max_delay: default_crl_max_delay(),
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
+            est: EstConfig::default(),
         }
     }
 
@@ -127,6 +157,12 @@ impl CaConfig {
                     "{key} and {other} are published at the same path {path}; give them different file names"
                 ));
             }
+        }
+        if !(0.0..=86_400.0).contains(&self.crl_max_delay) {
+            return Err(format!(
+                "crl_max_delay = {}: give the seconds a revocation may wait for its CRL, from 0 to 86400",
+                self.crl_max_delay
+            ));
         }
         for (model, profile) in std::iter::once(("default_profile", &self.default_profile))
             .chain(self.models.iter().map(|(m, p)| (m.as_str(), p)))
@@ -180,6 +216,11 @@ impl CaConfig {
         .into_iter()
         .filter_map(|(url, what)| url.map(|u| (urls::path_of(&u), what)))
         .collect()
+    }
+
+    /// At most how long a committed revocation waits for its CRL.
+    pub fn crl_max_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.crl_max_delay.clamp(0.0, 86_400.0))
     }
 
     /// How long a published CRL is valid.

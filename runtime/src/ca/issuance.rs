@@ -1,8 +1,10 @@
 //! Issuance: what a request may ask for, who may revoke what, and the order
 //! in which the ledger and the signer are used so that no device id ever has
 //! two valid certificates and no signed certificate is unknown to the ledger
-//! (reserve → sign → commit → publish; see `ISSUANCE-CYCLE.md` beside this file
-//! for what a crash between any two steps leaves and who cleans it up).
+//! (reserve → sign → commit; see `ISSUANCE-CYCLE.md` beside this file for
+//! what a crash between any two steps leaves and who cleans it up). A
+//! revocation commits its row and the ledger's revocation count and returns:
+//! CRLs are signed off the request path (`publish.rs`).
 //!
 //! No transport here: refusals are a [`CaError`] with a kind and a stable
 //! code from [`crate::wire::ca::codes`]; `serve.rs` maps them onto HTTP. The
@@ -13,7 +15,7 @@
 //! checks before them and the refusals they raise are read together, since
 //! the order of the checks and of the ledger and signer calls is the guarantee.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -22,14 +24,13 @@ use zeroize::Zeroizing;
 use super::config::CaConfig;
 use crate::pki::authority::Authority;
 use crate::pki::credential::Credential;
-use crate::pki::crl::{listed_serials, Reason};
+use crate::pki::crl::Reason;
 use crate::pki::id::{check_model, DeviceId};
 use crate::pki::keys::DeviceKey;
 use crate::pki::profile::ResolvedProfile;
 use crate::pki::role::{check_name, Role};
 use crate::pki::serial::Serial;
 use crate::pki::{fingerprint, to_pem};
-use crate::store::db::time_text;
 use crate::store::ledger::{
     CertKind, CertRecord, CertStatus, Ledger, LedgerError, Reservation, RevokeTarget,
 };
@@ -87,7 +88,11 @@ pub enum CaError {
 }
 
 impl CaError {
-    fn refused(kind: CaErrorKind, code: &'static str, message: impl Into<String>) -> CaError {
+    pub(super) fn refused(
+        kind: CaErrorKind,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> CaError {
         CaError::Refused {
             kind,
             code,
@@ -95,7 +100,7 @@ impl CaError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> CaError {
+    pub(super) fn invalid(message: impl Into<String>) -> CaError {
         CaError::refused(CaErrorKind::Invalid, codes::BAD_REQUEST, message)
     }
 
@@ -149,6 +154,9 @@ pub enum Requester {
     Operator(String),
     /// A station, by the name in its credential.
     Station(String),
+    /// A device renewing its own identity over EST, by the id its current
+    /// identity certificate names (`simplereenroll`).
+    Device(String),
 }
 
 impl Requester {
@@ -161,15 +169,30 @@ impl Requester {
         match self {
             Requester::Operator(command) => command.clone(),
             Requester::Station(name) => format!("station:{name}"),
+            Requester::Device(id) => format!("device:{id}"),
         }
     }
 
     /// Refuses what a station may not touch: a service credential, or a
     /// device certificate another requester asked for.
     fn may_touch(&self, cert: &CertRecord, doing: &str) -> Result<(), CaError> {
-        let Requester::Station(_) = self else {
-            return Ok(());
-        };
+        match self {
+            Requester::Operator(_) => return Ok(()),
+            Requester::Station(_) => {}
+            Requester::Device(id) => {
+                if cert.kind == CertKind::Device && &cert.subject == id {
+                    return Ok(());
+                }
+                return Err(CaError::refused(
+                    CaErrorKind::Forbidden,
+                    codes::NOT_YOUR_CERTIFICATE,
+                    format!(
+                        "certificate {} of {} is not the identity of device {id}; a device may {doing} only its own",
+                        cert.serial, cert.subject
+                    ),
+                ));
+            }
+        }
         if cert.kind != CertKind::Device {
             return Err(CaError::refused(
                 CaErrorKind::Forbidden,
@@ -209,22 +232,24 @@ fn crash_point(name: &'static str) {
 }
 
 pub struct CertAuthority {
-    pki: Authority,
+    /// Shared with the CRL publisher thread, which signs with it too.
+    pki: Arc<Authority>,
     ledger: Ledger,
     config: CaConfig,
     clock: Clock,
 }
 
-/// One signed device certificate before it is committed.
-struct Signed {
-    serial: Serial,
-    id: String,
-    der: Vec<u8>,
-    key_pem: Zeroizing<String>,
+/// One signed device certificate before it is committed, with its private
+/// key (`K`) when the CA generated it, `()` when the device holds it.
+pub(super) struct Signed<K> {
+    pub(super) serial: Serial,
+    pub(super) id: String,
+    pub(super) der: Vec<u8>,
+    pub(super) key: K,
 }
 
 /// A checked batch item: its id, the certificate it replaces, its profile.
-type Item = (DeviceId, Option<Serial>, ResolvedProfile);
+pub(super) type Item = (DeviceId, Option<Serial>, ResolvedProfile);
 
 impl CertAuthority {
     pub fn new(
@@ -235,7 +260,7 @@ impl CertAuthority {
     ) -> CertAuthority {
         pki.set_issued_urls(config.issued_urls());
         CertAuthority {
-            pki,
+            pki: Arc::new(pki),
             ledger,
             config,
             clock,
@@ -244,6 +269,11 @@ impl CertAuthority {
 
     pub fn pki(&self) -> &Authority {
         &self.pki
+    }
+
+    /// The signer, for a thread that signs beside this one (the CRL publisher).
+    pub fn shared_pki(&self) -> Arc<Authority> {
+        self.pki.clone()
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -260,7 +290,7 @@ impl CertAuthority {
 
     /// Checks a batch and resolves each item's profile, naming the first bad
     /// item; every profile must give certificates valid after `not_before`.
-    fn validate(
+    pub(super) fn validate(
         &self,
         request: &BatchRequest,
         not_before: OffsetDateTime,
@@ -348,8 +378,38 @@ impl CertAuthority {
     ) -> Result<PackBatch, CaError> {
         let now = self.clock.now();
         let items = self.validate(request, now)?;
+        let issued = self.issue_items(&items, requester, now, |pki, items, reservations| {
+            sign_all(pki, items, reservations, threads, now)
+        })?;
+        let packs = issued
+            .into_iter()
+            .map(|(s, fp)| IssuedPack {
+                id: s.id,
+                serial: s.serial.to_hex(),
+                fingerprint: fp,
+                cert_pem: to_pem("CERTIFICATE", &s.der),
+                key_pem: s.key,
+            })
+            .collect();
+        Ok(PackBatch {
+            root_pem: self.pki.root_pem().to_string(),
+            issuing_pem: self.pki.issuing_pem().to_string(),
+            packs,
+        })
+    }
+
+    /// The cycle for checked items, whoever made the keys: reserve, `sign`
+    /// (given the signer, the items and their reservations), commit, publish.
+    /// Returns each signed certificate with its fingerprint, in item order.
+    pub(super) fn issue_items<K>(
+        &mut self,
+        items: &[Item],
+        requester: &Requester,
+        now: OffsetDateTime,
+        sign: impl FnOnce(&Authority, &[Item], &[Reservation]) -> anyhow::Result<Vec<Signed<K>>>,
+    ) -> Result<Vec<(Signed<K>, String)>, CaError> {
         // A station replaces only what it asked for (the replaced one is revoked).
-        for (_, replaces, _) in &items {
+        for (_, replaces, _) in items {
             if let Some(serial) = replaces {
                 if let Some(old) = self.ledger.by_serial(&serial.to_hex())? {
                     requester.may_touch(&old, "replace")?;
@@ -374,7 +434,7 @@ impl CertAuthority {
         crash_point("ca-after-reserve");
 
         // 2. sign
-        let signed = match self.sign_all(&items, &reservations, threads, now) {
+        let signed = match sign(&self.pki, items, &reservations) {
             Ok(signed) => signed,
             Err(err) => {
                 self.ledger.abandon_reserved(
@@ -382,8 +442,7 @@ impl CertAuthority {
                     &format!("signing failed: {err:#}"),
                     self.clock.now(),
                 )?;
-                // Should this fail, the next start publishes (`publish_if_behind`).
-                let _ = self.publish_crls();
+                // The publisher (or the next start) lists what was abandoned.
                 return Err(CaError::Internal(err));
             }
         };
@@ -403,81 +462,19 @@ impl CertAuthority {
                 &format!("commit failed: {err:#}"),
                 self.clock.now(),
             );
-            let _ = self.publish_crls();
             return Err(CaError::Internal(err));
         }
         crash_point("ca-after-commit");
 
-        // 4. publish: a replacement revoked the certificate it replaces (in
-        // `reserve`): the CRL must say so now, not when the cached one is half expired.
-        if reservations.iter().any(|r| r.replaces.is_some()) {
-            self.publish_crls()?;
-        }
-        let packs = signed
+        // A replacement revoked the certificate it replaces (in `reserve`,
+        // which counted it): the publisher lists it within `crl_max_delay`.
+        Ok(signed
             .into_iter()
-            .map(|s| IssuedPack {
-                id: s.id,
-                serial: s.serial.to_hex(),
-                fingerprint: fingerprint(&s.der),
-                cert_pem: to_pem("CERTIFICATE", &s.der),
-                key_pem: s.key_pem,
+            .map(|s| {
+                let fp = fingerprint(&s.der);
+                (s, fp)
             })
-            .collect();
-        Ok(PackBatch {
-            root_pem: self.pki.root_pem().to_string(),
-            issuing_pem: self.pki.issuing_pem().to_string(),
-            packs,
-        })
-    }
-
-    fn sign_all(
-        &self,
-        items: &[Item],
-        reservations: &[Reservation],
-        threads: usize,
-        not_before: OffsetDateTime,
-    ) -> anyhow::Result<Vec<Signed>> {
-        // Only the signer crosses threads; the ledger stays on this one.
-        let pki = &self.pki;
-        let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
-            let key = DeviceKey::generate(profile.key)?;
-            let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
-            Ok(Signed {
-                serial: reservation.serial.clone(),
-                id: id.to_string(),
-                der,
-                key_pem: key.pkcs8_pem(),
-            })
-        };
-        let threads = threads.clamp(1, 64);
-        if threads == 1 || items.len() < 64 {
-            return items.iter().zip(reservations).map(sign_one).collect();
-        }
-        let chunk = items.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = items
-                .chunks(chunk)
-                .zip(reservations.chunks(chunk))
-                .map(|(items, reservations)| {
-                    scope.spawn(move || {
-                        items
-                            .iter()
-                            .zip(reservations)
-                            .map(sign_one)
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(items.len());
-            for worker in workers {
-                all.extend(
-                    worker
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
-                );
-            }
-            Ok(all)
-        })
+            .collect())
     }
 
     /// A service credential for a station, line, center, device link or the CA itself.
@@ -515,8 +512,9 @@ impl CertAuthority {
         )
     }
 
-    /// Revokes one certificate (commit), then publishes CRLs that list it
-    /// (publish). A station may revoke only device certificates it asked for.
+    /// Revokes one certificate (commit, with the ledger's revocation count);
+    /// the CRL that lists it is signed off the request path (`publish.rs`).
+    /// A station may revoke only device certificates it asked for.
     pub fn revoke(
         &mut self,
         target: &RevokeTarget,
@@ -533,7 +531,6 @@ impl CertAuthority {
             .revoke(&found, reason, &requester.name(), self.clock.now())
             .map_err(CaError::from_ledger)?;
         crash_point("ca-revoke-before-crl");
-        self.publish_crls()?;
         Ok(Revoked {
             serial: record.serial,
             subject: record.subject,
@@ -544,18 +541,7 @@ impl CertAuthority {
 
     /// The live certificate of each id that has one.
     pub fn lookup(&self, ids: &[String]) -> Result<Vec<LiveCert>, CaError> {
-        let mut live = Vec::new();
-        for (index, id) in ids.iter().enumerate() {
-            DeviceId::parse(id).map_err(|e| CaError::invalid(format!("id {}: {e}", index + 1)))?;
-            if let Some(record) = self.ledger.live_device_cert(id)? {
-                live.push(LiveCert {
-                    id: id.clone(),
-                    serial: record.serial,
-                    fingerprint: record.fingerprint,
-                });
-            }
-        }
-        Ok(live)
+        lookup(&self.ledger, ids)
     }
 
     /// Signs and stores fresh CRLs for both scopes, each with the next number.
@@ -565,40 +551,15 @@ impl CertAuthority {
 
     /// As [`Self::publish_crls`], with a nextUpdate `validity` from now.
     pub fn publish_crls_valid_for(&mut self, validity: time::Duration) -> anyhow::Result<()> {
-        let now = self.clock.now();
-        let revoked = self.ledger.revoked_entries()?;
-        let next_update = time_text(now + validity);
-        let number = self.ledger.next_crl_number(SCOPE_ISSUING)?;
-        let der = self.pki.issuing_crl(number, &revoked, now, validity)?;
-        self.ledger
-            .store_crl(SCOPE_ISSUING, number, &der, &next_update)?;
-        // Nothing revokes the issuing CA yet, so the root's list stays empty.
-        let number = self.ledger.next_crl_number(SCOPE_ROOT)?;
-        let der = self.pki.root_crl(number, &[], now, validity)?;
-        self.ledger
-            .store_crl(SCOPE_ROOT, number, &der, &next_update)?;
-        Ok(())
+        super::publish::publish(&self.pki, &mut self.ledger, self.clock.now(), validity)
     }
 
     /// Publishes fresh CRLs if the current ones miss a revocation the ledger
     /// has committed (a crash between a revocation's commit and its CRL, or
     /// abandoned reservations), or if there are none. Returns whether it did.
+    /// Two single-row reads when nothing is missing, whatever the CRL's size.
     pub fn publish_if_behind(&mut self) -> anyhow::Result<bool> {
-        let listed: HashSet<String> = match (
-            self.ledger.current_crl(SCOPE_ISSUING)?,
-            self.ledger.current_crl(SCOPE_ROOT)?,
-        ) {
-            (Some((_, der, _)), Some(_)) => listed_serials(&der)?,
-            _ => {
-                self.publish_crls()?;
-                return Ok(true);
-            }
-        };
-        let behind = self
-            .ledger
-            .revoked_entries()?
-            .iter()
-            .any(|entry| !listed.contains(&entry.serial.to_hex()));
+        let behind = super::publish::is_behind(&self.ledger)?;
         if behind {
             self.publish_crls()?;
         }
@@ -621,11 +582,96 @@ impl CertAuthority {
         Ok(der)
     }
 
+    /// Writes an audit entry for a request the CA refused (nothing else
+    /// changes): who asked, what, and why it was refused.
+    pub fn record_refusal(
+        &mut self,
+        requester: &Requester,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.ledger
+            .audit_only(&requester.name(), action, detail)
+            .map(|_| ())
+    }
+
     /// Whether a serial (hex) is revoked in this CA's ledger.
     pub fn is_revoked(&self, serial: &str) -> anyhow::Result<bool> {
-        Ok(self
-            .ledger
-            .by_serial(serial)?
-            .is_some_and(|r| r.status == CertStatus::Revoked))
+        is_revoked(&self.ledger, serial)
     }
+}
+
+/// Generates a key and signs a certificate for each item, on `threads`
+/// threads for a large batch. Only the signer crosses threads; the ledger
+/// stays on the caller's.
+fn sign_all(
+    pki: &Authority,
+    items: &[Item],
+    reservations: &[Reservation],
+    threads: usize,
+    not_before: OffsetDateTime,
+) -> anyhow::Result<Vec<Signed<Zeroizing<String>>>> {
+    let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
+        let key = DeviceKey::generate(profile.key)?;
+        let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
+        Ok(Signed {
+            serial: reservation.serial.clone(),
+            id: id.to_string(),
+            der,
+            key: key.pkcs8_pem(),
+        })
+    };
+    let threads = threads.clamp(1, 64);
+    if threads == 1 || items.len() < 64 {
+        return items.iter().zip(reservations).map(sign_one).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .zip(reservations.chunks(chunk))
+            .map(|(items, reservations)| {
+                scope.spawn(move || {
+                    items
+                        .iter()
+                        .zip(reservations)
+                        .map(sign_one)
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(items.len());
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
+/// The live certificate of each id that has one (any ledger connection: the
+/// server answers lookups on a reader of its own, beside the issuance lock).
+pub fn lookup(ledger: &Ledger, ids: &[String]) -> Result<Vec<LiveCert>, CaError> {
+    let mut live = Vec::new();
+    for (index, id) in ids.iter().enumerate() {
+        DeviceId::parse(id).map_err(|e| CaError::invalid(format!("id {}: {e}", index + 1)))?;
+        if let Some(record) = ledger.live_device_cert(id)? {
+            live.push(LiveCert {
+                id: id.clone(),
+                serial: record.serial,
+                fingerprint: record.fingerprint,
+            });
+        }
+    }
+    Ok(live)
+}
+
+/// Whether a serial (hex) is revoked in a ledger (any connection).
+pub fn is_revoked(ledger: &Ledger, serial: &str) -> anyhow::Result<bool> {
+    Ok(ledger
+        .by_serial(serial)?
+        .is_some_and(|r| r.status == CertStatus::Revoked))
 }
