@@ -23,7 +23,7 @@ fn body(id: &str, der: &[u8], replaces: Option<&str>) -> Vec<u8> {
 }
 
 fn cert_of(reply: &serde_json::Value) -> Vec<u8> {
-    pem::parse(reply["cert_pem"].as_str().unwrap())
+    ::pem::parse(reply["cert_pem"].as_str().unwrap())
         .unwrap()
         .into_contents()
 }
