@@ -747,7 +747,7 @@ async fn password(
         &session,
         StatusCode::OK,
         Some(page::Outcome::ok(
-            "Your password is changed; your other sessions have ended.".into(),
+            "Your password is changed; your other sessions have ended.",
         )),
     ))
 }
