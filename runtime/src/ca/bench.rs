@@ -1,5 +1,6 @@
 //! `certline ca bench`: batch issuance against the raw rate of the crypto
 //! library in the same run (one P-256 key generation plus one signature).
+//! With `--revoked N`: revocation at scale instead (`revocation_bench.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,16 @@ pub struct BenchArgs {
     /// Skip the over-the-wire measurement.
     #[arg(long)]
     pub no_wire: bool,
+    /// Measure revocation instead: a CA and a center with no revoked
+    /// certificate, then with this many on the CRL, in one run.
+    #[arg(long, value_name = "N")]
+    pub revoked: Option<usize>,
+    /// With --revoked: revokes and replacements per storm.
+    #[arg(long, default_value_t = 300)]
+    pub storm: usize,
+    /// With --revoked: center connections per device kind.
+    #[arg(long, default_value_t = 200)]
+    pub connections: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -59,6 +70,9 @@ fn batch(prefix: &str, count: usize) -> BatchRequest {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(revoked) = args.revoked {
+        return super::revocation_bench::run(revoked, args.storm, args.connections, args.json);
+    }
     let count = args.count.max(1);
     let tmp = tempfile::tempdir()?;
     let cores = std::thread::available_parallelism()
@@ -161,7 +175,7 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
     crate::command::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
-        let state = CaState::new(ca, threads);
+        let state = CaState::new(ca, threads)?;
         let server = tokio::spawn(crate::service::server::serve(
             listener,
             tls,

@@ -167,6 +167,10 @@ pub struct CrlArgs {
     /// the current CRLs, re-published once half their validity is gone).
     #[arg(long, value_name = "SECONDS")]
     pub valid_for: Option<u32>,
+    /// Publish fresh CRLs now, whatever the publisher's delay (a CA serving
+    /// this directory serves them from its next CRL request on).
+    #[arg(long, conflicts_with = "valid_for")]
+    pub now: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,7 +283,7 @@ fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let state = CaState::new(opened.ca, threads);
+    let state = CaState::new(opened.ca, threads)?;
     runtime()?.block_on(async move {
         let listener = bind(&listen, "CA").await?;
         serve(listener, tls, router(state), shutdown_signal()).await
@@ -335,7 +339,10 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
         .unwrap_or(1);
     let batch = opened
         .ca
-        .issue_batch(&request, &Requester::operator("ca issue"), threads)?;
+        .issue_batch(&request, &Requester::operator("ca issue"), threads);
+    // Whatever a failed batch abandoned is listed now, not at the next start.
+    opened.ca.publish_if_behind()?;
+    let batch = batch?;
     let written = super::request::write_batch(&batch, &args.out)?;
     emit(args.json, &written, || {
         for pack in &written {
@@ -386,6 +393,9 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let revoked = opened
         .ca
         .revoke(&target, args.reason, &Requester::operator("ca revoke"))?;
+    // No publisher runs in this process: publish now (a CA serving the same
+    // directory serves the stored CRL at its next read).
+    opened.ca.publish_if_behind()?;
     emit(args.json, &revoked, || {
         println!(
             "revoked {} ({}) at {}: {}",
@@ -397,6 +407,9 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 fn crl(args: CrlArgs) -> anyhow::Result<()> {
     let mut opened = open(&args.dir)?;
     let mut pem = String::new();
+    if args.now {
+        opened.ca.publish_crls()?;
+    }
     for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
         let der = match args.valid_for {
             // Exactly the CRLs just published, not a re-publication of them.

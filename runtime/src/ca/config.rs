@@ -26,12 +26,37 @@ pub struct CaConfig {
     /// How long a published CRL is valid (nextUpdate - thisUpdate).
     #[serde(default = "default_crl_hours")]
     pub crl_validity_hours: u32,
+    /// At most how long (seconds) a committed revocation waits for the CRL
+    /// that lists it: the publisher signs at most once per this delay, and
+    /// no request ever waits for it (`ca crl --now` publishes at once).
+    #[serde(default = "default_crl_max_delay")]
+    pub crl_max_delay: f64,
     /// Profile for models that neither the request nor `models` names.
     #[serde(default)]
     pub default_profile: CertProfile,
     /// Per model code profiles.
     #[serde(default)]
     pub models: BTreeMap<String, CertProfile>,
+    /// The EST front door (`/.well-known/est/`, see `est.rs`); written only
+    /// when it differs from the default.
+    #[serde(default, skip_serializing_if = "EstConfig::is_default")]
+    pub est: EstConfig,
+}
+
+/// `[est]` in `ca.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Whether `cacerts` and `csrattrs` answer a client without a certificate
+    /// (RFC 7030 §4.1.1 allows it; off unless the operator says so).
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl EstConfig {
+    fn is_default(&self) -> bool {
+        !self.public
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -43,6 +68,9 @@ fn default_listen() -> String {
 fn default_crl_hours() -> u32 {
     24 * 7
 }
+fn default_crl_max_delay() -> f64 {
+    1.0
+}
 
 impl CaConfig {
     /// A fresh configuration with the defaults for everything not given.
@@ -53,8 +81,10 @@ impl CaConfig {
             max_batch,
             listen: default_listen(),
             crl_validity_hours: default_crl_hours(),
+            crl_max_delay: default_crl_max_delay(),
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
+            est: EstConfig::default(),
         }
     }
 
@@ -73,6 +103,12 @@ impl CaConfig {
     /// Every profile must resolve and sign a certificate that is valid at
     /// `now` (a `not_after` in the past is refused here, not at signing time).
     pub fn check(&self, now: OffsetDateTime) -> Result<(), String> {
+        if !(0.0..=86_400.0).contains(&self.crl_max_delay) {
+            return Err(format!(
+                "crl_max_delay = {}: give the seconds a revocation may wait for its CRL, from 0 to 86400",
+                self.crl_max_delay
+            ));
+        }
         for (model, profile) in std::iter::once(("default_profile", &self.default_profile))
             .chain(self.models.iter().map(|(m, p)| (m.as_str(), p)))
         {
@@ -87,6 +123,11 @@ impl CaConfig {
     /// The configured profile of a model (or the default profile).
     pub fn profile(&self, model: &str) -> &CertProfile {
         self.models.get(model).unwrap_or(&self.default_profile)
+    }
+
+    /// At most how long a committed revocation waits for its CRL.
+    pub fn crl_max_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.crl_max_delay.clamp(0.0, 86_400.0))
     }
 
     /// How long a published CRL is valid.

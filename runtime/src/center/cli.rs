@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::crl::{refresh_loop, CrlSource, CrlState};
+use super::crl::{refresh, refresh_loop, CrlIssuers, CrlSource, CrlState};
 use super::decide::Policy;
 use super::serve::{router, CenterState, ContractBook};
 use crate::pki::credential::Credential;
@@ -95,6 +95,15 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let crl = Arc::new(RwLock::new(CrlState::default()));
+    // CRLs are verified with the CA certificates of the center's own credential.
+    let issuers = CrlIssuers {
+        root: cred.root.to_vec(),
+        issuing: cred
+            .chain
+            .get(1)
+            .with_context(|| format!("{} holds no issuing CA certificate", cred_path.display()))?
+            .to_vec(),
+    };
     let state = Arc::new(CenterState {
         root: cred.root.to_vec(),
         crl: crl.clone(),
@@ -107,13 +116,10 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
     let tls = server_config(&cred, ClientAuth::Optional)?;
     crate::command::runtime()?.block_on(async move {
         // The first CRL before the first answer, so a fresh center does not fail closed needlessly.
-        if let Ok(crls) = source.fetch().await {
-            if let Ok(fresh) = super::crl::state_from(crls) {
-                *crl.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-            }
-        }
+        refresh(&source, &issuers, &crl).await;
         tokio::spawn(refresh_loop(
             source,
+            issuers,
             crl,
             Duration::from_secs(args.crl_refresh.max(1)),
         ));

@@ -50,8 +50,52 @@ CREATE TABLE crl_state (
 );
 ";
 
+/// Revocation at fleet scale (issue 15). Every transaction that revokes
+/// counts up `crl_pending.revocations` by one and stamps the rows it revoked
+/// with the new count (`revoked_seq`); each stored CRL records the count it
+/// covers. So "is the CRL behind the ledger?" is two single-row reads, and
+/// the publisher reads only the revocations after the ones it already
+/// listed, through a partial index, in order (no scan of valid rows, no
+/// sort). Rows revoked before this migration get sequence 0.
+const SCHEMA_V2: &str = "
+ALTER TABLE certs ADD COLUMN revoked_seq INTEGER;
+UPDATE certs SET revoked_seq = 0 WHERE status = 'revoked';
+CREATE INDEX certs_revoked ON certs(revoked_seq, serial) WHERE status = 'revoked';
+CREATE TABLE crl_pending (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    revocations INTEGER NOT NULL
+);
+INSERT INTO crl_pending (one, revocations) VALUES (1, 0);
+ALTER TABLE crl_state ADD COLUMN covers INTEGER;
+";
+
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1]
+    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2]
+}
+
+/// The sequence number the rows a transaction revokes are stamped with.
+fn revocation_seq(tx: &rusqlite::Transaction<'_>) -> anyhow::Result<i64> {
+    Ok(tx
+        .prepare_cached("SELECT revocations + 1 FROM crl_pending")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Counts a transaction that revoked `rows` rows (stamped with
+/// [`revocation_seq`]), inside that transaction.
+fn count_revocations(tx: &rusqlite::Transaction<'_>, rows: usize) -> anyhow::Result<()> {
+    if rows > 0 {
+        tx.prepare_cached("UPDATE crl_pending SET revocations = revocations + 1")?
+            .execute([])?;
+    }
+    Ok(())
+}
+
+/// What the last CRL of a scope covers, without its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlStatus {
+    pub number: u64,
+    /// The ledger's revocation count when it was signed (None: from before the count existed).
+    pub covers: Option<u64>,
 }
 
 pub struct Reservation {
@@ -178,6 +222,28 @@ impl Ledger {
         Ok(Ledger { conn })
     }
 
+    /// A second connection to the same database: readers and the CRL
+    /// publisher use their own, so they never wait for the issuance lock
+    /// (WAL: readers do not block the writer, nor it them).
+    pub fn reopen(&self) -> anyhow::Result<Ledger> {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("the ledger has no file to open again"))?;
+        Ledger::open(Path::new(path), false)
+    }
+
+    /// A second connection for the CRL publisher: it writes only CRLs and
+    /// their audit entries, public data, so a superseded CRL's pages are
+    /// freed without being overwritten (`secure_delete` off for this
+    /// connection alone; every other connection keeps it on).
+    pub fn reopen_for_crls(&self) -> anyhow::Result<Ledger> {
+        let ledger = self.reopen()?;
+        ledger.conn.execute_batch("PRAGMA secure_delete=OFF;")?;
+        Ok(ledger)
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -234,6 +300,7 @@ impl Ledger {
         }
         let tx = self.conn.transaction()?;
         let now = db::time_text(now);
+        let seq = revocation_seq(&tx)?;
         // Only replacements need a look first; for the rest the partial unique
         // index refuses a second live certificate, and the error path below
         // names the certificate it collided with.
@@ -258,10 +325,11 @@ impl Ledger {
                 .into());
             }
             tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_seq = ?4 WHERE serial = ?1",
             )?
-            .execute(params![named.to_hex(), now, Reason::Superseded.name()])?;
+            .execute(params![named.to_hex(), now, Reason::Superseded.name(), seq])?;
         }
+        count_revocations(&tx, items.iter().filter(|i| i.replaces.is_some()).count())?;
         let detail = serde_json::json!({
             "count": items.len(),
             "certs": items.iter().map(|i| Reserved {
@@ -270,7 +338,7 @@ impl Ledger {
                 replaces: i.replaces.as_ref().map(Serial::to_hex),
             }).collect::<Vec<_>>(),
         });
-        let seq = audit::append(&tx, requester, "reserve", &detail)?;
+        let audit_seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, replaces, audit_seq)
@@ -284,7 +352,7 @@ impl Ledger {
                     requester,
                     now,
                     item.replaces.as_ref().map(Serial::to_hex),
-                    seq
+                    audit_seq
                 ]);
                 if let Err(err) = inserted {
                     let is_unique = matches!(
@@ -305,7 +373,7 @@ impl Ledger {
             }
         }
         tx.commit()?;
-        Ok(seq)
+        Ok(audit_seq)
     }
 
     /// Marks reserved certificates as issued, with their fingerprints and DER.
@@ -375,16 +443,22 @@ impl Ledger {
             &serde_json::json!({"why": why, "serials": serials}),
         )?;
         let now = db::time_text(now);
+        let seq = revocation_seq(&tx)?;
         let mut count = 0;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status = 'reserved'",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_seq = ?4 WHERE serial = ?1 AND status = 'reserved'",
             )?;
             for serial in &serials {
-                count +=
-                    update.execute(params![serial, now, Reason::CessationOfOperation.name()])?;
+                count += update.execute(params![
+                    serial,
+                    now,
+                    Reason::CessationOfOperation.name(),
+                    seq
+                ])?;
             }
         }
+        count_revocations(&tx, count)?;
         tx.commit()?;
         Ok(count)
     }
@@ -425,9 +499,10 @@ impl Ledger {
             "revoke",
             &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
         )?;
+        let seq = revocation_seq(&tx)?;
         let changed = tx.execute(
-            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status != 'revoked'",
-            params![found.serial, db::time_text(now), reason.name()],
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_seq = ?4 WHERE serial = ?1 AND status != 'revoked'",
+            params![found.serial, db::time_text(now), reason.name(), seq],
         )?;
         if changed != 1 {
             return Err(LedgerError::AlreadyRevoked {
@@ -436,6 +511,7 @@ impl Ledger {
             }
             .into());
         }
+        count_revocations(&tx, 1)?;
         tx.commit()?;
         Ok(self.by_serial(&found.serial)?.expect("just updated"))
     }
@@ -443,10 +519,25 @@ impl Ledger {
     /// Every revoked certificate: a CRL never drops a serial once listed, since
     /// certline certificates do not expire.
     pub fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT serial, revoked_at, reason FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial",
+        self.revoked_between(None, self.revocations()?)
+    }
+
+    /// The certificates revoked by the revoking transactions after number
+    /// `after` (None: from the first) up to number `upto` ([`Self::revocations`]),
+    /// oldest first: what a publisher that listed up to `after` adds. Read
+    /// through the partial index `certs_revoked`: no scan of valid rows, no sort.
+    pub fn revoked_between(
+        &self,
+        after: Option<u64>,
+        upto: u64,
+    ) -> anyhow::Result<Vec<RevokedEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked
+             WHERE status = 'revoked' AND revoked_seq > ?1 AND revoked_seq <= ?2
+             ORDER BY revoked_seq, serial",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let after = after.map_or(-1, |a| a as i64);
+        let rows = stmt.query_map(params![after, upto as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -463,6 +554,46 @@ impl Ledger {
             });
         }
         Ok(out)
+    }
+
+    /// Fills the ledger with `count` revoked device certificates that were
+    /// never signed (random serials, ids `<model>-<n>`), in one transaction
+    /// with one audit entry: how `ca bench --revoked N` gives a CA years of
+    /// revocations before it measures anything through the API.
+    pub fn fill_revoked_for_bench(
+        &mut self,
+        model: &str,
+        count: usize,
+        at: OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let revoked_seq = revocation_seq(&tx)?;
+        let seq = audit::append(
+            &tx,
+            "ca bench",
+            "bench-fill",
+            &serde_json::json!({"revoked": count, "model": model}),
+        )?;
+        let at = db::time_text(at);
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, revoked_at, reason, audit_seq, revoked_seq)
+                 VALUES (?1, ?2, 'device', 'revoked', 'ca bench', ?3, ?3, ?3, ?4, ?5, ?6)",
+            )?;
+            for n in 0..count {
+                insert.execute(params![
+                    Serial::random().to_hex(),
+                    format!("{model}-{n:08}"),
+                    at,
+                    Reason::Superseded.name(),
+                    seq,
+                    revoked_seq
+                ])?;
+            }
+        }
+        count_revocations(&tx, count)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
@@ -482,12 +613,39 @@ impl Ledger {
         Ok(number as u64)
     }
 
+    /// How many revoking transactions the ledger has committed, ever (see
+    /// [`CrlStatus::covers`]; each stamped the rows it revoked with its number).
+    pub fn revocations(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT revocations FROM crl_pending")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// The number and coverage of the last CRL stored for a scope (no bytes read).
+    pub fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT number, covers FROM crl_state WHERE scope = ?1 AND der IS NOT NULL",
+            )?
+            .query_row([scope], |r| {
+                Ok(CrlStatus {
+                    number: r.get::<_, i64>(0)? as u64,
+                    covers: r.get::<_, Option<i64>>(1)?.map(|c| c as u64),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Stores a signed CRL with the revocation count it was built from.
     pub fn store_crl(
         &mut self,
         scope: &str,
         number: u64,
         der: &[u8],
         next_update: &str,
+        covers: u64,
     ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         audit::append(
@@ -497,8 +655,8 @@ impl Ledger {
             &serde_json::json!({"scope": scope, "number": number}),
         )?;
         tx.execute(
-            "UPDATE crl_state SET der = ?2, next_update = ?3 WHERE scope = ?1 AND number = ?4",
-            params![scope, der, next_update, number as i64],
+            "UPDATE crl_state SET der = ?2, next_update = ?3, covers = ?5 WHERE scope = ?1 AND number = ?4",
+            params![scope, der, next_update, number as i64, covers as i64],
         )?;
         tx.commit()?;
         Ok(())
@@ -514,6 +672,19 @@ impl Ledger {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
             )
             .optional()?)
+    }
+
+    /// An audit entry on its own, for a refusal that changes nothing else.
+    pub fn audit_only(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        let tx = self.conn.transaction()?;
+        let seq = audit::append(&tx, actor, action, detail)?;
+        tx.commit()?;
+        Ok(seq)
     }
 
     /// Audit sequence numbers that ledger rows point at but the log lacks:

@@ -344,4 +344,10 @@ pub struct Health {
     pub organization: String,
     pub pen: u32,
     pub max_batch: usize,
+    /// Seconds a committed revocation may wait for the CRL that lists it (`crl_max_delay`).
+    #[serde(default)]
+    pub crl_max_delay: f64,
+    /// The number of the issuing CA's CRL being served.
+    #[serde(default)]
+    pub crl_number: u64,
 }
