@@ -1,16 +1,19 @@
 //! What a certline device plugin is built on: the bindings of the
-//! `certline:device@0.1.0` WIT world (from its frozen text in the repository's
-//! `wit/since_v0.1.0/`, so a plugin built with this SDK means exactly what a
+//! `certline:device@0.2.0` WIT world (from its frozen text in the repository's
+//! `wit/since_v0.2.0/`, so a plugin built with this SDK means exactly what a
 //! host of that version expects) and the glue that turns a [`ClientSide`]
 //! protocol into the world's exports.
 //!
 //! A plugin implements [`Guest`] in a few lines by handing each call to
-//! [`read_identity`], [`write_pack`] and [`prove_possession`] with its protocol
-//! endpoint, and exports itself with `export_plugin!(MyPlugin with_types_in
-//! certline_plugin_sdk)`.
+//! [`read_identity`], [`write_pack`], [`prove_possession`] and (since 0.2.0,
+//! for devices that generate their own key) [`generate_key`] with its
+//! protocol endpoint, and exports itself with `export_plugin!(MyPlugin
+//! with_types_in certline_plugin_sdk)`; [`protocol_plugin!`] does all of it.
+//! Plugins that stay on 0.1.0 use `sdk/since_v0.1.0` (crate
+//! `certline-plugin-sdk-v0-1`).
 
 wit_bindgen::generate!({
-    path: "../../wit/since_v0.1.0",
+    path: "../../wit/since_v0.2.0",
     world: "plugin",
     pub_export_macro: true,
     export_macro_name: "export_plugin",
@@ -19,8 +22,14 @@ wit_bindgen::generate!({
 
 use certline_device_protocol::{client, ClientSide, LinkFailure, Transport};
 
+mod session;
+pub use session::{install_panic_hook, lend, SessionLink};
+
 pub use certline::device::host::{self, Level, Link, LinkError, Stage};
-pub use exports::certline::device::device::{Error, Guest, Identity, Pack, PluginInfo};
+pub use certline_device_protocol::ClientSide as ClientSideEndpoint;
+pub use exports::certline::device::device::{
+    Error, Guest, Identity, KeyAlgorithm, KeyRequest, Pack, PluginInfo,
+};
 
 /// The host's link resource as a protocol transport.
 pub struct LinkTransport<'a>(pub &'a Link);
@@ -73,7 +82,9 @@ pub fn read_identity(mut c: impl ClientSide) -> Result<Identity, Error> {
     })
 }
 
-/// `write-pack` over `c`, reporting `received` to the host when the device does.
+/// `write-pack` over `c`, reporting `received` to the host when the device
+/// does. A pack without a key installs the certificate for the key the device
+/// generated itself.
 pub fn write_pack(mut c: impl ClientSide, pack: Pack) -> Result<(), Error> {
     let pack = certline_device_protocol::Pack {
         device_id: pack.device_id,
@@ -84,17 +95,37 @@ pub fn write_pack(mut c: impl ClientSide, pack: Pack) -> Result<(), Error> {
     client::write_pack(&mut c, pack, || host::report(Stage::Received)).map_err(to_error)
 }
 
+/// `generate-key` over `c` (since 0.2.0): the device generates a key of the
+/// requested algorithm in its own protected store and answers its CSR (DER),
+/// which the host checks.
+pub fn generate_key(mut c: impl ClientSide, request: KeyRequest) -> Result<Vec<u8>, Error> {
+    let algorithm = match request.algorithm {
+        KeyAlgorithm::P256 => "p256",
+        KeyAlgorithm::P384 => "p384",
+        KeyAlgorithm::Ed25519 => "ed25519",
+    };
+    let request = certline_device_protocol::KeyRequest {
+        device_id: request.device_id,
+        algorithm: algorithm.to_string(),
+    };
+    client::generate_key(&mut c, request).map_err(to_error)
+}
+
 /// `prove-possession` over `c`.
 pub fn prove_possession(mut c: impl ClientSide, challenge: &[u8]) -> Result<Vec<u8>, Error> {
     client::prove_possession(&mut c, challenge).map_err(to_error)
 }
 
 /// Defines and exports a plugin whose whole behaviour is one protocol for some
-/// model codes:
+/// model codes. The endpoint is built once per session, over
+/// [`SessionLink`] (the link of whichever call runs), and kept for the
+/// session's later calls: a protocol with a greeting or sequence numbers
+/// says its `HELLO` once per session, not once per call. A panic is logged
+/// with its location through `host.log` before the plugin traps.
 ///
 /// ```ignore
 /// certline_plugin_sdk::protocol_plugin!(Imaging, "acme-imaging", ["3012"], |link| {
-///     XmlEndpoint::new(certline_plugin_sdk::LinkTransport(link))
+///     XmlEndpoint::new(link)
 /// });
 /// ```
 #[macro_export]
@@ -102,24 +133,59 @@ macro_rules! protocol_plugin {
     ($ty:ident, $name:expr, [$($model:expr),+ $(,)?], |$link:ident| $endpoint:expr) => {
         struct $ty;
 
+        impl $ty {
+            /// Runs `f` on this session's endpoint (built on first use),
+            /// with `link` lent to it for this call.
+            fn with_endpoint<R>(
+                link: &$crate::Link,
+                f: impl FnOnce(&mut dyn $crate::ClientSideEndpoint) -> R,
+            ) -> R {
+                ::std::thread_local! {
+                    static ENDPOINT: ::std::cell::RefCell<
+                        Option<Box<dyn $crate::ClientSideEndpoint>>,
+                    > = const { ::std::cell::RefCell::new(None) };
+                }
+                $crate::install_panic_hook();
+                $crate::lend(link, || {
+                    ENDPOINT.with(|e| {
+                        let mut e = e.borrow_mut();
+                        let endpoint = e.get_or_insert_with(|| {
+                            #[allow(unused_variables)]
+                            let $link = $crate::SessionLink;
+                            Box::new($endpoint)
+                        });
+                        f(&mut **endpoint)
+                    })
+                })
+            }
+        }
+
         impl $crate::Guest for $ty {
             fn info() -> $crate::PluginInfo {
+                $crate::install_panic_hook();
                 $crate::info($name, env!("CARGO_PKG_VERSION"), &[$($model),+])
             }
 
-            fn read_identity($link: &$crate::Link) -> Result<$crate::Identity, $crate::Error> {
-                $crate::read_identity($endpoint)
+            fn read_identity(link: &$crate::Link) -> Result<$crate::Identity, $crate::Error> {
+                Self::with_endpoint(link, |c| $crate::read_identity(c))
             }
 
-            fn write_pack($link: &$crate::Link, pack: $crate::Pack) -> Result<(), $crate::Error> {
-                $crate::write_pack($endpoint, pack)
+            fn write_pack(link: &$crate::Link, pack: $crate::Pack) -> Result<(), $crate::Error> {
+                Self::with_endpoint(link, |c| $crate::write_pack(c, pack))
             }
 
             fn prove_possession(
-                $link: &$crate::Link,
+                link: &$crate::Link,
                 challenge: Vec<u8>,
             ) -> Result<Vec<u8>, $crate::Error> {
-                $crate::prove_possession($endpoint, &challenge)
+                Self::with_endpoint(link, |c| $crate::prove_possession(c, &challenge))
+            }
+
+            fn generate_key(
+                link: &$crate::Link,
+                request: $crate::KeyRequest,
+            ) -> Result<Vec<u8>, $crate::Error> {
+                Self::with_endpoint(link, |c| $crate::generate_key(c, request))
             }
         }
 

@@ -37,6 +37,26 @@ pub struct CaConfig {
     /// Per model code profiles.
     #[serde(default)]
     pub models: BTreeMap<String, CertProfile>,
+    /// The EST front door (`/.well-known/est/`, see `est.rs`); written only
+    /// when it differs from the default.
+    #[serde(default, skip_serializing_if = "EstConfig::is_default")]
+    pub est: EstConfig,
+}
+
+/// `[est]` in `ca.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstConfig {
+    /// Whether `cacerts` and `csrattrs` answer a client without a certificate
+    /// (RFC 7030 §4.1.1 allows it; off unless the operator says so).
+    #[serde(default)]
+    pub public: bool,
+}
+
+impl EstConfig {
+    fn is_default(&self) -> bool {
+        !self.public
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -64,6 +84,7 @@ impl CaConfig {
             crl_max_delay: default_crl_max_delay(),
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
+            est: EstConfig::default(),
         }
     }
 

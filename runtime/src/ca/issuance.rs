@@ -88,7 +88,11 @@ pub enum CaError {
 }
 
 impl CaError {
-    fn refused(kind: CaErrorKind, code: &'static str, message: impl Into<String>) -> CaError {
+    pub(super) fn refused(
+        kind: CaErrorKind,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> CaError {
         CaError::Refused {
             kind,
             code,
@@ -96,7 +100,7 @@ impl CaError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> CaError {
+    pub(super) fn invalid(message: impl Into<String>) -> CaError {
         CaError::refused(CaErrorKind::Invalid, codes::BAD_REQUEST, message)
     }
 
@@ -150,6 +154,9 @@ pub enum Requester {
     Operator(String),
     /// A station, by the name in its credential.
     Station(String),
+    /// A device renewing its own identity over EST, by the id its current
+    /// identity certificate names (`simplereenroll`).
+    Device(String),
 }
 
 impl Requester {
@@ -162,15 +169,30 @@ impl Requester {
         match self {
             Requester::Operator(command) => command.clone(),
             Requester::Station(name) => format!("station:{name}"),
+            Requester::Device(id) => format!("device:{id}"),
         }
     }
 
     /// Refuses what a station may not touch: a service credential, or a
     /// device certificate another requester asked for.
     fn may_touch(&self, cert: &CertRecord, doing: &str) -> Result<(), CaError> {
-        let Requester::Station(_) = self else {
-            return Ok(());
-        };
+        match self {
+            Requester::Operator(_) => return Ok(()),
+            Requester::Station(_) => {}
+            Requester::Device(id) => {
+                if cert.kind == CertKind::Device && &cert.subject == id {
+                    return Ok(());
+                }
+                return Err(CaError::refused(
+                    CaErrorKind::Forbidden,
+                    codes::NOT_YOUR_CERTIFICATE,
+                    format!(
+                        "certificate {} of {} is not the identity of device {id}; a device may {doing} only its own",
+                        cert.serial, cert.subject
+                    ),
+                ));
+            }
+        }
         if cert.kind != CertKind::Device {
             return Err(CaError::refused(
                 CaErrorKind::Forbidden,
@@ -217,16 +239,17 @@ pub struct CertAuthority {
     clock: Clock,
 }
 
-/// One signed device certificate before it is committed.
-struct Signed {
-    serial: Serial,
-    id: String,
-    der: Vec<u8>,
-    key_pem: Zeroizing<String>,
+/// One signed device certificate before it is committed, with its private
+/// key (`K`) when the CA generated it, `()` when the device holds it.
+pub(super) struct Signed<K> {
+    pub(super) serial: Serial,
+    pub(super) id: String,
+    pub(super) der: Vec<u8>,
+    pub(super) key: K,
 }
 
 /// A checked batch item: its id, the certificate it replaces, its profile.
-type Item = (DeviceId, Option<Serial>, ResolvedProfile);
+pub(super) type Item = (DeviceId, Option<Serial>, ResolvedProfile);
 
 impl CertAuthority {
     pub fn new(pki: Authority, ledger: Ledger, config: CaConfig, clock: Clock) -> CertAuthority {
@@ -261,7 +284,7 @@ impl CertAuthority {
 
     /// Checks a batch and resolves each item's profile, naming the first bad
     /// item; every profile must give certificates valid after `not_before`.
-    fn validate(
+    pub(super) fn validate(
         &self,
         request: &BatchRequest,
         not_before: OffsetDateTime,
@@ -349,8 +372,38 @@ impl CertAuthority {
     ) -> Result<PackBatch, CaError> {
         let now = self.clock.now();
         let items = self.validate(request, now)?;
+        let issued = self.issue_items(&items, requester, now, |pki, items, reservations| {
+            sign_all(pki, items, reservations, threads, now)
+        })?;
+        let packs = issued
+            .into_iter()
+            .map(|(s, fp)| IssuedPack {
+                id: s.id,
+                serial: s.serial.to_hex(),
+                fingerprint: fp,
+                cert_pem: to_pem("CERTIFICATE", &s.der),
+                key_pem: s.key,
+            })
+            .collect();
+        Ok(PackBatch {
+            root_pem: self.pki.root_pem().to_string(),
+            issuing_pem: self.pki.issuing_pem().to_string(),
+            packs,
+        })
+    }
+
+    /// The cycle for checked items, whoever made the keys: reserve, `sign`
+    /// (given the signer, the items and their reservations), commit, publish.
+    /// Returns each signed certificate with its fingerprint, in item order.
+    pub(super) fn issue_items<K>(
+        &mut self,
+        items: &[Item],
+        requester: &Requester,
+        now: OffsetDateTime,
+        sign: impl FnOnce(&Authority, &[Item], &[Reservation]) -> anyhow::Result<Vec<Signed<K>>>,
+    ) -> Result<Vec<(Signed<K>, String)>, CaError> {
         // A station replaces only what it asked for (the replaced one is revoked).
-        for (_, replaces, _) in &items {
+        for (_, replaces, _) in items {
             if let Some(serial) = replaces {
                 if let Some(old) = self.ledger.by_serial(&serial.to_hex())? {
                     requester.may_touch(&old, "replace")?;
@@ -375,7 +428,7 @@ impl CertAuthority {
         crash_point("ca-after-reserve");
 
         // 2. sign
-        let signed = match self.sign_all(&items, &reservations, threads, now) {
+        let signed = match sign(&self.pki, items, &reservations) {
             Ok(signed) => signed,
             Err(err) => {
                 self.ledger.abandon_reserved(
@@ -409,72 +462,11 @@ impl CertAuthority {
 
         // A replacement revoked the certificate it replaces (in `reserve`,
         // which counted it): the publisher lists it within `crl_max_delay`.
-        let packs = signed
+        Ok(signed
             .into_iter()
             .zip(committed)
-            .map(|(s, (_, fp))| IssuedPack {
-                id: s.id,
-                serial: s.serial.to_hex(),
-                fingerprint: fp,
-                cert_pem: to_pem("CERTIFICATE", &s.der),
-                key_pem: s.key_pem,
-            })
-            .collect();
-        Ok(PackBatch {
-            root_pem: self.pki.root_pem().to_string(),
-            issuing_pem: self.pki.issuing_pem().to_string(),
-            packs,
-        })
-    }
-
-    fn sign_all(
-        &self,
-        items: &[Item],
-        reservations: &[Reservation],
-        threads: usize,
-        not_before: OffsetDateTime,
-    ) -> anyhow::Result<Vec<Signed>> {
-        // Only the signer crosses threads; the ledger stays on this one.
-        let pki = &self.pki;
-        let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
-            let key = DeviceKey::generate(profile.key)?;
-            let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
-            Ok(Signed {
-                serial: reservation.serial.clone(),
-                id: id.to_string(),
-                der,
-                key_pem: key.pkcs8_pem(),
-            })
-        };
-        let threads = threads.clamp(1, 64);
-        if threads == 1 || items.len() < 64 {
-            return items.iter().zip(reservations).map(sign_one).collect();
-        }
-        let chunk = items.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = items
-                .chunks(chunk)
-                .zip(reservations.chunks(chunk))
-                .map(|(items, reservations)| {
-                    scope.spawn(move || {
-                        items
-                            .iter()
-                            .zip(reservations)
-                            .map(sign_one)
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(items.len());
-            for worker in workers {
-                all.extend(
-                    worker
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
-                );
-            }
-            Ok(all)
-        })
+            .map(|(s, (_, fp))| (s, fp))
+            .collect())
     }
 
     /// A service credential for a station, line, center, device link or the CA itself.
@@ -582,10 +574,74 @@ impl CertAuthority {
         Ok(der)
     }
 
+    /// Writes an audit entry for a request the CA refused (nothing else
+    /// changes): who asked, what, and why it was refused.
+    pub fn record_refusal(
+        &mut self,
+        requester: &Requester,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.ledger
+            .audit_only(&requester.name(), action, detail)
+            .map(|_| ())
+    }
+
     /// Whether a serial (hex) is revoked in this CA's ledger.
     pub fn is_revoked(&self, serial: &str) -> anyhow::Result<bool> {
         is_revoked(&self.ledger, serial)
     }
+}
+
+/// Generates a key and signs a certificate for each item, on `threads`
+/// threads for a large batch. Only the signer crosses threads; the ledger
+/// stays on the caller's.
+fn sign_all(
+    pki: &Authority,
+    items: &[Item],
+    reservations: &[Reservation],
+    threads: usize,
+    not_before: OffsetDateTime,
+) -> anyhow::Result<Vec<Signed<Zeroizing<String>>>> {
+    let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
+        let key = DeviceKey::generate(profile.key)?;
+        let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
+        Ok(Signed {
+            serial: reservation.serial.clone(),
+            id: id.to_string(),
+            der,
+            key: key.pkcs8_pem(),
+        })
+    };
+    let threads = threads.clamp(1, 64);
+    if threads == 1 || items.len() < 64 {
+        return items.iter().zip(reservations).map(sign_one).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .zip(reservations.chunks(chunk))
+            .map(|(items, reservations)| {
+                scope.spawn(move || {
+                    items
+                        .iter()
+                        .zip(reservations)
+                        .map(sign_one)
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(items.len());
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
 }
 
 /// The live certificate of each id that has one (any ledger connection: the

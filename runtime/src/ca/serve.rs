@@ -28,8 +28,8 @@ use crate::pki::serial::Serial;
 use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::store::ledger::{Ledger, RevokeTarget};
 use crate::wire::ca::{
-    self as api, codes, BatchItem, BatchRequest, Health, LookupRequest, LookupResponse, PackBatch,
-    ReplaceRequest, RevokeRequest, Revoked,
+    self as api, codes, BatchItem, BatchRequest, CsrRequest, Health, LookupRequest, LookupResponse,
+    PackBatch, ReplaceRequest, RevokeRequest, Revoked, SignedCert,
 };
 
 /// The HTTP face of an issuance refusal: its kind picks the status, its code travels as is.
@@ -111,7 +111,7 @@ impl CaState {
 
     /// Runs ledger and signing work off the async executor, one request at a
     /// time; a write that may have revoked something wakes the publisher.
-    async fn with_ca<T: Send + 'static>(
+    pub(super) async fn with_ca<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut CertAuthority, usize) -> Result<T, CaError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -130,7 +130,7 @@ impl CaState {
     }
 
     /// A station whose own credential has not been revoked.
-    async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
+    pub(super) async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
         let name = peer.require(&[Role::Station])?.to_string();
         let serial = peer.serial.clone().unwrap_or_default();
         let revoked = self
@@ -151,6 +151,7 @@ pub fn router(state: CaState) -> Router {
     Router::new()
         .route(api::PACKS, post(packs))
         .route(api::REPLACE, post(replace))
+        .route(api::CSR, post(sign_csr))
         .route(api::REVOKE, post(revoke))
         .route(api::LOOKUP, post(lookup))
         .route(api::CRL, get(crl))
@@ -158,7 +159,9 @@ pub fn router(state: CaState) -> Router {
         .route(api::HEALTH, get(health))
         // A 10,000-id batch is about 300 KB of JSON; leave room, refuse floods.
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
-        .with_state(state)
+        .with_state(state.clone())
+        // RFC 7030 under /.well-known/est/: a second front door to the same issuance.
+        .merge(super::est::router(state))
 }
 
 async fn packs(
@@ -194,6 +197,19 @@ async fn replace(
     Ok(Json(
         state
             .with_ca(move |ca, _| ca.issue_batch(&batch, &requester, 1))
+            .await?,
+    ))
+}
+
+async fn sign_csr(
+    State(state): State<CaState>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<CsrRequest>,
+) -> Result<Json<SignedCert>, ApiError> {
+    let requester = state.station(&peer).await?;
+    Ok(Json(
+        state
+            .with_ca(move |ca, _| ca.sign_csr(&request, &requester))
             .await?,
     ))
 }

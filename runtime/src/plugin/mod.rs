@@ -22,6 +22,7 @@ pub mod folder;
 mod load;
 pub mod sandbox;
 mod session;
+pub mod template;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,6 +141,44 @@ impl Plugin {
     pub fn serves(&self, model: &str) -> bool {
         self.info.models.iter().any(|m| m == model)
     }
+
+    /// Refuses this plugin for a model whose devices generate their own key
+    /// when it was built against an interface without `generate-key`.
+    pub fn check_device_keygen(&self, model: &str) -> Result<(), String> {
+        if self.interface >= bindings::DEVICE_KEYGEN {
+            return Ok(());
+        }
+        Err(format!(
+            "plugin {} ({}) exports {}@{}, but model {model} generates its keys in the device (keygen = \"device\"), which needs {}@{} or newer (generate-key); rebuild the plugin against the newer interface or set keygen = \"ca\" for {model}",
+            self.info.name,
+            self.path.display(),
+            bindings::PACKAGE,
+            self.interface,
+            bindings::PACKAGE,
+            bindings::DEVICE_KEYGEN,
+        ))
+    }
+}
+
+impl Fault {
+    /// The plugin call the fault happened in, when it happened in one.
+    pub fn call(&self) -> Option<&'static str> {
+        match self {
+            Fault::Trap { call, .. }
+            | Fault::OutOfFuel { call, .. }
+            | Fault::Deadline { call, .. }
+            | Fault::Rule { call, .. }
+            | Fault::Memory { call, .. }
+            | Fault::Malformed { call, .. }
+            | Fault::Link { call, .. }
+            | Fault::Protocol { call, .. }
+            | Fault::Device { call, .. } => Some(call),
+            Fault::WrongDevice { .. } => Some("read-identity"),
+            Fault::ReadBack { .. } => Some("read-identity"),
+            Fault::Possession { .. } => Some("prove-possession"),
+            Fault::Host(_) => None,
+        }
+    }
 }
 
 /// Why a device operation failed.
@@ -176,6 +215,8 @@ pub enum Fault {
     ReadBack { detail: String },
     #[error("proof of possession failed: {detail}")]
     Possession { detail: String },
+    #[error("the device's certificate signing request cannot be used: {detail}")]
+    Csr { detail: String },
     #[error("host error: {0}")]
     Host(String),
 }
@@ -183,11 +224,26 @@ pub enum Fault {
 /// A failed device operation: which plugin, what went wrong, and whether the
 /// device had confirmed it received the pack (the station needs to know).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {plugin}: {fault}{}", if *received { " (after the device reported \"received\")" } else { "" })]
+#[error("plugin {plugin}: {fault}{}", when(*received, fault))]
 pub struct OpError {
     pub plugin: String,
     pub fault: Fault,
     pub received: bool,
+}
+
+/// Where in the write the failure came, when the device had the pack:
+/// "after received" only for write-pack itself; a failure in the checks
+/// that follow a completed write-pack says so instead.
+fn when(received: bool, fault: &Fault) -> &'static str {
+    if !received {
+        return "";
+    }
+    match fault.call() {
+        Some("write-pack") => " (after the device reported \"received\")",
+        Some(_) | None => {
+            " (write-pack had completed: the device received and stored the pack; this failed in the checks after it)"
+        }
+    }
 }
 
 /// What a device holds, as its plugin reported it (checked).
@@ -212,6 +268,16 @@ impl WriteJob {
     }
 
     pub fn new(pack: &Pack) -> anyhow::Result<WriteJob> {
+        Self::with_key(pack, true)
+    }
+
+    /// A job that installs the pack's certificate for the key the device
+    /// generated itself (`keygen = "device"`): the pack's key is not sent.
+    pub fn for_device_key(pack: &Pack) -> anyhow::Result<WriteJob> {
+        Self::with_key(pack, false)
+    }
+
+    fn with_key(pack: &Pack, send_key: bool) -> anyhow::Result<WriteJob> {
         let cert_der = pack.device_cert_der()?;
         let identity = pack.identity()?;
         Ok(WriteJob {
@@ -222,7 +288,7 @@ impl WriteJob {
                 device_id: identity.id.to_string(),
                 root_pem: pack.root_pem.clone(),
                 chain_pem: pack.chain_pem.clone(),
-                key_pem: pack.key_pem.to_string(),
+                key_pem: send_key.then(|| pack.key_pem.to_string()),
             },
         })
     }
@@ -259,4 +325,60 @@ pub enum Precheck {
     CheckId,
     /// Send the pack regardless (to test the device's own id check).
     Skip,
+}
+
+#[cfg(test)]
+mod wording_tests {
+    use super::*;
+
+    fn said(fault: Fault, received: bool) -> String {
+        OpError {
+            plugin: "p".into(),
+            fault,
+            received,
+        }
+        .to_string()
+    }
+
+    /// "after received" only where it is true: inside write-pack. A trap in
+    /// prove-possession (after a complete write) says that instead.
+    #[test]
+    fn a_failure_names_its_call_and_says_after_received_only_there() {
+        let in_write = said(
+            Fault::Link {
+                call: "write-pack",
+                failure: LinkFailure::Closed,
+            },
+            true,
+        );
+        assert!(in_write.contains("write-pack"), "{in_write}");
+        assert!(
+            in_write.contains("after the device reported \"received\""),
+            "{in_write}"
+        );
+        let in_proof = said(
+            Fault::Trap {
+                call: "prove-possession",
+                detail: "unreachable".into(),
+            },
+            true,
+        );
+        assert!(
+            in_proof.contains("trapped in prove-possession"),
+            "{in_proof}"
+        );
+        assert!(
+            !in_proof.contains("after the device reported"),
+            "{in_proof}"
+        );
+        assert!(in_proof.contains("write-pack had completed"), "{in_proof}");
+        let before = said(
+            Fault::Trap {
+                call: "read-identity",
+                detail: "unreachable".into(),
+            },
+            false,
+        );
+        assert!(!before.contains("write-pack"), "{before}");
+    }
 }

@@ -12,6 +12,7 @@ use super::sandbox::{plugin_text, HostState, Violation};
 use super::{DeviceIdentity, Fault, OpError, Plugin, Precheck, WriteJob, WriteReport, EPOCH_TICK};
 use crate::link::{DeviceLink, LinkFailure};
 use crate::pki::id::DeviceId;
+use crate::pki::profile::KeyAlgorithm;
 
 /// One store with one instance: the calls of one device operation.
 pub(super) struct Session<'p> {
@@ -110,6 +111,19 @@ impl Plugin {
         })
     }
 
+    /// Has the device generate a key of `algorithm` for `id` and return its
+    /// CSR (DER), checked here: at most 16 KiB, DER, a signature that
+    /// verifies with the key it carries (the device holds that key), the
+    /// requested algorithm. Its names are never used.
+    pub fn generate_key(
+        &self,
+        link: &mut Box<dyn DeviceLink>,
+        id: &DeviceId,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Vec<u8>, OpError> {
+        self.with_session(self.name(), Some(link), |s| s.generate_key(id, algorithm))
+    }
+
     /// Store creation, instantiation and one trivial call, without a device:
     /// the host's own cost per operation (for the benchmark).
     pub fn overhead_probe(&self) -> Result<(Duration, Duration), OpError> {
@@ -171,6 +185,7 @@ impl Session<'_> {
         let secs = self.plugin.engine.limits.deadline.as_secs();
         let data = self.store.data_mut();
         data.limiter.memory_hit = None;
+        data.last_error = None;
         data.call = call;
         data.call_seq += 1;
         let left = data.deadline.saturating_duration_since(Instant::now());
@@ -208,10 +223,11 @@ impl Session<'_> {
                         ),
                     }
                 } else {
-                    Fault::Trap {
-                        call,
-                        detail: e.root_cause().to_string(),
+                    let mut detail = e.root_cause().to_string();
+                    if let Some(said) = &self.store.data().last_error {
+                        detail.push_str(&format!("; the plugin logged before it stopped: {said}"));
                     }
+                    Fault::Trap { call, detail }
                 };
                 Err(self.fail(fault))
             }
@@ -287,6 +303,26 @@ impl Session<'_> {
             device_id: id.device_id,
             fingerprint: id.fingerprint,
         })
+    }
+
+    fn generate_key(&mut self, id: &DeviceId, algorithm: KeyAlgorithm) -> Result<Vec<u8>, OpError> {
+        let request = bindings::KeyRequest {
+            device_id: id.to_string(),
+            algorithm: match algorithm {
+                KeyAlgorithm::P256 => bindings::KeyAlgorithm::P256,
+                KeyAlgorithm::P384 => bindings::KeyAlgorithm::P384,
+                KeyAlgorithm::Ed25519 => bindings::KeyAlgorithm::Ed25519,
+            },
+        };
+        let der = self.device_call("generate-key", |inst, store, link| {
+            inst.generate_key(store, link, &request)
+        })?;
+        if let Err(e) = crate::pki::csr::verify_for(&der, algorithm) {
+            return Err(self.fail(Fault::Csr {
+                detail: e.to_string(),
+            }));
+        }
+        Ok(der)
     }
 
     fn write(

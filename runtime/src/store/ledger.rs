@@ -674,6 +674,19 @@ impl Ledger {
             .optional()?)
     }
 
+    /// An audit entry on its own, for a refusal that changes nothing else.
+    pub fn audit_only(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        let tx = self.conn.transaction()?;
+        let seq = audit::append(&tx, actor, action, detail)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
     /// Audit sequence numbers that ledger rows point at but the log lacks:
     /// the tail of the log was cut.
     pub fn max_audit_seq(&self) -> anyhow::Result<i64> {

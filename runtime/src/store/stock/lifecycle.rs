@@ -23,6 +23,10 @@ use super::{now_unix, PackState, QueueKind, Stock};
 use crate::pki::crl::Reason;
 use crate::store::audit;
 
+/// SQL condition: the pack ended as a failure (failed, timed out, its line lost).
+pub(super) const FAILED: &str =
+    "(end_reason LIKE 'failed%' OR end_reason LIKE 'timed_out%' OR end_reason LIKE 'line_lost%')";
+
 /// What can happen to a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -154,9 +158,11 @@ pub struct PackRow {
     pub retained_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
+    /// Signed for a key the device generated (its CSR): never a sealed key.
+    pub device_key: bool,
 }
 
-const PACK_COLUMNS: &str = "pack_id, id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, line, taken_at, due_at, received_at, written_at, readback, retained_at, ended_at, end_reason";
+const PACK_COLUMNS: &str = "pack_id, id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, line, taken_at, due_at, received_at, written_at, readback, retained_at, ended_at, end_reason, device_key";
 
 fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
     let state: String = r.get(8)?;
@@ -187,6 +193,7 @@ fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
         retained_at: r.get(17)?,
         ended_at: r.get(18)?,
         end_reason: r.get(19)?,
+        device_key: r.get(20)?,
     })
 }
 
@@ -298,7 +305,12 @@ pub fn apply(
     if let Some(reason) = ctx.reason {
         detail["reason"] = reason.into();
     }
-    if let Some((kind, reason)) = event.ca_work() {
+    if let Some((kind, reason)) = event.ca_work().map(|(kind, reason)| match kind {
+        // No replacement is made ahead for a key the device holds: its next
+        // CSR is the replacement. The certificate is only revoked.
+        QueueKind::Replace if pack.device_key => (QueueKind::Revoke, reason),
+        _ => (kind, reason),
+    }) {
         tx.prepare_cached(
             "INSERT INTO ca_queue (kind, id, model, serial, reason, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -309,19 +321,30 @@ pub fn apply(
     Ok(to)
 }
 
-/// A pack as it arrives from the CA, its key already sealed.
+/// A pack as it arrives from the CA, its key already sealed; or, for a key
+/// the device generated, no key at all (`sealed_key` none, `device_key`).
 pub struct NewPack {
     pub id: String,
     pub model: String,
     pub serial: String,
     pub fingerprint: String,
     pub cert_pem: String,
-    pub sealed_key: Vec<u8>,
+    pub sealed_key: Option<Vec<u8>>,
     pub replaces: Option<String>,
+    pub device_key: bool,
 }
 
 impl Stock {
     // ---- packs ----
+
+    /// The pack with `serial`, read inside the caller's transaction.
+    pub fn pack_in(tx: &Transaction<'_>, serial: &str) -> anyhow::Result<PackRow> {
+        Ok(tx
+            .prepare_cached(&format!(
+                "SELECT {PACK_COLUMNS} FROM packs WHERE serial = ?1"
+            ))?
+            .query_row([serial], pack_row)?)
+    }
 
     pub fn pack_by_serial(&self, serial: &str) -> anyhow::Result<Option<PackRow>> {
         Ok(self
@@ -425,8 +448,8 @@ impl Stock {
         let now = now_unix();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO packs (id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stocked', ?8, ?9)",
+                "INSERT INTO packs (id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, device_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stocked', ?8, ?9, ?10)",
             )?;
             for pack in packs {
                 insert
@@ -439,7 +462,8 @@ impl Stock {
                         chain_id,
                         pack.sealed_key,
                         pack.replaces,
-                        now
+                        now,
+                        pack.device_key
                     ])
                     .map_err(|e| anyhow::anyhow!("cannot stock the pack of {}: {e}", pack.id))?;
             }
@@ -480,6 +504,19 @@ impl Stock {
         Ok(out)
     }
 
+    /// Per model, within [from, to): certificates signed for keys that
+    /// devices generated (their CSRs).
+    pub fn signed_counts(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, usize)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT model, COUNT(*) FROM packs
+             WHERE device_key = 1 AND stocked_at >= ?1 AND stocked_at < ?2 GROUP BY model",
+        )?;
+        let rows = stmt.query_map([from, to], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Per model, within [from, to): written into devices, failed or timed
     /// out, replacement packs stocked.
     pub fn day_counts(
@@ -487,13 +524,13 @@ impl Stock {
         from: i64,
         to: i64,
     ) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT model,
                 SUM(CASE WHEN written_at >= ?1 AND written_at < ?2 THEN 1 ELSE 0 END),
-                SUM(CASE WHEN ended_at >= ?1 AND ended_at < ?2 AND (end_reason LIKE 'failed%' OR end_reason LIKE 'timed_out%' OR end_reason LIKE 'line_lost%') THEN 1 ELSE 0 END),
+                SUM(CASE WHEN ended_at >= ?1 AND ended_at < ?2 AND {FAILED} THEN 1 ELSE 0 END),
                 SUM(CASE WHEN replaces IS NOT NULL AND stocked_at >= ?1 AND stocked_at < ?2 THEN 1 ELSE 0 END)
              FROM packs GROUP BY model",
-        )?;
+        ))?;
         let rows = stmt.query_map([from, to], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -561,8 +598,9 @@ mod tests {
                 serial: serial.into(),
                 fingerprint: "fp".into(),
                 cert_pem: "cert".into(),
-                sealed_key: vec![1, 2, 3],
+                sealed_key: Some(vec![1, 2, 3]),
                 replaces: None,
+                device_key: false,
             }],
             "test",
             "fetch",
@@ -632,8 +670,9 @@ mod tests {
                 serial: "03".into(),
                 fingerprint: "fp".into(),
                 cert_pem: "cert".into(),
-                sealed_key: vec![1],
+                sealed_key: Some(vec![1]),
                 replaces: None,
+                device_key: false,
             }],
             "test",
             "fetch",
