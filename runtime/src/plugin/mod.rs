@@ -176,6 +176,7 @@ impl Fault {
             Fault::WrongDevice { .. } => Some("read-identity"),
             Fault::ReadBack { .. } => Some("read-identity"),
             Fault::Possession { .. } => Some("prove-possession"),
+            Fault::Csr { .. } => Some("generate-key"),
             Fault::Host(_) => None,
         }
     }
