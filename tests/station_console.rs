@@ -56,7 +56,11 @@ impl Answer {
             .map(|v| v.to_str().unwrap().to_string())
             .find(|v| v.starts_with(&format!("{name}=")))
             .unwrap_or_else(|| panic!("no {name} cookie set: {:?}", self.headers));
-        let value = line[name.len() + 1..].split(';').next().unwrap().to_string();
+        let value = line[name.len() + 1..]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
         (value, line)
     }
 
@@ -159,7 +163,12 @@ fn form_value(text: &str) -> String {
 
 fn stock(factory: &Factory) -> StockReport {
     serde_json::from_value(json(&[
-        "station", "admin", "stock", "--dir", factory.dir(), "--json",
+        "station",
+        "admin",
+        "stock",
+        "--dir",
+        factory.dir(),
+        "--json",
     ]))
     .unwrap()
 }
@@ -203,7 +212,11 @@ fn console_security_rules_hold_without_a_browser() {
     let no_csrf = http.post(
         "/console/login",
         None,
-        &[("user", "admin"), ("password", ADMIN_PASSWORD), ("csrf", "x")],
+        &[
+            ("user", "admin"),
+            ("password", ADMIN_PASSWORD),
+            ("csrf", "x"),
+        ],
     );
     assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
     assert!(no_csrf.body.contains("CSRF"), "{}", no_csrf.body);
@@ -213,7 +226,13 @@ fn console_security_rules_hold_without_a_browser() {
     assert_eq!(answer.status, 303, "{}", answer.body);
     assert_eq!(answer.header("location"), "/console/today");
     let (token, line) = answer.cookie("certline_session");
-    for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age=3600"] {
+    for flag in [
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=3600",
+    ] {
         assert!(line.contains(flag), "{flag} missing: {line}");
     }
     let session = format!("certline_session={token}");
@@ -222,8 +241,16 @@ fn console_security_rules_hold_without_a_browser() {
     let today = http.get("/console/today", Some(&session));
     assert_eq!(today.status, 200, "{}", today.body);
     assert!(today.body.contains("data-model=\"A123\""), "{}", today.body);
-    assert!(!today.body.contains("<script>"), "inline script: {}", today.body);
-    assert!(!today.body.contains("style="), "inline style: {}", today.body);
+    assert!(
+        !today.body.contains("<script>"),
+        "inline script: {}",
+        today.body
+    );
+    assert!(
+        !today.body.contains("style="),
+        "inline style: {}",
+        today.body
+    );
     assert!(today
         .header("content-security-policy")
         .contains("form-action 'self'"));
@@ -252,13 +279,22 @@ fn console_security_rules_hold_without_a_browser() {
             form.push(("csrf", t));
         }
         let answer = http.post("/console/actions/discard", Some(&session), &form);
-        assert!(matches!(answer.status, 403 | 400), "{}: {}", answer.status, answer.body);
+        assert!(
+            matches!(answer.status, 403 | 400),
+            "{}: {}",
+            answer.status,
+            answer.body
+        );
         assert_eq!(in_stock(&factory, "A123"), 3);
     }
 
     // Line, center and device-link certificates give no admin: the console
     // sends them to the login, refuses their posts; the API refuses them too.
-    for (role, name) in [("line", "line-1"), ("center", "center-1"), ("device-link", "acme")] {
+    for (role, name) in [
+        ("line", "line-1"),
+        ("center", "center-1"),
+        ("device-link", "acme"),
+    ] {
         let cred = factory.ca.enroll(role, name);
         let holder = Http::new(&station.url, &cred, Some(&cred));
         let page = holder.get("/console/today", None);
@@ -283,7 +319,12 @@ fn console_security_rules_hold_without_a_browser() {
     form.extend([("count", "3"), ("confirm", "A123")]);
     let done = http.post("/console/actions/discard", Some(&session), &form);
     assert_eq!(done.status, 200, "{}", done.body);
-    assert!(done.body.contains("Discarded 3 leftover pack(s) of model A123"), "{}", done.body);
+    assert!(
+        done.body
+            .contains("Discarded 3 leftover pack(s) of model A123"),
+        "{}",
+        done.body
+    );
     assert_eq!(in_stock(&factory, "A123"), 0);
     let out = http.post("/console/logout", Some(&session), &[("csrf", &csrf)]);
     assert_eq!(out.status, 303);
@@ -303,7 +344,11 @@ fn the_console_in_a_real_browser() {
         "the browser test needs Debian's chromium and playwright-core in tests/console: run tests/prerequisites.sh"
     );
     // A station with two models planned today; A123 written through a line.
-    let rig = Rig::new(&["A123", "B200"], &["A123,000001,4", "B200,000001,3"], &[IMAGING]);
+    let rig = Rig::new(
+        &["A123", "B200"],
+        &["A123,000001,4", "B200,000001,3"],
+        &[IMAGING],
+    );
     let cable = free_addr();
     let mut scanner = Scanner::new();
     let config = rig.config("line.toml", &scanner.section(3000), &cable, "");
@@ -340,8 +385,12 @@ fn the_console_in_a_real_browser() {
         .expect("cannot run node");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "the browser script failed:\n{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&run.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{stderr}", String::from_utf8_lossy(&run.stdout)));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&run.stdout)
+        )
+    });
     eprintln!("screenshots in {}", out.display());
 
     // Nothing but the station was asked for anything.
@@ -368,22 +417,40 @@ fn the_console_in_a_real_browser() {
             .unwrap_or_else(|| panic!("no row for {}: {report:#}", model.model));
         let json = serde_json::to_value(model).unwrap();
         for (field, value) in json.as_object().unwrap() {
-            assert_eq!(&row[field], value, "{} {field}: page {row} stock {json}", model.model);
+            assert_eq!(
+                &row[field], value,
+                "{} {field}: page {row} stock {json}",
+                model.model
+            );
         }
     }
-    assert_eq!(before.models.iter().find(|m| m.model == "A123").unwrap().used_today, 3);
+    assert_eq!(
+        before
+            .models
+            .iter()
+            .find(|m| m.model == "A123")
+            .unwrap()
+            .used_today,
+        3
+    );
     assert_eq!(report["chartLines"], 2, "one line per model: {report:#}");
     assert_eq!(report["liveRefreshed"], true);
 
     // Lines: line-1 wrote 3 and its refusal is shown.
     let lines = report["lines"].as_array().unwrap();
-    let line_1 = lines.iter().find(|l| l["line"] == "line-1").expect("line-1 listed");
-    assert_eq!(line_1["written"], 3, "{report:#}");
-    assert!(line_1["refusals"]
-        .as_array()
-        .unwrap()
+    let line_1 = lines
         .iter()
-        .any(|c| c == "not_in_plan"), "{report:#}");
+        .find(|l| l["line"] == "line-1")
+        .expect("line-1 listed");
+    assert_eq!(line_1["written"], 3, "{report:#}");
+    assert!(
+        line_1["refusals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "not_in_plan"),
+        "{report:#}"
+    );
 
     // The device looked up by its scanned id.
     assert_eq!(report["device"]["id"], "A123-000001");
@@ -407,27 +474,65 @@ fn the_console_in_a_real_browser() {
             if !history.is_empty() && history.iter().all(|r| r["status"] == "revoked") {
                 break;
             }
-            assert!(Instant::now() < deadline, "{id} not revoked at the CA: {history:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{id} not revoked at the CA: {history:?}"
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
 
     // The audit log has it with the user; the chain is intact.
     assert_eq!(report["audit"]["intact"], "true");
-    assert!(report["audit"]["actions"].as_array().unwrap().iter().all(|a| a == "discard"));
-    assert!(report["audit"]["who"].as_array().unwrap().iter().any(|w| w == "admin:admin"), "{report:#}");
-    assert!(report["userAdded"].as_str().unwrap().contains("lockme added"));
+    assert!(report["audit"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a == "discard"));
+    assert!(
+        report["audit"]["who"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w == "admin:admin"),
+        "{report:#}"
+    );
+    assert!(report["userAdded"]
+        .as_str()
+        .unwrap()
+        .contains("lockme added"));
     assert_eq!(report["afterLogout"], "/console/login");
 
     // Lockout: four refusals, the fifth locks, the right password is refused then.
     let lockout = report["lockout"].as_array().unwrap();
-    assert!(lockout[..4].iter().all(|a| a["status"] == 401), "{report:#}");
+    assert!(
+        lockout[..4].iter().all(|a| a["status"] == 401),
+        "{report:#}"
+    );
     assert_eq!(lockout[4]["status"], 429, "{report:#}");
-    assert!(lockout[4]["message"].as_str().unwrap().contains("locked out"));
+    assert!(lockout[4]["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked out"));
     assert_eq!(report["lockedRightPassword"]["status"], 429, "{report:#}");
-    assert!(report["lockedRightPassword"]["message"].as_str().unwrap().contains("locked out"));
+    assert!(report["lockedRightPassword"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("locked out"));
 
-    for name in ["login", "today", "lines", "devices", "users", "actions", "audit", "locked-out"] {
-        assert!(out.join(format!("{name}.png")).is_file(), "no screenshot of {name}");
+    for name in [
+        "login",
+        "today",
+        "lines",
+        "devices",
+        "users",
+        "actions",
+        "audit",
+        "locked-out",
+    ] {
+        assert!(
+            out.join(format!("{name}.png")).is_file(),
+            "no screenshot of {name}"
+        );
     }
 }

@@ -163,7 +163,9 @@ impl Station {
     /// One page of the audit log, newest first, filtered by action, user and id.
     pub fn audit_page(&self, query: &AuditPageQuery) -> anyhow::Result<AuditPage> {
         let (intact, entries, problem) = self.audit_integrity();
-        let given = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        fn given(s: &Option<String>) -> Option<&str> {
+            s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        }
         let filter = crate::store::audit::Filter {
             action: given(&query.action),
             actor: given(&query.user),
@@ -192,7 +194,9 @@ impl Station {
         let (from, to) = self.config.day_bounds(today);
         let hours = ((to - from) / 3600) as usize;
         let now = crate::store::stock::now_unix();
-        let hour_now = (from..to).contains(&now).then(|| ((now - from) / 3600) as usize);
+        let hour_now = (from..to)
+            .contains(&now)
+            .then(|| ((now - from) / 3600) as usize);
         let series = |name: &str| ProgressSeries {
             name: name.to_string(),
             per_hour: vec![0; hours],
@@ -202,13 +206,18 @@ impl Station {
         let mut lines: BTreeMap<String, ProgressSeries> = BTreeMap::new();
         for (model, n) in self.stock.plan_counts(&day_text(today))? {
             if self.config.carries_certificate(&model) {
-                models.entry(model.clone()).or_insert_with(|| series(&model)).planned = n;
+                models
+                    .entry(model.clone())
+                    .or_insert_with(|| series(&model))
+                    .planned = n;
             }
         }
         for (model, line, hour, n) in self.stock.written_per_hour(from, to)? {
             let hour = hour.min(hours - 1);
             for s in [
-                models.entry(model.clone()).or_insert_with(|| series(&model)),
+                models
+                    .entry(model.clone())
+                    .or_insert_with(|| series(&model)),
                 lines.entry(line.clone()).or_insert_with(|| series(&line)),
             ] {
                 s.per_hour[hour] += n;

@@ -267,11 +267,12 @@ async fn take(
 ) -> Result<Json<TakeResponse>, ApiError> {
     let line = state.line_of(&peer)?;
     let id = request.id.clone();
-    let result = state.run({
-        let line = line.clone();
-        move |s| s.take(&line, &request.id)
-    })
-    .await;
+    let result = state
+        .run({
+            let line = line.clone();
+            move |s| s.take(&line, &request.id)
+        })
+        .await;
     state.seen(&line, &id, &result);
     if matches!(&result, Err(e) if e.code == codes::QUARANTINED) {
         state.wake.notify_one();

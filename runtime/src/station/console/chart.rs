@@ -17,7 +17,12 @@ const COLOURS: [&str; 8] = [
 
 /// The chart of `series` over a day of `hours` hours, drawn up to `hour_now`
 /// (the whole day when None).
-pub fn progress(title: &str, series: &[ProgressSeries], hours: usize, hour_now: Option<usize>) -> String {
+pub fn progress(
+    title: &str,
+    series: &[ProgressSeries],
+    hours: usize,
+    hour_now: Option<usize>,
+) -> String {
     let hours = hours.max(1);
     let top = series
         .iter()
@@ -135,8 +140,17 @@ mod tests {
         assert!(!svg.contains("A<1>"));
         assert!(svg.contains("stroke-dasharray=\"6 4\""));
         // Points from 00:00 to the end of the current hour: 11 of them.
-        let points = svg.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+        let points = svg
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
         assert_eq!(points.split(' ').count(), 11, "{points}");
-        assert!(!svg.contains("style="), "no inline style: the CSP forbids it");
+        assert!(
+            !svg.contains("style="),
+            "no inline style: the CSP forbids it"
+        );
     }
 }

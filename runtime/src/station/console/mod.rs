@@ -120,10 +120,7 @@ impl IntoResponse for Fail {
 }
 
 fn html(body: String) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        body,
-    )
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body)
 }
 
 /// The logged-in administrator of a request.
@@ -162,7 +159,9 @@ fn same(a: &str, b: &str) -> bool {
 fn set_cookie(name: &str, value: &str, path: &str, max_age: i64) -> (header::HeaderName, String) {
     (
         header::SET_COOKIE,
-        format!("{name}={value}; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"),
+        format!(
+            "{name}={value}; Path={path}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
+        ),
     )
 }
 
@@ -216,7 +215,10 @@ fn check_origin(headers: &HeaderMap) -> Result<(), Fail> {
         return Ok(());
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = origin.to_str().ok().and_then(|o| o.strip_prefix("https://"));
+    let origin = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("https://"));
     match (origin, host) {
         (Some(origin), Some(host)) if origin == host => Ok(()),
         _ => Err(Fail::Page(
@@ -357,10 +359,7 @@ async fn today(State(state): State<ServeState>, headers: HeaderMap) -> Result<Re
 }
 
 /// The live part of Today, for the page's refresh.
-async fn today_live(
-    State(state): State<ServeState>,
-    headers: HeaderMap,
-) -> Result<Response, Fail> {
+async fn today_live(State(state): State<ServeState>, headers: HeaderMap) -> Result<Response, Fail> {
     state.console_session(&headers).await.map_err(|e| match e {
         Fail::Login => Fail::Unauthorized,
         other => other,
@@ -747,7 +746,7 @@ async fn password(
         &session,
         StatusCode::OK,
         Some(page::Outcome::ok(
-            "Your password is changed; your other sessions have ended.".into(),
+            "Your password is changed; your other sessions have ended.",
         )),
     ))
 }
