@@ -395,7 +395,7 @@ fn at_r(
 
     // The center: a fresh handshake and one status per connection.
     let center_pid = center.id();
-    let mut per_connection = |pack: &IssuedPack, expect: Verdict| -> anyhow::Result<(f64, f64)> {
+    let per_connection = |pack: &IssuedPack, expect: Verdict| -> anyhow::Result<(f64, f64)> {
         let before = cpu_ms(center_pid)?;
         let started = Instant::now();
         for _ in 0..connections {

@@ -314,6 +314,16 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// A write transaction that takes the write lock at once (IMMEDIATE):
+    /// the CRL publisher writes through a connection of its own, and a
+    /// deferred transaction that read before writing would fail with "database
+    /// is locked" instead of waiting (the busy timeout) when the other wrote
+    /// in between.
+    fn write(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
@@ -415,7 +425,7 @@ impl Ledger {
             #[serde(skip_serializing_if = "Option::is_none")]
             replaces: Option<String>,
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let now = db::time_text(now);
         let seq = revocation_seq(&tx)?;
         // Only replacements need a look first; for the rest the partial unique
@@ -510,7 +520,7 @@ impl Ledger {
             .iter()
             .map(|(_, der)| crate::pki::fingerprint(der))
             .collect();
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let now = db::time_text(now);
         audit::append(
             &tx,
@@ -546,7 +556,7 @@ impl Ledger {
         why: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let serials: Vec<String> = match only {
             Some(list) => list.iter().map(Serial::to_hex).collect(),
             None => {
@@ -614,7 +624,7 @@ impl Ledger {
         actor: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<CertRecord> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         audit::append(
             &tx,
             actor,
@@ -688,7 +698,7 @@ impl Ledger {
         count: usize,
         at: OffsetDateTime,
     ) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let revoked_seq = revocation_seq(&tx)?;
         let seq = audit::append(
             &tx,
@@ -720,7 +730,7 @@ impl Ledger {
 
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
     pub fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute(
             "INSERT INTO crl_state (scope, number) VALUES (?1, 1)
              ON CONFLICT(scope) DO UPDATE SET number = number + 1",
@@ -769,7 +779,7 @@ impl Ledger {
         next_update: &str,
         covers: u64,
     ) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         audit::append(
             &tx,
             "ca",
@@ -803,7 +813,7 @@ impl Ledger {
         action: &str,
         detail: &serde_json::Value,
     ) -> anyhow::Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let seq = audit::append(&tx, actor, action, detail)?;
         tx.commit()?;
         Ok(seq)
