@@ -14,10 +14,11 @@ fn example() -> std::path::PathBuf {
 #[test]
 fn script_check_says_which_factory_it_used() {
     let tmp = tempfile::tempdir().unwrap();
-    // A copy outside its folder: no factory.toml beside it.
+    // A copy outside its folder: no factory.toml beside it, so the example's
+    // self-check that needs the factory's models fails, and says why.
     let copy = tmp.path().join("line.lua");
     std::fs::copy(example().join("line.lua"), &copy).unwrap();
-    let out = ok(&["script", "check", common::path(&copy)]);
+    let out = fails(&["script", "check", common::path(&copy)]);
     assert!(
         out.contains("no factory.toml beside the script") && out.contains("--factory"),
         "{out}"

@@ -343,10 +343,10 @@ fn the_console_in_a_real_browser() {
         dir.join("node_modules/playwright-core").is_dir() && Path::new("/usr/bin/chromium").exists(),
         "the browser test needs Debian's chromium and playwright-core in tests/console: run tests/prerequisites.sh"
     );
-    // A station with two models planned today; A123 written through a line.
+    // A station with two models planned today; 3012 written through a line.
     let rig = Rig::new(
-        &["A123", "B200"],
-        &["A123,000001,4", "B200,000001,3"],
+        &["3012", "3013"],
+        &["3012,000001,4", "3013,000001,3"],
         &[IMAGING],
     );
     let cable = free_addr();
@@ -354,21 +354,21 @@ fn the_console_in_a_real_browser() {
     let config = rig.config("line.toml", &scanner.section(3000), &cable, "");
     let line = Line::start(&config);
     for n in 1..=3 {
-        let id = format!("A123-{n:06}");
+        let id = format!("3012-{n:06}");
         let device = rig.device(&id, Some(&cable), &[]);
         scanner.scan(&id);
         assert_line(&line.device(), &id, "ok", "written", &[]);
         drop(device);
     }
     // One refusal for the lines page.
-    let stray = rig.device("A123-999999", Some(&cable), &[]);
-    scanner.scan("A123-999999");
-    assert_line(&line.device(), "A123-999999", "refused", "not_in_plan", &[]);
+    let stray = rig.device("3012-999999", Some(&cable), &[]);
+    scanner.scan("3012-999999");
+    assert_line(&line.device(), "3012-999999", "refused", "not_in_plan", &[]);
     drop(stray);
 
     let factory = &rig.factory;
     let before = stock(factory);
-    let b200: Vec<String> = (1..=3).map(|n| format!("B200-{n:06}")).collect();
+    let b200: Vec<String> = (1..=3).map(|n| format!("3013-{n:06}")).collect();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console");
     let _ = std::fs::remove_dir_all(&out);
     let run = Command::new("node")
@@ -378,8 +378,8 @@ fn the_console_in_a_real_browser() {
         .env("OUT_DIR", &out)
         .env("ADMIN_USER", "admin")
         .env("ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("DISCARD_MODEL", "B200")
-        .env("DEVICE_ID", "A123-000001")
+        .env("DISCARD_MODEL", "3013")
+        .env("DEVICE_ID", "3012-000001")
         .env("MAX_FAILURES", "5")
         .output()
         .expect("cannot run node");
@@ -428,7 +428,7 @@ fn the_console_in_a_real_browser() {
         before
             .models
             .iter()
-            .find(|m| m.model == "A123")
+            .find(|m| m.model == "3012")
             .unwrap()
             .used_today,
         3
@@ -453,7 +453,7 @@ fn the_console_in_a_real_browser() {
     );
 
     // The device looked up by its scanned id.
-    assert_eq!(report["device"]["id"], "A123-000001");
+    assert_eq!(report["device"]["id"], "3012-000001");
     assert_eq!(report["device"]["written"], "true");
 
     // The form without its token did nothing; the confirmed discard did.
@@ -463,8 +463,8 @@ fn the_console_in_a_real_browser() {
     assert!(report["discard"]["message"]
         .as_str()
         .unwrap()
-        .contains("Discarded 3 leftover pack(s) of model B200"));
-    assert_eq!(in_stock(factory, "B200"), 0);
+        .contains("Discarded 3 leftover pack(s) of model 3013"));
+    assert_eq!(in_stock(factory, "3013"), 0);
 
     // The discard is revoked at the CA (not only shown in the page).
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -80,7 +80,9 @@ async fn secure_headers(mut response: Response) -> Response {
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // `same-origin`, not `no-referrer`: under `no-referrer` Chromium sends
+        // `Origin: null` with the console's own forms, which the origin check refuses.
+        (header::REFERRER_POLICY, "same-origin"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
@@ -215,15 +217,16 @@ fn check_origin(headers: &HeaderMap) -> Result<(), Fail> {
         return Ok(());
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.strip_prefix("https://"));
-    match (origin, host) {
+    let seen = origin.to_str().unwrap_or("?");
+    match (seen.strip_prefix("https://"), host) {
         (Some(origin), Some(host)) if origin == host => Ok(()),
         _ => Err(Fail::Page(
             StatusCode::FORBIDDEN,
-            "This form was posted from another site: nothing was done.".into(),
+            format!(
+                "This form was posted from another site ({}, not https://{}): nothing was done.",
+                crate::text::printable(seen),
+                crate::text::printable(host.unwrap_or("?"))
+            ),
         )),
     }
 }
@@ -262,6 +265,9 @@ async fn asset(Path(file): Path<String>) -> Response {
 struct LoginForm {
     user: String,
     password: Zeroizing<String>,
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
 }
 
@@ -309,11 +315,12 @@ async fn login(
                 .run(|s| Ok(s.config.admin.session_secs))
                 .await
                 .unwrap_or(3600);
+            // Two cookies: `AppendHeaders` (a plain array would keep only the last).
             Ok((
-                [
+                axum::response::AppendHeaders([
                     set_cookie(SESSION_COOKIE, &token, PREFIX, secs),
                     set_cookie(LOGIN_COOKIE, "", "/console/login", 0),
-                ],
+                ]),
                 Redirect::to("/console/today"),
             )
                 .into_response())
@@ -324,6 +331,9 @@ async fn login(
 
 #[derive(Deserialize)]
 struct CsrfForm {
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
 }
 
@@ -458,6 +468,9 @@ async fn actions_page(
 
 #[derive(Deserialize)]
 struct DiscardForm {
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     model: String,
     /// The count the confirmation named.
@@ -532,6 +545,9 @@ async fn discard(
 
 #[derive(Deserialize)]
 struct ReworkForm {
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     id: String,
     reason: String,
@@ -621,6 +637,9 @@ fn users_page(session: &Session, status: StatusCode, outcome: Option<page::Outco
 
 #[derive(Deserialize)]
 struct UserAddForm {
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     name: String,
     password: Zeroizing<String>,
@@ -685,6 +704,9 @@ async fn user_add(
 
 #[derive(Deserialize)]
 struct PasswordForm {
+    /// Missing reads as empty, so a form without its token is refused as
+    /// such (403), not as a malformed form.
+    #[serde(default)]
     csrf: String,
     current: Zeroizing<String>,
     password: Zeroizing<String>,
