@@ -177,9 +177,12 @@ pub struct Today {
     pub crl: CrlHealth,
 }
 
-/// The columns of the stock table: the field's name in `admin stock --json`,
+/// One column of the stock table: the field's name in `admin stock --json`,
 /// its heading, its value.
-pub const STOCK_COLUMNS: [(&str, &str, fn(&ModelStock) -> usize); 10] = [
+pub type StockColumn = (&'static str, &'static str, fn(&ModelStock) -> usize);
+
+/// The columns of the stock table.
+pub const STOCK_COLUMNS: [StockColumn; 10] = [
     ("planned_today", "Planned today", |m| m.planned_today),
     ("in_stock", "In stock", |m| m.in_stock),
     ("handed_out", "Handed out", |m| m.handed_out),
