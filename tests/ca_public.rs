@@ -46,6 +46,11 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
     })
 }
 
+/// The CRL partition of a certificate issued now (`YYYY-MM`, UTC).
+fn this_month() -> String {
+    certline::pki::crl::partition_of(time::OffsetDateTime::now_utc())
+}
+
 fn x509_text(file: &std::path::Path) -> String {
     let out = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
@@ -86,13 +91,16 @@ fn certificates_name_their_crl_and_issuer_and_the_public_listener_serves_them() 
     ]);
     let pack = packs.join("3012-7");
 
-    // The device certificate names the issuing CA's CRL and certificate ...
+    // The device certificate names the issuing CA's CRL (the partition of
+    // its issuance month, beside crl_url: issue 15) and certificate ...
     let device = x509_text(&pack.join("chain.pem"));
     assert!(
         device.contains("X509v3 CRL Distribution Points"),
         "{device}"
     );
-    assert!(device.contains(&format!("URI:{crl_url}")), "{device}");
+    let month = this_month();
+    let partition_url = format!("{base}/crl/issuing-{month}.crl");
+    assert!(device.contains(&format!("URI:{partition_url}")), "{device}");
     assert!(
         device.contains(&format!("CA Issuers - URI:{issuer_url}")),
         "{device}"
@@ -115,6 +123,9 @@ fn certificates_name_their_crl_and_issuer_and_the_public_listener_serves_them() 
     let (status, crl) = http_get(&crl_url);
     assert_eq!(status, 200);
     x509_parser::parse_x509_crl(&crl).expect("the issuing CRL, DER");
+    let (status, crl) = http_get(&partition_url);
+    assert_eq!(status, 200);
+    x509_parser::parse_x509_crl(&crl).expect("the partition's CRL, DER");
     let (status, root_crl) = http_get(&format!("{base}/crl/root.crl"));
     assert_eq!(status, 200);
     x509_parser::parse_x509_crl(&root_crl).expect("the root's CRL, DER");

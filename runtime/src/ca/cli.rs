@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::config::DEFAULT_PEN;
 use super::dir::{self, InitOptions};
-use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
+use super::issuance::{Clock, Requester};
 use super::serve::{public_router, revoke_target, router, CaState};
 use crate::command::StateDir;
 use crate::command::{emit, runtime};
@@ -209,7 +209,8 @@ pub struct RevokeArgs {
 pub struct CrlArgs {
     #[command(flatten)]
     pub dir: CaDir,
-    /// Write here instead of stdout.
+    /// Write here instead of stdout: the base CRL (the issuing CA's at
+    /// `crl_url`), the root's, then each partition's (by issuance month).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Publish fresh CRLs whose nextUpdate is this many seconds away (default:
@@ -409,8 +410,11 @@ fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
                 "CA public listener (CRLs and CA certificates only) on http://{}",
                 listener.local_addr()?
             );
+            // The same accept loop as the HTTPS listeners (header timeout,
+            // connection cap, paced accept retries), without TLS.
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
+                let stop = std::future::pending();
+                if let Err(e) = crate::service::server::serve_plain(listener, router, stop).await {
                     tracing::error!("the public listener stopped: {e}");
                 }
             });
@@ -540,24 +544,25 @@ fn crl(args: CrlArgs) -> anyhow::Result<()> {
     if args.now {
         opened.ca.publish_crls()?;
     }
-    for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
+    if let Some(seconds) = args.valid_for {
+        anyhow::ensure!(seconds > 0, "--valid-for must be at least 1 second");
+        opened
+            .ca
+            .publish_crls_valid_for(time::Duration::seconds(i64::from(seconds)))?;
+    }
+    // The base CRL, the root's, then each partition (`publish.rs`).
+    for scope in opened.ca.crl_scopes()? {
         let der = match args.valid_for {
             // Exactly the CRLs just published, not a re-publication of them.
-            Some(seconds) => {
-                anyhow::ensure!(seconds > 0, "--valid-for must be at least 1 second");
-                if scope == SCOPE_ISSUING {
-                    opened
-                        .ca
-                        .publish_crls_valid_for(time::Duration::seconds(i64::from(seconds)))?;
-                }
+            Some(_) => {
                 opened
                     .ca
                     .ledger()
-                    .current_crl(scope)?
+                    .current_crl(&scope)?
                     .context("no CRL was published")?
                     .1
             }
-            None => opened.ca.crl(scope)?,
+            None => opened.ca.crl(&scope)?,
         };
         pem.push_str(&to_pem("X509 CRL", &der));
     }

@@ -25,6 +25,8 @@ pub enum Published {
     RootCrl,
     IssuingCert,
     RootCert,
+    /// The index of every CRL (`crls.json` beside `crl_url`, `wire::ca::CrlIndex`).
+    CrlIndex,
 }
 
 /// The documentation enterprise number (RFC 5612), the default PEN.
@@ -150,6 +152,12 @@ impl CaConfig {
             }
             paths.push((key, urls::path_of(url)));
             paths.push((key, urls::path_of(&urls::sibling(url, root_file))));
+            if key == "crl_url" {
+                paths.push((
+                    key,
+                    urls::path_of(&urls::sibling(url, urls::CRL_INDEX_FILE)),
+                ));
+            }
         }
         for (index, (key, path)) in paths.iter().enumerate() {
             if let Some((other, _)) = paths[index + 1..].iter().find(|(_, p)| p == path) {
@@ -207,11 +215,16 @@ impl CaConfig {
     pub fn public_paths(&self) -> Vec<(String, Published)> {
         let issued = self.issued_urls();
         let root = self.root_urls();
+        let index = issued
+            .crl
+            .as_ref()
+            .map(|u| urls::sibling(u, urls::CRL_INDEX_FILE));
         [
             (issued.crl, Published::IssuingCrl),
             (root.crl, Published::RootCrl),
             (issued.ca_issuers, Published::IssuingCert),
             (root.ca_issuers, Published::RootCert),
+            (index, Published::CrlIndex),
         ]
         .into_iter()
         .filter_map(|(url, what)| url.map(|u| (urls::path_of(&u), what)))

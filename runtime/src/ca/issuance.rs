@@ -36,7 +36,8 @@ use crate::store::ledger::{
 };
 use crate::wire::ca::{codes, BatchRequest, IssuedPack, LiveCert, PackBatch, Revoked};
 
-pub const SCOPE_ISSUING: &str = "issuing";
+/// The issuing CA's base CRL (`GET /v1/crl`, `crl_url`); its partitions are `issuing:<month>`.
+pub const SCOPE_ISSUING: &str = crate::store::ledger::CRL_SCOPE_ISSUING;
 pub const SCOPE_ROOT: &str = "root";
 
 /// Where the CA's time comes from: the system clock, or a fixed instant.
@@ -417,6 +418,13 @@ impl CertAuthority {
             }
         }
         let who = requester.name();
+        // With a crl_url, the CRL partition of the issuance month, which the
+        // certificates' CDP names (`Authority::sign_device`, signing at `now`).
+        let crl_partition = self
+            .config
+            .crl_url
+            .as_ref()
+            .map(|_| crate::pki::crl::partition_of(now));
         let reservations: Vec<Reservation> = items
             .iter()
             .map(|(id, replaces, _)| Reservation {
@@ -424,6 +432,7 @@ impl CertAuthority {
                 subject: id.to_string(),
                 kind: CertKind::Device,
                 replaces: replaces.clone(),
+                crl_partition: crl_partition.clone(),
             })
             .collect();
         // 1. reserve
@@ -495,6 +504,7 @@ impl CertAuthority {
                 subject: format!("{}:{name}", role.name()),
                 kind: CertKind::Service,
                 replaces: None,
+                crl_partition: None,
             }],
             &who,
             now,
@@ -544,29 +554,53 @@ impl CertAuthority {
         lookup(&self.ledger, ids)
     }
 
-    /// Signs and stores fresh CRLs for both scopes, each with the next number.
+    /// How the issuing CA's CRL is split (by ca.toml's `crl_url`).
+    pub fn partitioning(&self) -> super::publish::Partitioning {
+        super::publish::Partitioning {
+            crl_url: self.config.crl_url.clone(),
+        }
+    }
+
+    /// Signs and stores every CRL afresh (each partition, the base, the
+    /// root), each with the next number of its scope.
     pub fn publish_crls(&mut self) -> anyhow::Result<()> {
         self.publish_crls_valid_for(self.config.crl_validity())
     }
 
     /// As [`Self::publish_crls`], with a nextUpdate `validity` from now.
     pub fn publish_crls_valid_for(&mut self, validity: time::Duration) -> anyhow::Result<()> {
-        super::publish::publish(&self.pki, &mut self.ledger, self.clock.now(), validity)
+        let parts = self.partitioning();
+        super::publish::publish_all(
+            &self.pki,
+            &mut self.ledger,
+            &parts,
+            self.clock.now(),
+            validity,
+        )?;
+        Ok(())
     }
 
-    /// Publishes fresh CRLs if the current ones miss a revocation the ledger
-    /// has committed (a crash between a revocation's commit and its CRL, or
-    /// abandoned reservations), or if there are none. Returns whether it did.
-    /// Two single-row reads when nothing is missing, whatever the CRL's size.
+    /// Publishes the CRLs that miss a revocation the ledger has committed (a
+    /// crash between a revocation's commit and its CRL, or abandoned
+    /// reservations), or that were never published: only those partitions.
+    /// Returns whether it published any. A few single-row reads when
+    /// nothing is missing, whatever the CRLs' size.
     pub fn publish_if_behind(&mut self) -> anyhow::Result<bool> {
         let behind = super::publish::is_behind(&self.ledger)?;
         if behind {
-            self.publish_crls()?;
+            let parts = self.partitioning();
+            super::publish::publish_behind(
+                &self.pki,
+                &mut self.ledger,
+                &parts,
+                self.clock.now(),
+                self.config.crl_validity(),
+            )?;
         }
         Ok(behind)
     }
 
-    /// The current CRL of a scope, re-published once half its validity is gone.
+    /// The current CRL of a scope, every CRL re-published once half its validity is gone.
     pub fn crl(&mut self, scope: &str) -> anyhow::Result<Vec<u8>> {
         if let Some((_, der, next_update)) = self.ledger.current_crl(scope)? {
             let next = crate::store::db::parse_time(&next_update)?;
@@ -580,6 +614,17 @@ impl CertAuthority {
             .current_crl(scope)?
             .ok_or_else(|| anyhow::anyhow!("no CRL for {scope}"))?;
         Ok(der)
+    }
+
+    /// The scope of every CRL stored: the base, the root, then each partition.
+    pub fn crl_scopes(&self) -> anyhow::Result<Vec<String>> {
+        let mut scopes = vec![SCOPE_ISSUING.to_string(), SCOPE_ROOT.to_string()];
+        for (scope, status) in self.ledger.issuing_crl_scopes()? {
+            if status.is_some() && scope != SCOPE_ISSUING {
+                scopes.push(scope);
+            }
+        }
+        Ok(scopes)
     }
 
     /// Writes an audit entry for a request the CA refused (nothing else

@@ -2,101 +2,265 @@
 //!
 //! A revocation or a replacement commits its row and the ledger's revocation
 //! count (one transaction, O(1)) and returns; it never waits for a CRL
-//! signature. One publisher thread per serving CA re-signs the CRLs when the
-//! ledger has revocations the stored CRL does not cover, at most once per
-//! `crl_max_delay` (ca.toml), and when half a CRL's validity is gone. The
-//! bytes it signs are kept in memory: `GET /v1/crl` is served from that copy,
-//! never behind the CA's issuance lock. A CRL another process stored in the
-//! same ledger (`ca revoke`, `ca crl --now`) is picked up by the next read.
+//! signature. One publisher thread per serving CA re-signs the CRLs that
+//! miss a committed revocation, at most once per `crl_max_delay` (ca.toml),
+//! and each CRL when half its validity is gone. The bytes it signs are kept
+//! in memory: `GET /v1/crl…` is served from that copy, never behind the CA's
+//! issuance lock. A CRL another process stored in the same ledger
+//! (`ca revoke`, `ca crl --now`) is picked up by the next read.
+//!
+//! **Partitions.** With a `crl_url` in ca.toml the issuing CA's CRL is split
+//! ([`Partitioning`], `pki::crl`): device certificates by issuance month,
+//! each partition a CRL of its own whose issuingDistributionPoint names the
+//! URL the certificates' CDP carries; the base CRL (at `crl_url` itself)
+//! keeps service credentials and certificates from before partitions. A
+//! revocation re-signs only its certificate's partition, whose size is
+//! bounded by one month's issuance, never the whole history. Without a
+//! `crl_url` there is nothing a certificate could name a partition by: one
+//! CRL lists everything.
 //!
 //! A crash between a revocation's commit and the publication loses nothing:
-//! the stored CRL records the revocation count it covers, so the next start
-//! (`dir::open`) or the publisher's next look sees it is behind and publishes.
+//! each stored CRL records the revocation count it covers, and every
+//! revocation row its count, so the next start (`dir::open`) or the
+//! publisher's next look finds the partitions that are behind and signs them.
 //!
-//! [`publish`] is the one place where CRLs are signed and stored; `ca init`,
-//! the command line and the publisher thread all go through it.
+//! [`publish_all`] and [`publish_behind`] are the one place where CRLs are
+//! signed and stored; `ca init`, the command line and the publisher thread
+//! all go through them.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
-use super::issuance::{Clock, SCOPE_ISSUING, SCOPE_ROOT};
+use super::issuance::{Clock, SCOPE_ROOT};
 use crate::pki::authority::Authority;
-use crate::pki::crl::RevokedEntry;
+use crate::pki::urls;
 use crate::store::db::time_text;
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{crl_partition_of_scope, crl_scope, Ledger};
 
 /// How often the publisher looks at the ledger when nothing woke it: a
 /// revocation committed by another process, or a CRL it stored, is seen
 /// within this.
 const POLL: Duration = Duration::from_millis(200);
 
-/// The entries the last CRL listed, kept between publications so that each
-/// reads only the revocations committed since (the ledger stamps each
-/// revoking transaction's rows with its number).
-#[derive(Default)]
-pub struct Listed {
-    upto: Option<u64>,
-    entries: Vec<RevokedEntry>,
+/// How the issuing CA's CRL is split, from ca.toml's `crl_url`.
+#[derive(Debug, Clone, Default)]
+pub struct Partitioning {
+    pub crl_url: Option<String>,
 }
 
-impl Listed {
-    /// Adds what the ledger revoked since the last call; returns the
-    /// ledger's revocation count that the entries now cover. The count is
-    /// read first: a revocation committed meanwhile is left for the next round.
-    fn catch_up(&mut self, ledger: &Ledger) -> anyhow::Result<u64> {
-        let upto = ledger.revocations()?;
-        if self.upto != Some(upto) {
-            let new = ledger.revoked_between(self.upto, upto)?;
-            self.entries.extend(new);
-            self.upto = Some(upto);
-        }
-        Ok(upto)
+impl Partitioning {
+    /// The URL a CRL of `partition` (None: the base) is published at and
+    /// names in its issuingDistributionPoint; None without a `crl_url`.
+    pub fn url(&self, partition: Option<&str>) -> Option<String> {
+        let base = self.crl_url.as_ref()?;
+        Some(match partition {
+            Some(p) => urls::partition_url(base, p),
+            None => base.clone(),
+        })
     }
 }
 
-/// Signs and stores fresh CRLs for both scopes, each with the next number,
-/// covering every revocation the ledger had committed when it started.
-pub fn publish(
-    pki: &Authority,
-    ledger: &mut Ledger,
-    now: OffsetDateTime,
-    validity: time::Duration,
-) -> anyhow::Result<()> {
-    publish_listed(pki, ledger, &mut Listed::default(), now, validity)
+/// The issuing CA's CRLs that a publication must sign.
+#[derive(Debug, Default)]
+struct Behind {
+    /// The ledger's revocation count when it was looked at: what they will cover.
+    upto: u64,
+    /// The partitions (None: the base) missing a revocation, or never published.
+    partitions: BTreeSet<Option<String>>,
+    /// The scopes whose stored CRL is up to date through `upto`.
+    current: Vec<String>,
+    /// The root's CRL was never published.
+    root: bool,
 }
 
-/// As [`publish`], reading only the revocations `listed` does not hold yet.
-fn publish_listed(
+impl Behind {
+    fn is_empty(&self) -> bool {
+        self.partitions.is_empty() && !self.root
+    }
+}
+
+/// Which CRLs miss a committed revocation or were never published. Reads
+/// the CRL scopes (one row each) and the partitions of the revocations after
+/// the lowest coverage among them (nothing, when the CRLs are up to date).
+fn behind(ledger: &Ledger) -> anyhow::Result<Behind> {
+    let upto = ledger.revocations()?;
+    let mut found = Behind {
+        upto,
+        root: ledger.crl_status(SCOPE_ROOT)?.is_none(),
+        ..Behind::default()
+    };
+    // The lowest coverage among the stored CRLs (Some(None): one from before
+    // coverage was recorded; None: none stored, so every revocation counts).
+    let mut lowest: Option<Option<u64>> = None;
+    let mut base = false;
+    for (scope, status) in ledger.issuing_crl_scopes()? {
+        let Some(partition) = crl_partition_of_scope(&scope) else {
+            continue;
+        };
+        base |= partition.is_none() && status.is_some();
+        match status {
+            None => {
+                found.partitions.insert(partition.map(str::to_string));
+            }
+            Some(status) => {
+                lowest = Some(match (lowest, status.covers) {
+                    (None, covers) => covers,
+                    (Some(Some(a)), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                });
+                found.current.push(scope);
+            }
+        }
+    }
+    if !base {
+        found.partitions.insert(None);
+    }
+    let after = lowest.flatten();
+    if after != Some(upto) {
+        for partition in ledger.revoked_partitions_between(after, upto)? {
+            found.partitions.insert(partition);
+        }
+    }
+    found
+        .current
+        .retain(|scope| match crl_partition_of_scope(scope) {
+            Some(p) => !found.partitions.contains(&p.map(str::to_string)),
+            None => false,
+        });
+    Ok(found)
+}
+
+/// Whether a stored CRL misses a committed revocation (or one was never published).
+pub fn is_behind(ledger: &Ledger) -> anyhow::Result<bool> {
+    Ok(!behind(ledger)?.is_empty())
+}
+
+/// What a publication signed.
+#[derive(Debug, Default)]
+pub struct Signed {
+    /// The issuing CA's CRLs signed (base and partitions).
+    pub crls: usize,
+    /// Revocation entries they list, all together.
+    pub entries: usize,
+}
+
+/// Signs one CRL of the issuing CA (a partition, or the base with None)
+/// with the next number of its scope, listing every revocation of that
+/// partition and nothing else; returns how many entries it lists.
+fn sign_issuing(
     pki: &Authority,
     ledger: &mut Ledger,
-    listed: &mut Listed,
+    parts: &Partitioning,
+    partition: Option<&str>,
     now: OffsetDateTime,
     validity: time::Duration,
+    covers: u64,
+) -> anyhow::Result<usize> {
+    let scope = crl_scope(partition);
+    let entries = ledger.revoked_in_partition(partition)?;
+    let number = ledger.next_crl_number(&scope)?;
+    let der = pki.issuing_crl(
+        number,
+        &entries,
+        now,
+        validity,
+        parts.url(partition).as_deref(),
+    )?;
+    ledger.store_crl(&scope, number, &der, &time_text(now + validity), covers)?;
+    Ok(entries.len())
+}
+
+fn sign_root(
+    pki: &Authority,
+    ledger: &mut Ledger,
+    now: OffsetDateTime,
+    validity: time::Duration,
+    covers: u64,
 ) -> anyhow::Result<()> {
-    let covers = listed.catch_up(ledger)?;
-    let next_update = time_text(now + validity);
-    let number = ledger.next_crl_number(SCOPE_ISSUING)?;
-    let der = pki.issuing_crl(number, &listed.entries, now, validity)?;
-    ledger.store_crl(SCOPE_ISSUING, number, &der, &next_update, covers)?;
     // Nothing revokes the issuing CA yet, so the root's list stays empty.
     let number = ledger.next_crl_number(SCOPE_ROOT)?;
     let der = pki.root_crl(number, &[], now, validity)?;
-    ledger.store_crl(SCOPE_ROOT, number, &der, &next_update, covers)?;
-    Ok(())
+    ledger.store_crl(SCOPE_ROOT, number, &der, &time_text(now + validity), covers)
 }
 
-/// Whether the stored CRLs miss a committed revocation (or do not exist).
-pub fn is_behind(ledger: &Ledger) -> anyhow::Result<bool> {
-    let revocations = ledger.revocations()?;
-    let issuing = ledger.crl_status(SCOPE_ISSUING)?;
-    let root = ledger.crl_status(SCOPE_ROOT)?;
-    Ok(match (issuing, root) {
-        (Some(issuing), Some(_)) => issuing.covers.is_none_or(|c| c < revocations),
-        _ => true,
-    })
+/// Signs the CRLs that are behind, plus `also` (scopes whose CRL is ageing),
+/// and records that the others are current through the same count.
+fn publish_round(
+    pki: &Authority,
+    ledger: &mut Ledger,
+    parts: &Partitioning,
+    now: OffsetDateTime,
+    validity: time::Duration,
+    also: &[String],
+) -> anyhow::Result<Signed> {
+    let mut todo = behind(ledger)?;
+    let mut root = todo.root;
+    for scope in also {
+        match crl_partition_of_scope(scope) {
+            Some(partition) => {
+                todo.partitions.insert(partition.map(str::to_string));
+            }
+            None => root |= scope == SCOPE_ROOT,
+        }
+    }
+    let mut signed = Signed::default();
+    for partition in &todo.partitions {
+        signed.entries += sign_issuing(
+            pki,
+            ledger,
+            parts,
+            partition.as_deref(),
+            now,
+            validity,
+            todo.upto,
+        )?;
+        signed.crls += 1;
+    }
+    if root {
+        sign_root(pki, ledger, now, validity, todo.upto)?;
+    }
+    let current: Vec<String> = todo
+        .current
+        .into_iter()
+        .filter(|scope| !also.contains(scope))
+        .collect();
+    ledger.set_crl_covers(&current, todo.upto)?;
+    Ok(signed)
+}
+
+/// Signs and stores every CRL afresh (each partition, the base and the
+/// root, each with the next number of its scope): `ca init`, `ca crl --now`.
+pub fn publish_all(
+    pki: &Authority,
+    ledger: &mut Ledger,
+    parts: &Partitioning,
+    now: OffsetDateTime,
+    validity: time::Duration,
+) -> anyhow::Result<Signed> {
+    let mut every: Vec<String> = ledger
+        .issuing_crl_scopes()?
+        .into_iter()
+        .map(|(scope, _)| scope)
+        .collect();
+    every.push(crl_scope(None));
+    every.push(SCOPE_ROOT.to_string());
+    publish_round(pki, ledger, parts, now, validity, &every)
+}
+
+/// Signs and stores the CRLs that miss a committed revocation (or were
+/// never published); nothing when none does.
+pub fn publish_behind(
+    pki: &Authority,
+    ledger: &mut Ledger,
+    parts: &Partitioning,
+    now: OffsetDateTime,
+    validity: time::Duration,
+) -> anyhow::Result<Signed> {
+    publish_round(pki, ledger, parts, now, validity, &[])
 }
 
 /// One published CRL, as served.
@@ -107,38 +271,44 @@ pub struct Crl {
     pub next_update: OffsetDateTime,
 }
 
-/// The CRLs being served: the issuing CA's and the root's.
-#[derive(Clone)]
-struct Current {
-    issuing: Crl,
-    root: Crl,
-}
+/// The CRLs being served, by scope (`issuing`, `issuing:<partition>`, `root`).
+type Current = HashMap<String, Crl>;
 
-fn load_current(ledger: &Ledger) -> anyhow::Result<Option<Current>> {
-    let load = |scope: &str| -> anyhow::Result<Option<Crl>> {
-        Ok(match ledger.current_crl(scope)? {
-            Some((number, der, next_update)) => Some(Crl {
-                number,
-                der: der.into(),
-                next_update: crate::store::db::parse_time(&next_update)?,
-            }),
-            None => None,
-        })
-    };
-    Ok(match (load(SCOPE_ISSUING)?, load(SCOPE_ROOT)?) {
-        (Some(issuing), Some(root)) => Some(Current { issuing, root }),
-        _ => None,
+fn load_crl(ledger: &Ledger, scope: &str) -> anyhow::Result<Option<Crl>> {
+    Ok(match ledger.current_crl(scope)? {
+        Some((number, der, next_update)) => Some(Crl {
+            number,
+            der: der.into(),
+            next_update: crate::store::db::parse_time(&next_update)?,
+        }),
+        None => None,
     })
 }
 
-/// The stored CRLs, if another process stored newer ones than `current`.
-fn stored_if_newer(ledger: &Ledger, current: &Current) -> anyhow::Result<Option<Current>> {
-    let stored = ledger.crl_status(SCOPE_ISSUING)?.map(|s| s.number);
-    let stored_root = ledger.crl_status(SCOPE_ROOT)?.map(|s| s.number);
-    if stored > Some(current.issuing.number) || stored_root > Some(current.root.number) {
-        return load_current(ledger);
+/// The number of every stored CRL, by scope.
+fn stored_numbers(ledger: &Ledger) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut numbers: Vec<(String, u64)> = ledger
+        .issuing_crl_scopes()?
+        .into_iter()
+        .filter_map(|(scope, status)| status.map(|s| (scope, s.number)))
+        .collect();
+    if let Some(root) = ledger.crl_status(SCOPE_ROOT)? {
+        numbers.push((SCOPE_ROOT.to_string(), root.number));
     }
-    Ok(None)
+    Ok(numbers)
+}
+
+/// Every stored CRL newer than (or missing from) `current`.
+fn stored_if_newer(ledger: &Ledger, current: &Current) -> anyhow::Result<Vec<(String, Crl)>> {
+    let mut newer = Vec::new();
+    for (scope, number) in stored_numbers(ledger)? {
+        if current.get(&scope).is_none_or(|c| c.number < number) {
+            if let Some(crl) = load_crl(ledger, &scope)? {
+                newer.push((scope, crl));
+            }
+        }
+    }
+    Ok(newer)
 }
 
 struct Shared {
@@ -155,15 +325,22 @@ struct Flags {
 }
 
 impl Shared {
-    fn current(&self) -> Current {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set(&self, current: Current) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = current;
+    /// Takes CRLs newer than the ones served (the publisher thread or a
+    /// reader may have set newer ones meanwhile: never goes back).
+    fn take(&self, fresh: Vec<(String, Crl)>) {
+        if fresh.is_empty() {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        for (scope, crl) in fresh {
+            if current.get(&scope).is_none_or(|c| c.number < crl.number) {
+                current.insert(scope, crl);
+            }
+        }
     }
 
     /// Sleeps up to `pause` or until notified; false once asked to stop.
@@ -183,53 +360,56 @@ impl Shared {
 struct Worker {
     pki: Arc<Authority>,
     ledger: Ledger,
-    listed: Listed,
+    parts: Partitioning,
     clock: Clock,
     validity: time::Duration,
     max_delay: Duration,
 }
 
 impl Worker {
-    /// Whether a publication is due: revocations not covered, or half the
-    /// validity of the served CRL gone.
-    fn due(&self, current: &Current) -> anyhow::Result<bool> {
-        let left = current.issuing.next_update.min(current.root.next_update) - self.clock.now();
-        Ok(left <= self.validity / 2 || is_behind(&self.ledger)?)
+    /// The served scopes with half their validity gone.
+    fn ageing(&self, current: &Current) -> Vec<String> {
+        let now = self.clock.now();
+        current
+            .iter()
+            .filter(|(_, crl)| crl.next_update - now <= self.validity / 2)
+            .map(|(scope, _)| scope.clone())
+            .collect()
     }
 
-    fn publish(&mut self) -> anyhow::Result<Current> {
-        publish_listed(
+    fn publish(&mut self, also: &[String]) -> anyhow::Result<(Signed, Vec<(String, Crl)>)> {
+        let signed = publish_round(
             &self.pki,
             &mut self.ledger,
-            &mut self.listed,
+            &self.parts,
             self.clock.now(),
             self.validity,
+            also,
         )?;
-        load_current(&self.ledger)?
-            .ok_or_else(|| anyhow::anyhow!("the CRLs just stored cannot be read back"))
+        Ok((signed, stored_if_newer(&self.ledger, &HashMap::new())?))
     }
 
     fn run(mut self, shared: Arc<Shared>) {
         let mut last: Option<Instant> = None;
         loop {
             let mut pause = POLL;
-            let current = shared.current();
-            match self.due(&current) {
+            let ageing = self.ageing(&shared.read());
+            match is_behind(&self.ledger).map(|behind| behind || !ageing.is_empty()) {
                 Ok(true) => match last.map(|t| t.elapsed()) {
                     Some(since) if since < self.max_delay => {
                         pause = pause.min(self.max_delay - since);
                     }
                     _ => {
                         let started = Instant::now();
-                        match self.publish() {
-                            Ok(fresh) => {
+                        match self.publish(&ageing) {
+                            Ok((signed, fresh)) => {
                                 tracing::info!(
-                                    number = fresh.issuing.number,
-                                    bytes = fresh.issuing.der.len(),
+                                    crls = signed.crls,
+                                    entries = signed.entries,
                                     ms = started.elapsed().as_millis() as u64,
                                     "published CRLs"
                                 );
-                                shared.set(fresh);
+                                shared.take(fresh);
                             }
                             Err(e) => tracing::error!("CRL publication failed, will retry: {e:#}"),
                         }
@@ -237,12 +417,14 @@ impl Worker {
                         continue;
                     }
                 },
-                Ok(false) => match stored_if_newer(&self.ledger, &current) {
-                    Ok(Some(newer)) => shared.set(newer),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("cannot read the stored CRLs: {e:#}"),
-                },
-                Err(e) => tracing::warn!("cannot tell whether the CRL is behind: {e:#}"),
+                Ok(false) => {
+                    let newer = stored_if_newer(&self.ledger, &shared.read());
+                    match newer {
+                        Ok(newer) => shared.take(newer),
+                        Err(e) => tracing::warn!("cannot read the stored CRLs: {e:#}"),
+                    }
+                }
+                Err(e) => tracing::warn!("cannot tell whether the CRLs are behind: {e:#}"),
             }
             if !shared.sleep(pause) {
                 return;
@@ -256,15 +438,17 @@ pub struct Publisher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     max_delay: Duration,
+    parts: Partitioning,
 }
 
 impl Publisher {
     /// Starts the thread with its own connection to `ledger`'s database; the
-    /// CRLs stored there (published at start if they were behind) are served
-    /// until it signs fresh ones.
+    /// CRLs stored there (the missing ones signed first) are served until it
+    /// signs fresh ones.
     pub fn start(
         pki: Arc<Authority>,
         ledger: &Ledger,
+        parts: Partitioning,
         clock: Clock,
         validity: time::Duration,
         max_delay: Duration,
@@ -272,15 +456,18 @@ impl Publisher {
         let mut worker = Worker {
             pki,
             ledger: ledger.reopen_for_crls()?,
-            listed: Listed::default(),
+            parts: parts.clone(),
             clock,
             validity,
             max_delay,
         };
-        let current = match load_current(&worker.ledger)? {
-            Some(current) => current,
-            None => worker.publish()?,
-        };
+        let mut current = Current::new();
+        if stored_numbers(&worker.ledger)?.is_empty() {
+            worker.publish(&[])?;
+        }
+        for (scope, crl) in stored_if_newer(&worker.ledger, &current)? {
+            current.insert(scope, crl);
+        }
         let shared = Arc::new(Shared {
             current: RwLock::new(current),
             flags: Mutex::new(Flags::default()),
@@ -294,6 +481,7 @@ impl Publisher {
             shared,
             thread: Some(thread),
             max_delay,
+            parts,
         })
     }
 
@@ -305,27 +493,30 @@ impl Publisher {
     }
 
     /// The CRL of a scope as last published (no lock but a read of the copy).
-    pub fn crl(&self, scope: &str) -> Crl {
-        let current = self.shared.current();
-        if scope == SCOPE_ROOT {
-            current.root
-        } else {
-            current.issuing
-        }
+    pub fn crl(&self, scope: &str) -> Option<Crl> {
+        self.shared.read().get(scope).cloned()
     }
 
-    /// Takes CRLs stored by another process if they are newer than the copy served.
-    pub fn catch_up(&self, reader: &Ledger) -> anyhow::Result<()> {
-        if let Some(newer) = stored_if_newer(reader, &self.shared.current())? {
-            let mut slot = self
-                .shared
-                .current
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            // The publisher thread may have set a newer one meanwhile.
-            if newer.issuing.number >= slot.issuing.number && newer.root.number >= slot.root.number
-            {
-                *slot = newer;
+    /// Every CRL served, by scope, with its number (scopes sorted).
+    pub fn numbers(&self) -> Vec<(String, u64)> {
+        let mut numbers: Vec<(String, u64)> = self
+            .shared
+            .read()
+            .iter()
+            .map(|(scope, crl)| (scope.clone(), crl.number))
+            .collect();
+        numbers.sort();
+        numbers
+    }
+
+    /// Takes the CRL of `scope` stored by another process if it is newer
+    /// than the copy served (one single-row read when it is not).
+    pub fn catch_up(&self, reader: &Ledger, scope: &str) -> anyhow::Result<()> {
+        let stored = reader.crl_status(scope)?.map(|s| s.number);
+        let held = self.shared.read().get(scope).map(|c| c.number);
+        if stored > held {
+            if let Some(crl) = load_crl(reader, scope)? {
+                self.shared.take(vec![(scope.to_string(), crl)]);
             }
         }
         Ok(())
@@ -333,6 +524,10 @@ impl Publisher {
 
     pub fn max_delay(&self) -> Duration {
         self.max_delay
+    }
+
+    pub fn partitioning(&self) -> &Partitioning {
+        &self.parts
     }
 }
 

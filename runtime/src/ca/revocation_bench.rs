@@ -8,10 +8,18 @@
 //! - `/v1/health` and `GET /v1/crl` latency while a revoke storm runs;
 //! - the center's CPU per device connection (a fresh TLS handshake and
 //!   `GET /v1/status` each) for a good and for a revoked device;
-//! - memory (VmRSS) of both, and the center's per revoked entry.
+//! - memory (VmRSS) of both, and the bytes the allocator hands out per
+//!   revoked entry when every CRL is decoded into the center's kind of
+//!   revocation set (`pki::crl::RevocationList`, measured in this process);
+//! - the CRLs' sizes: the partition a new device's CDP names, and all of
+//!   them together (what one unpartitioned CRL would weigh).
 //!
-//! Filling N writes ledger rows directly (`Ledger::fill_revoked_for_bench`)
-//! and publishes once with `ca crl --now`; everything measured goes through
+//! The CA has a `crl_url`, so its CRL is partitioned by issuance month
+//! (`publish.rs`). Filling N writes ledger rows directly
+//! (`Ledger::fill_revoked_for_bench`), spread over 120 issuance months (ten
+//! years, this month included), and publishes every CRL once with `ca crl
+//! --now` (the cost of re-signing the whole history, which an unpartitioned
+//! CRL or a delta scheme's base pays); everything else measured goes through
 //! the API. Reports figures and the goals beside them; asserts
 //! nothing about time.
 
@@ -28,20 +36,26 @@ use serde::Serialize;
 use crate::child::{random_secret, run_ok, Child};
 use crate::command::percentile;
 use crate::pki::credential::Credential;
+use crate::pki::crl::{partition_of, RevocationList};
 use crate::pki::pem_blocks;
 use crate::pki::role::Role;
 use crate::service::client::ServiceClient;
 use crate::service::tls::identity_client_config;
 use crate::store::ledger::Ledger;
-use crate::wire::ca::{self as api, BatchRequest, Health, IssuedPack, PackBatch, Revoked};
+use crate::wire::ca::{self as api, BatchRequest, CrlIndex, Health, IssuedPack, PackBatch, Revoked};
 use crate::wire::center::{Decision, Verdict, STATUS};
 
 /// What one run at one R measured.
 #[derive(Debug, Serialize)]
 pub struct AtR {
     pub revoked: usize,
+    /// The CRL partition a device issued now names in its CDP (DER bytes).
     pub crl_bytes: usize,
-    /// Wall time of `ca crl --now` after the fill (one full publication, process start included).
+    /// Every CRL of the issuing CA together (base and partitions, DER bytes).
+    pub crl_total_bytes: usize,
+    /// How many CRLs the issuing CA publishes (base and partitions).
+    pub crls: usize,
+    /// Wall time of `ca crl --now` after the fill (every CRL signed afresh, process start included).
     pub publish_ms: f64,
     pub ca_cpu_per_revoke_ms: f64,
     pub ca_cpu_per_replace_ms: f64,
@@ -55,6 +69,11 @@ pub struct AtR {
     pub center_revoked_per_s: f64,
     pub ca_rss_kb: u64,
     pub center_rss_kb: u64,
+    /// Bytes allocated (glibc `mallinfo2`) to hold every CRL decoded as a
+    /// revocation set, per revoked entry (None: no entry, or not glibc).
+    pub set_bytes_per_entry: Option<f64>,
+    /// The sets' own estimate of their maps (`RevocationList::heap_bytes`), per entry.
+    pub set_map_bytes_per_entry: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,9 +143,11 @@ fn print_table(report: &Report) {
         report.storm, report.storm, report.connections
     );
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>13} {:>13} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "{:>8} {:>10} {:>11} {:>5} {:>9} {:>9} {:>9} {:>13} {:>13} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "R",
         "CRL bytes",
+        "all CRLs",
+        "CRLs",
         "publish",
         "revoke",
         "replace",
@@ -137,13 +158,16 @@ fn print_table(report: &Report) {
         "good/s",
         "rev./s",
         "CA RSS",
-        "ctr RSS"
+        "ctr RSS",
+        "B/entry"
     );
     for r in &report.runs {
         println!(
-            "{:>8} {:>10} {:>7.0}ms {:>7.2}ms {:>7.2}ms {:>6.1}/{:<6.1} {:>6.1}/{:<6.1} {:>7.2}ms {:>7.2}ms {:>8.0} {:>8.0} {:>7}MB {:>7}MB",
+            "{:>8} {:>10} {:>11} {:>5} {:>7.0}ms {:>7.2}ms {:>7.2}ms {:>6.1}/{:<6.1} {:>6.1}/{:<6.1} {:>7.2}ms {:>7.2}ms {:>8.0} {:>8.0} {:>7}MB {:>7}MB {:>9}",
             r.revoked,
             r.crl_bytes,
+            r.crl_total_bytes,
+            r.crls,
             r.publish_ms,
             r.ca_cpu_per_revoke_ms,
             r.ca_cpu_per_replace_ms,
@@ -157,6 +181,8 @@ fn print_table(report: &Report) {
             r.center_revoked_per_s,
             r.ca_rss_kb / 1024,
             r.center_rss_kb / 1024,
+            r.set_bytes_per_entry
+                .map_or("-".to_string(), |b| format!("{b:.0}")),
         );
     }
     if let [zero, big] = &report.runs[..] {
@@ -181,9 +207,17 @@ fn print_table(report: &Report) {
         );
         if big.revoked > 0 {
             println!(
-                "  center memory per revoked entry: {:.0} bytes (VmRSS difference / R)",
+                "  center memory per revoked entry: {} bytes allocated ({} in the maps' own estimate); {:.0} bytes by the center's VmRSS difference / R",
+                big.set_bytes_per_entry
+                    .map_or("unmeasured".to_string(), |b| format!("{b:.0}")),
+                big.set_map_bytes_per_entry
+                    .map_or("-".to_string(), |b| format!("{b:.0}")),
                 (big.center_rss_kb as f64 - zero.center_rss_kb as f64) * 1024.0
                     / big.revoked as f64
+            );
+            println!(
+                "  a client checking a new device fetches {} bytes (its month's partition) instead of {} (every CRL together)",
+                big.crl_bytes, big.crl_total_bytes
             );
         }
     }
@@ -229,7 +263,18 @@ fn at_r(
     let ca = ca_dir
         .to_str()
         .context("a temporary path that is not UTF-8")?;
-    run_ok(certline(passphrase)?.args(["ca", "init", "--dir", ca, "--org", "Bench"]))?;
+    // A crl_url (nothing serves it here: the center reads the CA's API) so
+    // that the CRL is partitioned by issuance month.
+    run_ok(certline(passphrase)?.args([
+        "ca",
+        "init",
+        "--dir",
+        ca,
+        "--org",
+        "Bench",
+        "--crl-url",
+        "http://127.0.0.1:9/crl/issuing.crl",
+    ]))?;
     let station = dir.join("station.pem");
     let center_cred = dir.join("center.pem");
     for (role, name, out) in [
@@ -247,7 +292,8 @@ fn at_r(
     // Years of revocations, written directly; published once.
     if revoked > 0 {
         let mut ledger = Ledger::open(&ca_dir.join(super::dir::LEDGER_FILE), false)?;
-        ledger.fill_revoked_for_bench("FILL", revoked, time::OffsetDateTime::now_utc())?;
+        let now = time::OffsetDateTime::now_utc();
+        ledger.fill_revoked_for_bench("FILL", revoked, now, &months_back(now, 120))?;
     }
     let started = Instant::now();
     run_ok(
@@ -320,7 +366,28 @@ fn at_r(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let crl_bytes = runtime.block_on(anonymous.get_bytes(api::CRL))?.len();
+    // Every CRL as the center holds it: sizes, and memory per entry.
+    let index: CrlIndex = runtime.block_on(anonymous.get_json(api::CRLS))?;
+    let mut all = Vec::new();
+    for entry in &index.crls {
+        all.push((
+            entry.scope.clone(),
+            runtime.block_on(anonymous.get_bytes(&entry.path))?,
+        ));
+    }
+    let this_month = format!("issuing:{}", partition_of(time::OffsetDateTime::now_utc()));
+    let crl_bytes = all
+        .iter()
+        .find(|(scope, _)| *scope == this_month)
+        .map_or(0, |(_, der)| der.len());
+    let issuing: Vec<_> = all.iter().filter(|(s, _)| s != "root").collect();
+    let crl_total_bytes = issuing.iter().map(|(_, der)| der.len()).sum();
+    let crls = issuing.len();
+    let issuing_der = pem_blocks(&batch.issuing_pem, "CERTIFICATE")?
+        .into_iter()
+        .next()
+        .context("no issuing CA certificate")?;
+    let (set_bytes_per_entry, set_map_bytes_per_entry) = set_memory(&issuing, &issuing_der)?;
 
     // Settles the publisher: its last signature is part of the storm's cost.
     let settle = || -> anyhow::Result<()> {
@@ -421,6 +488,8 @@ fn at_r(
     Ok(AtR {
         revoked,
         crl_bytes,
+        crl_total_bytes,
+        crls,
         publish_ms,
         ca_cpu_per_revoke_ms,
         ca_cpu_per_replace_ms,
@@ -434,5 +503,61 @@ fn at_r(
         center_revoked_per_s,
         ca_rss_kb: rss_kb(ca_pid)?,
         center_rss_kb: rss_kb(center_pid)?,
+        set_bytes_per_entry,
+        set_map_bytes_per_entry,
     })
+}
+
+/// The `count` issuance months up to the one of `now` (CRL partitions).
+fn months_back(now: time::OffsetDateTime, count: usize) -> Vec<String> {
+    let (mut year, mut month) = (now.year(), u8::from(now.month()));
+    let mut months = Vec::with_capacity(count);
+    for _ in 0..count {
+        months.push(format!("{year:04}-{month:02}"));
+        (year, month) = if month == 1 {
+            (year - 1, 12)
+        } else {
+            (year, month - 1)
+        };
+    }
+    months
+}
+
+/// Bytes in use by the allocator (glibc's `mallinfo2`), if it can tell.
+fn allocated() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 has no preconditions; it only reads the allocator's counters.
+        Some(unsafe { libc::mallinfo2() }.uordblks)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// Decodes every CRL into the revocation set a center holds and measures
+/// what it costs per revoked entry: bytes the allocator handed out, and the
+/// maps' own estimate.
+fn set_memory(
+    crls: &[&(String, Vec<u8>)],
+    issuer: &[u8],
+) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let before = allocated();
+    let lists = crls
+        .iter()
+        .map(|(_, der)| RevocationList::verified(der, issuer))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let after = allocated();
+    let entries: usize = lists.iter().map(RevocationList::len).sum();
+    if entries == 0 {
+        return Ok((None, None));
+    }
+    let map_bytes: usize = lists.iter().map(RevocationList::heap_bytes).sum();
+    let allocated = match (before, after) {
+        (Some(before), Some(after)) => Some(after.saturating_sub(before) as f64 / entries as f64),
+        _ => None,
+    };
+    drop(lists);
+    Ok((allocated, Some(map_bytes as f64 / entries as f64)))
 }

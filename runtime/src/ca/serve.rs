@@ -32,8 +32,8 @@ use crate::pki::serial::Serial;
 use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::store::ledger::{Ledger, RevokeTarget};
 use crate::wire::ca::{
-    self as api, codes, BatchItem, BatchRequest, CsrRequest, Health, LookupRequest, LookupResponse,
-    PackBatch, ReplaceRequest, RevokeRequest, Revoked, SignedCert,
+    self as api, codes, BatchItem, BatchRequest, CrlIndex, CrlIndexEntry, CsrRequest, Health,
+    LookupRequest, LookupResponse, PackBatch, ReplaceRequest, RevokeRequest, Revoked, SignedCert,
 };
 
 /// The HTTP face of an issuance refusal: its kind picks the status, its code travels as is.
@@ -73,6 +73,7 @@ impl CaState {
         let publisher = Publisher::start(
             ca.shared_pki(),
             ca.ledger(),
+            ca.partitioning(),
             ca.clock().clone(),
             config.crl_validity(),
             config.crl_max_delay(),
@@ -152,16 +153,19 @@ impl CaState {
 }
 
 /// The plain-HTTP public listener: each CRL and CA certificate at its URL's
-/// path (see [`crate::ca::config::CaConfig::public_paths`]), nothing else
-/// (any other path is a 404). Refused when ca.toml names no public URL.
+/// path (see [`crate::ca::config::CaConfig::public_paths`]), each partition
+/// of the issuing CA's CRL beside the base one (`issuing-2026-12.crl`), the
+/// index of them all (`crls.json`), and nothing else (any other path is a
+/// 404). Refused when ca.toml names no public URL.
 pub fn public_router(state: CaState) -> anyhow::Result<Router> {
-    let (paths, root, issuing) = {
+    let (paths, root, issuing, crl_url) = {
         let ca = state.ca.lock().unwrap_or_else(|p| p.into_inner());
         let pki = ca.pki();
         (
             ca.config().public_paths(),
             axum::body::Bytes::copy_from_slice(pki.root_der()),
             axum::body::Bytes::copy_from_slice(pki.issuing_der()),
+            ca.config().crl_url.clone(),
         )
     };
     if paths.is_empty() {
@@ -174,18 +178,35 @@ pub fn public_router(state: CaState) -> anyhow::Result<Router> {
         let cert = match what {
             Published::RootCert => Some(root.clone()),
             Published::IssuingCert => Some(issuing.clone()),
-            Published::IssuingCrl | Published::RootCrl => None,
+            Published::IssuingCrl | Published::RootCrl | Published::CrlIndex => None,
         };
         router = router.route(
             &path,
             get(move |State(state): State<CaState>| published(state, what, cert)),
         );
     }
+    // Partitions: any other GET whose path is one of `crl_url`'s partitions.
+    let router = router.fallback(
+        move |State(state): State<CaState>, method: axum::http::Method, uri: axum::http::Uri| {
+            let partition = crl_url
+                .as_deref()
+                .and_then(|url| crate::pki::urls::partition_in_path(url, uri.path()));
+            async move {
+                match partition {
+                    Some(p) if method == axum::http::Method::GET => {
+                        let scope = crate::store::ledger::crl_scope(Some(&p));
+                        served_crl(&state, scope).await.into_response()
+                    }
+                    _ => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+        },
+    );
     Ok(router.with_state(state))
 }
 
-/// One public path: a CA certificate (fixed while serving), or a CRL from the
-/// publisher's copy in memory, as `/v1/crl` serves it.
+/// One public path: a CA certificate (fixed while serving), a CRL from the
+/// publisher's copy in memory (as `/v1/crl` serves it), or the index.
 async fn published(
     state: CaState,
     what: Published,
@@ -196,9 +217,12 @@ async fn published(
     }
     let scope = match what {
         Published::RootCrl => SCOPE_ROOT,
+        Published::CrlIndex => return Ok(crl_index(State(state)).await?.into_response()),
         _ => SCOPE_ISSUING,
     };
-    Ok(served_crl(&state, scope).await?.into_response())
+    Ok(served_crl(&state, scope.to_string())
+        .await?
+        .into_response())
 }
 
 pub fn router(state: CaState) -> Router {
@@ -210,6 +234,8 @@ pub fn router(state: CaState) -> Router {
         .route(api::LOOKUP, post(lookup))
         .route(api::CRL, get(crl))
         .route(api::ROOT_CRL, get(root_crl))
+        .route(api::CRL_PARTITION, get(partition_crl))
+        .route(api::CRLS, get(crl_index))
         .route(api::HEALTH, get(health))
         // A 10,000-id batch is about 300 KB of JSON; leave room, refuse floods.
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
@@ -309,12 +335,19 @@ async fn lookup(
 }
 
 /// The publisher's copy of a scope's CRL, after taking a newer one that
-/// another process (`ca revoke`, `ca crl --now`) stored in the ledger.
-async fn served_crl(state: &CaState, scope: &'static str) -> Result<impl IntoResponse, ApiError> {
+/// another process (`ca revoke`, `ca crl --now`) stored in the ledger; a
+/// scope with no CRL (a partition nobody was issued in) is a 404.
+async fn served_crl(state: &CaState, scope: String) -> Result<impl IntoResponse, ApiError> {
     let der = state
         .with_reader(move |ledger, publisher| {
-            publisher.catch_up(ledger)?;
-            Ok(publisher.crl(scope).der)
+            publisher.catch_up(ledger, &scope)?;
+            publisher.crl(&scope).map(|c| c.der).ok_or_else(|| {
+                CaError::refused(
+                    CaErrorKind::NotFound,
+                    codes::NO_SUCH_CRL,
+                    format!("no CRL is published for {scope}"),
+                )
+            })
         })
         .await?;
     Ok((
@@ -324,16 +357,79 @@ async fn served_crl(state: &CaState, scope: &'static str) -> Result<impl IntoRes
 }
 
 async fn crl(State(state): State<CaState>) -> Result<impl IntoResponse, ApiError> {
-    served_crl(&state, SCOPE_ISSUING).await
+    served_crl(&state, SCOPE_ISSUING.to_string()).await
 }
 
 async fn root_crl(State(state): State<CaState>) -> Result<impl IntoResponse, ApiError> {
-    served_crl(&state, SCOPE_ROOT).await
+    served_crl(&state, SCOPE_ROOT.to_string()).await
+}
+
+/// `GET /v1/crl/p/<YYYY-MM>`: one partition of the issuing CA's CRL.
+async fn partition_crl(
+    State(state): State<CaState>,
+    axum::extract::Path(partition): axum::extract::Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !crate::pki::crl::is_partition(&partition) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::NO_SUCH_CRL,
+            format!("{partition:?} is not a CRL partition (they are named YYYY-MM)"),
+        ));
+    }
+    served_crl(&state, crate::store::ledger::crl_scope(Some(&partition))).await
+}
+
+/// `GET /v1/crls` (and `crls.json` on the public listener): every CRL
+/// served with its number and where to fetch it, and whether a committed
+/// revocation still waits for its CRL.
+async fn crl_index(State(state): State<CaState>) -> Result<Json<CrlIndex>, ApiError> {
+    let max_delay = state.publisher.max_delay().as_secs_f64();
+    state
+        .with_reader(move |ledger, publisher| {
+            let pending = super::publish::is_behind(ledger)?;
+            let parts = publisher.partitioning();
+            let crls = publisher
+                .numbers()
+                .into_iter()
+                .map(|(scope, number)| {
+                    let (path, url) = if scope == SCOPE_ROOT {
+                        (
+                            api::ROOT_CRL.to_string(),
+                            parts.crl_url.as_ref().map(|u| {
+                                crate::pki::urls::sibling(u, super::config::ROOT_CRL_FILE)
+                            }),
+                        )
+                    } else {
+                        let partition = crate::store::ledger::crl_partition_of_scope(&scope)
+                            .flatten();
+                        (
+                            partition.map_or(api::CRL.to_string(), api::crl_partition_path),
+                            parts.url(partition),
+                        )
+                    };
+                    CrlIndexEntry {
+                        scope,
+                        number,
+                        path,
+                        url,
+                    }
+                })
+                .collect();
+            Ok(Json(CrlIndex {
+                pending,
+                crl_max_delay: max_delay,
+                crls,
+            }))
+        })
+        .await
 }
 
 async fn health(State(state): State<CaState>) -> Json<Health> {
     Json(Health {
-        crl_number: state.publisher.crl(SCOPE_ISSUING).number,
+        crl_number: state
+            .publisher
+            .crl(SCOPE_ISSUING)
+            .map_or(0, |crl| crl.number),
         ..(*state.health).clone()
     })
 }

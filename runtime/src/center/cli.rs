@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::crl::{refresh, refresh_loop, CrlIssuers, CrlSource, CrlState};
+use super::crl::{first_refresh, refresh_loop, CrlIssuers, CrlSource, CrlState};
 use super::decide::Policy;
 use super::serve::{router, CenterState, ContractBook};
 use crate::pki::credential::Credential;
@@ -41,7 +41,8 @@ pub struct CenterArgs {
     /// credential and its issuing CA's certificate (plain HTTP, signed data).
     #[arg(long)]
     pub crl_from_cdp: bool,
-    /// Seconds between CRL refreshes.
+    /// Seconds between CRL refreshes (sooner while the CA says a revocation
+    /// is about to be published, or while the CRLs held are stale or failed).
     #[arg(long, default_value_t = 60)]
     pub crl_refresh: u64,
     /// Keep answering from a CRL past its nextUpdate (fail open). By default
@@ -120,8 +121,10 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
     });
     let tls = server_config(&cred, ClientAuth::Optional)?;
     crate::command::runtime()?.block_on(async move {
-        // The first CRL before the first answer, so a fresh center does not fail closed needlessly.
-        refresh(&source, &issuers, &crl).await;
+        // The first CRLs before the first answer, so a fresh center does not
+        // fail closed needlessly, nor answer from CRLs that miss a revocation
+        // the CA has committed and is about to publish.
+        first_refresh(&source, &issuers, &crl, Duration::from_secs(10)).await;
         tokio::spawn(refresh_loop(
             source,
             issuers,

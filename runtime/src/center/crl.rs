@@ -1,12 +1,19 @@
-//! The center's revocation set: the CA's CRLs (the issuing CA's and the
-//! root's), refreshed on a schedule from the CA or from a file, each verified
-//! and decoded once per new CRL number into a serial → reason map, so a
-//! connection costs one hash probe per certificate whatever the CRL's size.
-//! A refresh with the numbers already held does nothing; a failed or refused
-//! one (bad signature, older number) keeps the set in force and says why;
-//! whether a set past its nextUpdate may still be used is the caller's
-//! (configured) decision.
+//! The center's revocation set: the CA's CRLs (the issuing CA's base CRL,
+//! each partition of it, and the root's), refreshed on its own from the CA,
+//! the CRL Distribution Points or a file, each verified and decoded once per
+//! new CRL number into a serial → reason map, so a connection costs a hash
+//! probe per CRL of the certificate's issuer whatever the CRLs' size.
+//!
+//! A refresh reads the CA's index of CRLs (`GET /v1/crls`, or `crls.json`
+//! beside the CDP) and fetches only the CRLs whose number changed; a CRL
+//! whose number is the one held does nothing; a failed or refused refresh
+//! (bad signature, older number) keeps the set in force and says why. When
+//! the CA says a committed revocation is not on its CRLs yet, the next
+//! refresh comes after its `crl_max_delay` instead of the configured period,
+//! and a stale or failed set is retried within seconds. Whether a set past
+//! its nextUpdate may still be used is the caller's (configured) decision.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,17 +21,18 @@ use std::time::Duration;
 use crate::pki::crl::{crl_header, RevocationList};
 use crate::pki::pem_blocks;
 use crate::service::client::ServiceClient;
-use crate::wire::ca as ca_api;
+use crate::wire::ca::{self as ca_api, CrlIndex};
 
 pub enum CrlSource {
-    /// The CA's `/v1/crl` and `/v1/crl/root`, fetched without a client certificate.
+    /// The CA's `/v1/crls` index and the CRLs it lists, fetched without a client certificate.
     Ca(ServiceClient),
     /// A PEM file holding the CRLs (as `certline ca crl --out` writes it).
     File(PathBuf),
     /// The CRL Distribution Points the CA wrote into the center's own
-    /// credential (the issuing CA's CRL) and into the issuing CA's certificate
-    /// (the root's), fetched over plain HTTP: CRLs are signed, and their
-    /// signatures are checked when a chain is verified against them.
+    /// credential (the issuing CA's base CRL, beside which `crls.json` lists
+    /// the partitions) and into the issuing CA's certificate (the root's),
+    /// fetched over plain HTTP: CRLs are signed, and each is verified before
+    /// it is used.
     Cdp {
         urls: Vec<String>,
         http: reqwest::Client,
@@ -40,16 +48,19 @@ pub struct CrlIssuers {
 }
 
 /// The revocation set the center answers from: one verified, decoded list
-/// per CRL issuer (the issuing CA's and the root's), replaced as a whole
-/// when a refresh brings newer CRL numbers.
+/// per CRL (the issuing CA's base and partitions, the root's), keyed by the
+/// name its source gives it (`issuing`, `issuing:2026-12`, `root`); a list
+/// is replaced when a refresh brings a newer number for its key.
 #[derive(Default, Clone)]
 pub struct CrlState {
     /// Empty until the first successful load.
-    pub lists: Vec<Arc<RevocationList>>,
+    pub lists: BTreeMap<String, Arc<RevocationList>>,
     /// The earliest nextUpdate among them.
     pub next_update: Option<time::OffsetDateTime>,
     /// Why the last refresh failed, if it did.
     pub error: Option<String>,
+    /// The CA said a committed revocation is not on its CRLs yet; they will be within this.
+    pub pending: Option<Duration>,
 }
 
 /// What one certificate of a chain is, as far as the revocation set knows.
@@ -59,8 +70,19 @@ pub enum Status {
         serial_hex: String,
         reason: String,
     },
-    /// No CRL of its issuer is held: its status cannot be known.
+    /// No CRL of its issuer that speaks for it (its partition) is held: its
+    /// status cannot be known.
     NoCrl,
+}
+
+/// CRLs fetched by a refresh, each with its key, and what the CA said of
+/// revocations not yet published.
+pub struct Fetched {
+    pub crls: Vec<(String, Vec<u8>)>,
+    pub pending: Option<Duration>,
+    /// Every key the source serves now (its index, or the file's CRLs): a
+    /// list held under another key is no longer published and is dropped.
+    pub keys: Option<Vec<String>>,
 }
 
 impl CrlState {
@@ -72,71 +94,108 @@ impl CrlState {
         self.next_update.is_none_or(|next| now > next)
     }
 
-    /// Checks one certificate (DER integer serial, DER issuer name): one hash probe.
-    pub fn status(&self, issuer: &[u8], serial: &[u8]) -> Status {
-        match self.lists.iter().find(|list| list.issuer() == issuer) {
-            None => Status::NoCrl,
-            Some(list) => match list.reason(serial) {
-                Some(reason) => Status::Revoked {
+    /// Checks one certificate (DER integer serial, DER issuer name, the URIs
+    /// of its CDP). Revoked when any CRL of its issuer lists the serial (a
+    /// serial is unique per issuer); good when none does and a CRL that
+    /// speaks for it (its partition's, see
+    /// [`RevocationList::authoritative_for`]) is held.
+    pub fn status(&self, issuer: &[u8], cdp_urls: &[String], serial: &[u8]) -> Status {
+        let mut covered = false;
+        for list in self.lists.values().filter(|l| l.issuer() == issuer) {
+            if let Some(reason) = list.reason(serial) {
+                return Status::Revoked {
                     serial_hex: hex::encode(serial),
                     reason,
-                },
-                None => Status::Good,
-            },
+                };
+            }
+            covered |= list.authoritative_for(cdp_urls);
+        }
+        if covered {
+            Status::Good
+        } else {
+            Status::NoCrl
         }
     }
 
-    /// The CRL number held for each issuer, in the order of `lists`.
-    pub fn numbers(&self) -> Vec<u64> {
-        self.lists.iter().map(|l| l.number()).collect()
+    /// The CRL number held for each key.
+    pub fn numbers(&self) -> BTreeMap<String, u64> {
+        self.lists
+            .iter()
+            .map(|(key, l)| (key.clone(), l.number()))
+            .collect()
     }
 
-    /// Takes freshly fetched CRLs, all or nothing. A CRL whose number is the
-    /// one already held costs a few header reads and nothing else; a newer
-    /// one is verified and decoded once; an older one, one that does not
-    /// verify, or one from another issuer refuses the whole refresh, and the
-    /// set in force stays. Returns whether anything changed.
-    pub fn offer(&mut self, crls: &[Vec<u8>], issuers: &CrlIssuers) -> anyhow::Result<bool> {
-        anyhow::ensure!(!crls.is_empty(), "no CRL was fetched");
-        let mut lists = Vec::with_capacity(crls.len());
-        let mut changed = false;
-        for der in crls {
-            let (issuer, number) = crl_header(der)?;
-            let held = self.lists.iter().find(|l| l.issuer() == issuer.as_slice());
-            match held {
-                Some(held) if held.number() == number => {
-                    lists.push(held.clone());
-                    continue;
-                }
-                Some(held) if held.number() > number => anyhow::bail!(
-                    "the CA served CRL number {number}, older than number {} already held; refused",
+    /// Revoked entries held, all lists together.
+    pub fn entries(&self) -> usize {
+        self.lists.values().map(|l| l.len()).sum()
+    }
+
+    /// Takes freshly fetched CRLs (each with its key), all or nothing. A CRL
+    /// whose number is the one already held under its key costs a few
+    /// header reads and nothing else; a newer one is verified and decoded
+    /// once; an older one, one that does not verify, or one from another
+    /// issuer refuses the whole refresh, and the set in force stays. Lists
+    /// not offered stay. Returns whether anything changed.
+    pub fn offer(
+        &mut self,
+        crls: &[(String, Vec<u8>)],
+        issuers: &CrlIssuers,
+    ) -> anyhow::Result<bool> {
+        let mut taken = Vec::new();
+        for (key, der) in crls {
+            let header = crl_header(der).map_err(|e| anyhow::anyhow!("CRL {key}: {e:#}"))?;
+            match self.lists.get(key) {
+                Some(held) if held.number() == header.number => continue,
+                Some(held) if held.number() > header.number => anyhow::bail!(
+                    "the CA served CRL {key} number {}, older than number {} already held; refused",
+                    header.number,
                     held.number()
                 ),
                 _ => {}
             }
             let signer = [&issuers.issuing, &issuers.root]
                 .into_iter()
-                .find(|cert| subject_of(cert).is_some_and(|s| s == issuer))
+                .find(|cert| subject_of(cert).is_some_and(|s| s == header.issuer))
                 .ok_or_else(|| {
                     anyhow::anyhow!(
-                        "a CRL from an issuer that is neither this CA's root nor its issuing CA"
+                        "CRL {key} is from an issuer that is neither this CA's root nor its issuing CA"
                     )
                 })?;
-            let list = RevocationList::verified(der, signer)?;
+            let list = RevocationList::verified(der, signer)
+                .map_err(|e| anyhow::anyhow!("CRL {key}: {e:#}"))?;
             anyhow::ensure!(
-                list.number() == number,
-                "the CRL's number changed between two reads"
+                list.number() == header.number && list.idp() == header.idp.as_deref(),
+                "CRL {key} changed between two reads"
             );
-            lists.push(Arc::new(list));
-            changed = true;
+            taken.push((key.clone(), Arc::new(list)));
         }
-        changed |= lists.len() != self.lists.len();
+        let changed = !taken.is_empty();
         if changed {
-            self.next_update = lists.iter().map(|l| l.next_update()).min();
-            self.lists = lists;
+            self.lists.extend(taken);
+            self.next_update = self.lists.values().map(|l| l.next_update()).min();
         }
         self.error = None;
         Ok(changed)
+    }
+}
+
+impl CrlState {
+    /// Drops the lists held under a key not in `keys` (a CRL no longer
+    /// published); returns whether any was dropped. Never empties the set.
+    pub fn keep_only(&mut self, keys: &[String]) -> bool {
+        let before = self.lists.len();
+        let kept: BTreeMap<_, _> = self
+            .lists
+            .iter()
+            .filter(|(key, _)| keys.contains(key))
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        if kept.is_empty() || kept.len() == before {
+            return false;
+        }
+        self.lists = kept;
+        self.next_update = self.lists.values().map(|l| l.next_update()).min();
+        true
     }
 }
 
@@ -146,39 +205,130 @@ fn subject_of(cert: &[u8]) -> Option<Vec<u8>> {
     Some(cert.subject().as_raw().to_vec())
 }
 
+/// The key of a CRL read from a file: its issuer and scope, as its header says.
+fn file_key(der: &[u8]) -> anyhow::Result<String> {
+    let header = crl_header(der)?;
+    Ok(format!(
+        "{}/{}",
+        hex::encode(&header.issuer),
+        header.idp.as_deref().map(hex::encode).unwrap_or_default()
+    ))
+}
+
+/// The CRLs of `index` whose number differs from the one held under their
+/// key, with the pending delay the index gives.
+fn changed<'a>(
+    index: &'a CrlIndex,
+    held: &'a BTreeMap<String, u64>,
+) -> impl Iterator<Item = &'a ca_api::CrlIndexEntry> {
+    index
+        .crls
+        .iter()
+        .filter(move |entry| held.get(&entry.scope) != Some(&entry.number))
+}
+
+fn pending_of(index: &CrlIndex) -> Option<Duration> {
+    index
+        .pending
+        .then(|| Duration::from_secs_f64(index.crl_max_delay.clamp(0.0, 86_400.0)))
+}
+
+async fn http_get(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot fetch {url}: {e}"))?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(response
+        .bytes()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read {url}: {e}"))?
+        .to_vec())
+}
+
 impl CrlSource {
-    pub async fn fetch(&self) -> anyhow::Result<Vec<Vec<u8>>> {
+    /// Fetches what may have changed since `held` (key → number).
+    pub async fn fetch(&self, held: &BTreeMap<String, u64>) -> anyhow::Result<Fetched> {
         match self {
-            CrlSource::Ca(client) => Ok(vec![
-                client.get_bytes(ca_api::CRL).await?,
-                client.get_bytes(ca_api::ROOT_CRL).await?,
-            ]),
-            CrlSource::Cdp { urls, http } => {
-                let mut crls = Vec::with_capacity(urls.len());
-                for url in urls {
-                    let response = http
-                        .get(url)
-                        .send()
+            CrlSource::Ca(client) => {
+                let index: CrlIndex = match client.get_json(ca_api::CRLS).await {
+                    Ok(index) => index,
+                    // A CA from before partitions: its two CRLs.
+                    Err(e) if e.code().is_none() && e.to_string().contains("404") => CrlIndex {
+                        crls: [("issuing", ca_api::CRL), ("root", ca_api::ROOT_CRL)]
+                            .into_iter()
+                            .map(|(scope, path)| ca_api::CrlIndexEntry {
+                                scope: scope.into(),
+                                number: 0,
+                                path: path.into(),
+                                url: None,
+                            })
+                            .collect(),
+                        ..CrlIndex::default()
+                    },
+                    Err(e) => return Err(anyhow::anyhow!("cannot read the CA's CRL index: {e}")),
+                };
+                let mut crls = Vec::new();
+                for entry in changed(&index, held) {
+                    let der = client
+                        .get_bytes(&entry.path)
                         .await
-                        .map_err(|e| anyhow::anyhow!("cannot fetch the CRL at {url}: {e}"))?;
-                    let status = response.status();
-                    anyhow::ensure!(status.is_success(), "the CRL at {url} answered {status}");
-                    crls.push(
-                        response
-                            .bytes()
-                            .await
-                            .map_err(|e| anyhow::anyhow!("cannot read the CRL at {url}: {e}"))?
-                            .to_vec(),
-                    );
+                        .map_err(|e| anyhow::anyhow!("cannot fetch CRL {}: {e}", entry.scope))?;
+                    crls.push((entry.scope.clone(), der));
                 }
-                Ok(crls)
+                Ok(Fetched {
+                    crls,
+                    pending: pending_of(&index),
+                    keys: Some(index.crls.iter().map(|e| e.scope.clone()).collect()),
+                })
+            }
+            CrlSource::Cdp { urls, http } => {
+                let index_url = crate::pki::urls::sibling(&urls[0], crate::pki::urls::CRL_INDEX_FILE);
+                let index: Option<CrlIndex> = match http_get(http, &index_url).await {
+                    Ok(body) => Some(serde_json::from_slice(&body).map_err(|e| {
+                        anyhow::anyhow!("{index_url} is not a CRL index: {e}")
+                    })?),
+                    // No index published: the two CRLs the certificates name.
+                    Err(_) => None,
+                };
+                let mut crls = Vec::new();
+                match &index {
+                    Some(index) => {
+                        for entry in changed(index, held) {
+                            let url = entry.url.as_deref().ok_or_else(|| {
+                                anyhow::anyhow!("{index_url} names no URL for CRL {}", entry.scope)
+                            })?;
+                            crls.push((entry.scope.clone(), http_get(http, url).await?));
+                        }
+                    }
+                    None => {
+                        for (url, key) in urls.iter().zip(["issuing", "root"]) {
+                            crls.push((key.to_string(), http_get(http, url).await?));
+                        }
+                    }
+                }
+                Ok(Fetched {
+                    crls,
+                    pending: index.as_ref().and_then(pending_of),
+                    keys: index.map(|i| i.crls.into_iter().map(|e| e.scope).collect()),
+                })
             }
             CrlSource::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| anyhow::anyhow!("cannot read CRL file {}: {e}", path.display()))?;
                 let crls = pem_blocks(&text, "X509 CRL")?;
                 anyhow::ensure!(!crls.is_empty(), "{} holds no X509 CRL", path.display());
-                Ok(crls)
+                let crls: Vec<(String, Vec<u8>)> = crls
+                    .into_iter()
+                    .map(|der| Ok((file_key(&der)?, der)))
+                    .collect::<anyhow::Result<_>>()?;
+                Ok(Fetched {
+                    keys: Some(crls.iter().map(|(key, _)| key.clone()).collect()),
+                    crls,
+                    pending: None,
+                })
             }
         }
     }
@@ -186,8 +336,8 @@ impl CrlSource {
 
 impl CrlSource {
     /// The CDP source for a credential: the CRL URLs in its leaf (the issuing
-    /// CA's CRL) and in its issuing CA's certificate (the root's), refused
-    /// with a clear error when the CA wrote none.
+    /// CA's base CRL) and in its issuing CA's certificate (the root's),
+    /// refused with a clear error when the CA wrote none.
     pub fn from_cdp(cred: &crate::pki::credential::Credential) -> anyhow::Result<CrlSource> {
         let mut urls = Vec::new();
         for (cert, which) in cred.chain.iter().zip([
@@ -221,7 +371,24 @@ impl CrlSource {
     }
 }
 
-/// Refreshes `state` from `source` now and then every `every`; a refresh
+/// How soon a failed or stale set is tried again (the configured period if shorter).
+const RETRY: Duration = Duration::from_secs(5);
+
+/// When the refresh after one that left `state` should come: after the
+/// CA's publication delay when it said a revocation is pending, within
+/// seconds when the set failed or is stale, else after `every`.
+pub fn next_refresh(state: &CrlState, every: Duration) -> Duration {
+    if let Some(delay) = state.pending {
+        return (delay + Duration::from_millis(100)).min(every);
+    }
+    if state.error.is_some() || state.is_stale(time::OffsetDateTime::now_utc()) {
+        return RETRY.min(every);
+    }
+    every
+}
+
+/// Refreshes `state` from `source` every `every` (sooner when a revocation
+/// is pending or the set is failed or stale: [`next_refresh`]); a refresh
 /// that fails or is refused keeps the set in force and records why.
 pub async fn refresh_loop(
     source: CrlSource,
@@ -230,20 +397,50 @@ pub async fn refresh_loop(
     every: Duration,
 ) {
     loop {
+        let pause = next_refresh(&state.read().unwrap_or_else(|p| p.into_inner()), every);
+        tokio::time::sleep(pause).await;
         refresh(&source, &issuers, &state).await;
-        tokio::time::sleep(every).await;
     }
 }
 
-/// One refresh: fetch, then verify and decode off the executor, then swap in.
+/// The first refresh, before the center answers anyone: repeated while the
+/// CA says a revocation is pending (up to `patience`), so a center started
+/// right after a revocation does not answer from a set that misses it.
+pub async fn first_refresh(
+    source: &CrlSource,
+    issuers: &CrlIssuers,
+    state: &Arc<RwLock<CrlState>>,
+    patience: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        refresh(source, issuers, state).await;
+        let pending = state.read().unwrap_or_else(|p| p.into_inner()).pending;
+        match pending {
+            Some(delay) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay + Duration::from_millis(100)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One refresh: fetch what changed, then verify and decode off the
+/// executor, then swap in.
 pub async fn refresh(source: &CrlSource, issuers: &CrlIssuers, state: &Arc<RwLock<CrlState>>) {
-    let result = match source.fetch().await {
-        Ok(crls) => {
+    let held = state.read().unwrap_or_else(|p| p.into_inner()).numbers();
+    let result = match source.fetch(&held).await {
+        Ok(fetched) => {
             let mut next = state.read().unwrap_or_else(|p| p.into_inner()).clone();
+            next.pending = fetched.pending;
             let issuers = issuers.clone();
-            tokio::task::spawn_blocking(move || next.offer(&crls, &issuers).map(|c| (c, next)))
-                .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("the CRL check failed: {e}")))
+            tokio::task::spawn_blocking(move || {
+                let offered = next.offer(&fetched.crls, &issuers)?;
+                let dropped = fetched.keys.is_some_and(|keys| next.keep_only(&keys));
+                Ok((offered || dropped, next))
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the CRL check failed: {e}")))
         }
         Err(e) => Err(e),
     };
@@ -252,13 +449,16 @@ pub async fn refresh(source: &CrlSource, issuers: &CrlIssuers, state: &Arc<RwLoc
         Ok((true, fresh)) => {
             tracing::info!(
                 numbers = ?fresh.numbers(),
-                entries = fresh.lists.iter().map(|l| l.len()).sum::<usize>(),
-                map_bytes = fresh.lists.iter().map(|l| l.heap_bytes()).sum::<usize>(),
+                entries = fresh.entries(),
+                map_bytes = fresh.lists.values().map(|l| l.heap_bytes()).sum::<usize>(),
                 "CRLs taken"
             );
             *current = fresh;
         }
-        Ok((false, _)) => current.error = None,
+        Ok((false, fresh)) => {
+            current.error = None;
+            current.pending = fresh.pending;
+        }
         Err(e) => {
             tracing::warn!("CRL refresh failed, keeping the last set: {e:#}");
             current.error = Some(format!("{e:#}"));
@@ -306,7 +506,20 @@ mod tests {
         }
 
         /// The issuing CA's CRL number `number` listing `serials`, and the root's.
-        fn crls(&self, number: u64, serials: &[&Serial]) -> Vec<Vec<u8>> {
+        fn crls(&self, number: u64, serials: &[&Serial]) -> Vec<(String, Vec<u8>)> {
+            vec![
+                ("issuing".into(), self.crl(number, serials, None)),
+                (
+                    "root".into(),
+                    self.pki
+                        .root_crl(number, &[], self.now, time::Duration::days(1))
+                        .unwrap(),
+                ),
+            ]
+        }
+
+        /// One CRL of the issuing CA, scoped to `idp` if given.
+        fn crl(&self, number: u64, serials: &[&Serial], idp: Option<&str>) -> Vec<u8> {
             let entries: Vec<RevokedEntry> = serials
                 .iter()
                 .map(|s| RevokedEntry {
@@ -315,18 +528,73 @@ mod tests {
                     reason: Reason::KeyCompromise,
                 })
                 .collect();
-            let day = time::Duration::days(1);
-            vec![
-                self.pki
-                    .issuing_crl(number, &entries, self.now, day)
-                    .unwrap(),
-                self.pki.root_crl(number, &[], self.now, day).unwrap(),
-            ]
+            self.pki
+                .issuing_crl(number, &entries, self.now, time::Duration::days(1), idp)
+                .unwrap()
         }
     }
 
     fn issuing_name(ca: &Ca) -> Vec<u8> {
         subject_of(ca.pki.issuing_der()).unwrap()
+    }
+
+    fn numbers(state: &CrlState) -> Vec<u64> {
+        state.numbers().into_values().collect()
+    }
+
+    #[test]
+    fn a_partition_speaks_only_for_the_certificates_whose_cdp_names_it() {
+        let ca = Ca::new();
+        let (base_url, dec_url, jan_url) = (
+            "http://ca.example/crl/issuing.crl",
+            "http://ca.example/crl/issuing-2026-12.crl",
+            "http://ca.example/crl/issuing-2027-01.crl",
+        );
+        let (in_dec, gone_in_dec) = (Serial::random(), Serial::random());
+        let mut state = CrlState::default();
+        let offered = vec![
+            ("issuing".to_string(), ca.crl(3, &[], Some(base_url))),
+            (
+                "issuing:2026-12".to_string(),
+                ca.crl(1, &[&gone_in_dec], Some(dec_url)),
+            ),
+        ];
+        assert!(state.offer(&offered, &ca.issuers()).unwrap());
+        let name = issuing_name(&ca);
+        let dec = [dec_url.to_string()];
+        assert!(matches!(
+            state.status(&name, &dec, in_dec.as_bytes()),
+            Status::Good
+        ));
+        assert!(matches!(
+            state.status(&name, &dec, gone_in_dec.as_bytes()),
+            Status::Revoked { .. }
+        ));
+        // A certificate of a month whose partition is not held: unknown.
+        assert!(matches!(
+            state.status(&name, &[jan_url.to_string()], in_dec.as_bytes()),
+            Status::NoCrl
+        ));
+        // One that names the base CRL (a service credential, an older device).
+        assert!(matches!(
+            state.status(&name, &[base_url.to_string()], in_dec.as_bytes()),
+            Status::Good
+        ));
+        // Only the partition that changed is decoded again.
+        let base = state.lists["issuing"].clone();
+        let offered = vec![
+            ("issuing".to_string(), ca.crl(3, &[], Some(base_url))),
+            (
+                "issuing:2026-12".to_string(),
+                ca.crl(2, &[&gone_in_dec, &in_dec], Some(dec_url)),
+            ),
+        ];
+        assert!(state.offer(&offered, &ca.issuers()).unwrap());
+        assert!(Arc::ptr_eq(&base, &state.lists["issuing"]));
+        assert!(matches!(
+            state.status(&name, &dec, in_dec.as_bytes()),
+            Status::Revoked { .. }
+        ));
     }
 
     #[test]
@@ -335,18 +603,18 @@ mod tests {
         let (gone, kept) = (Serial::random(), Serial::random());
         let mut state = CrlState::default();
         assert!(state.offer(&ca.crls(1, &[]), &ca.issuers()).unwrap());
-        let first = state.lists[0].clone();
+        let first = state.lists["issuing"].clone();
         // The same numbers again: nothing decoded, the very same lists kept.
         assert!(!state.offer(&ca.crls(1, &[&gone]), &ca.issuers()).unwrap());
-        assert!(Arc::ptr_eq(&first, &state.lists[0]));
+        assert!(Arc::ptr_eq(&first, &state.lists["issuing"]));
         assert!(matches!(
-            state.status(&issuing_name(&ca), gone.as_bytes()),
+            state.status(&issuing_name(&ca), &[], gone.as_bytes()),
             Status::Good
         ));
         // A newer number is taken.
         assert!(state.offer(&ca.crls(2, &[&gone]), &ca.issuers()).unwrap());
-        assert_eq!(state.numbers(), vec![2, 2]);
-        match state.status(&issuing_name(&ca), gone.as_bytes()) {
+        assert_eq!(numbers(&state), vec![2, 2]);
+        match state.status(&issuing_name(&ca), &[], gone.as_bytes()) {
             Status::Revoked { serial_hex, reason } => {
                 assert_eq!(serial_hex, gone.to_hex());
                 assert_eq!(reason, "KeyCompromise");
@@ -354,12 +622,12 @@ mod tests {
             _ => panic!("the revoked serial is not found"),
         }
         assert!(matches!(
-            state.status(&issuing_name(&ca), kept.as_bytes()),
+            state.status(&issuing_name(&ca), &[], kept.as_bytes()),
             Status::Good
         ));
         // A certificate from an issuer without a CRL has no known status.
         assert!(matches!(
-            state.status(b"someone else", kept.as_bytes()),
+            state.status(b"someone else", &[], kept.as_bytes()),
             Status::NoCrl
         ));
     }
@@ -376,14 +644,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("older"), "{err}");
-        assert_eq!(state.numbers(), vec![5, 5]);
+        assert_eq!(numbers(&state), vec![5, 5]);
 
         let mut forged = ca.crls(6, &[]);
-        let last = forged[0].len() - 1;
-        forged[0][last] ^= 0x01;
+        let last = forged[0].1.len() - 1;
+        forged[0].1[last] ^= 0x01;
         let err = format!("{:#}", state.offer(&forged, &ca.issuers()).unwrap_err());
         assert!(err.contains("signature"), "{err}");
-        assert_eq!(state.numbers(), vec![5, 5]);
+        assert_eq!(numbers(&state), vec![5, 5]);
 
         // A CRL signed by another CA of the same name: its signature fails.
         let other = Ca::new();
@@ -393,7 +661,7 @@ mod tests {
         );
         assert!(err.contains("signature"), "{err}");
         assert!(matches!(
-            state.status(&issuing_name(&ca), gone.as_bytes()),
+            state.status(&issuing_name(&ca), &[], gone.as_bytes()),
             Status::Revoked { .. }
         ));
     }

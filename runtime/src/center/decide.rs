@@ -84,7 +84,8 @@ pub fn decide(
         if parsed.subject() == parsed.issuer() {
             continue;
         }
-        match crl.status(parsed.issuer().as_raw(), parsed.raw_serial()) {
+        let cdp = crate::pki::urls::crl_urls(&parsed);
+        match crl.status(parsed.issuer().as_raw(), &cdp, parsed.raw_serial()) {
             Status::Good => {}
             Status::Revoked { serial_hex, reason } => {
                 return named(decision(
@@ -96,8 +97,9 @@ pub fn decide(
                 return named(decision(
                     Verdict::Unverifiable,
                     format!(
-                        "no CRL of {} is held, so the status of certificate {} is unknown; failing closed",
+                        "no CRL of {} for its distribution point {} is held, so the status of certificate {} is unknown; failing closed",
                         parsed.issuer(),
+                        cdp.first().map(String::as_str).unwrap_or("(none)"),
                         hex::encode(parsed.raw_serial())
                     ),
                 ));

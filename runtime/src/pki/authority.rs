@@ -206,7 +206,10 @@ impl Authority {
             .check_lifetime(not_before)
             .map_err(|e| anyhow::anyhow!("refusing to sign {id}: {e}"))?;
         let mut params = device_params(&self.org, self.pen, id, profile, serial, not_before);
-        self.issued_urls.apply(&mut params);
+        // Its CDP names the CRL partition of its issuance month (`pki::crl`).
+        let partition = super::crl::partition_of(not_before);
+        self.issued_urls
+            .apply_in_partition(&mut params, Some(&partition));
         let cert = params.signed_by(key, &self.issuing).map_err(explain)?;
         Ok(cert.der().to_vec())
     }
@@ -263,16 +266,19 @@ impl Authority {
             .to_vec())
     }
 
-    /// The issuing CA's CRL: every revoked device and service certificate,
-    /// thisUpdate `now`, nextUpdate `validity` later.
+    /// A CRL of the issuing CA, thisUpdate `now`, nextUpdate `validity`
+    /// later: with `idp` (its URL), one partition, scoped by an
+    /// issuingDistributionPoint to the certificates whose CDP names that
+    /// URL; without, every revoked certificate of the issuing CA.
     pub fn issuing_crl(
         &self,
         number: u64,
         revoked: &[RevokedEntry],
         now: ::time::OffsetDateTime,
         validity: ::time::Duration,
+        idp: Option<&str>,
     ) -> anyhow::Result<Vec<u8>> {
-        sign_crl(&self.issuing, number, revoked, now, validity)
+        sign_crl(&self.issuing, number, revoked, now, validity, idp)
     }
 
     /// The root's CRL (an ARL): it would list a revoked issuing CA.
@@ -283,7 +289,7 @@ impl Authority {
         now: ::time::OffsetDateTime,
         validity: ::time::Duration,
     ) -> anyhow::Result<Vec<u8>> {
-        sign_crl(&self.root, number, revoked, now, validity)
+        sign_crl(&self.root, number, revoked, now, validity, None)
     }
 }
 
@@ -293,13 +299,19 @@ fn sign_crl(
     revoked: &[RevokedEntry],
     now: ::time::OffsetDateTime,
     validity: ::time::Duration,
+    idp: Option<&str>,
 ) -> anyhow::Result<Vec<u8>> {
     let this_update = seconds(now);
     let params = CertificateRevocationListParams {
         this_update,
         next_update: this_update + validity,
         crl_number: rcgen::SerialNumber::from(number),
-        issuing_distribution_point: None,
+        issuing_distribution_point: idp.map(|url| rcgen::CrlIssuingDistributionPoint {
+            distribution_point: rcgen::CrlDistributionPoint {
+                uris: vec![url.to_string()],
+            },
+            scope: None,
+        }),
         revoked_certs: revoked
             .iter()
             .map(|entry| RevokedCertParams {

@@ -5,6 +5,11 @@
 //!
 //! URLs are plain `http` or `https` (RFC 5280 clients fetch CRLs and CA
 //! certificates over HTTP; they are signed, public data).
+//!
+//! A partitioned CRL (issue 15, see `pki::crl`) is published beside the base
+//! CRL: `…/issuing.crl` has partitions `…/issuing-2026-12.crl`
+//! ([`partition_url`]), and an index of them all, `…/crls.json`
+//! ([`CRL_INDEX_FILE`]), for whoever needs every partition (the center).
 
 use rcgen::{CertificateParams, CrlDistributionPoint, CustomExtension};
 use x509_parser::extensions::{DistributionPointName, GeneralName, ParsedExtension};
@@ -23,13 +28,66 @@ pub struct IssuerUrls {
     pub ca_issuers: Option<String>,
 }
 
+/// The file beside the base CRL that lists every CRL the CA publishes (JSON,
+/// `wire::ca::CrlIndex`).
+pub const CRL_INDEX_FILE: &str = "crls.json";
+
+/// The URL of a partition of the CRL published at `crl_url`: the partition's
+/// name inserted before the file's extension (`issuing.crl` →
+/// `issuing-2026-12.crl`), or appended when it has none.
+pub fn partition_url(crl_url: &str, partition: &str) -> String {
+    let file_start = crl_url.rfind('/').map_or(0, |at| at + 1);
+    match crl_url[file_start..].rfind('.') {
+        Some(dot) if dot > 0 => {
+            let at = file_start + dot;
+            format!("{}-{partition}{}", &crl_url[..at], &crl_url[at..])
+        }
+        _ => format!("{crl_url}-{partition}"),
+    }
+}
+
+/// The partition a request path names, if it is the path of a partition of
+/// the CRL published at `crl_url` (the inverse of [`partition_url`]).
+pub fn partition_in_path(crl_url: &str, path: &str) -> Option<String> {
+    let pattern = path_of(&partition_url(crl_url, "\0"));
+    let (before, after) = pattern.split_once("\0")?;
+    let partition = path.strip_prefix(before)?.strip_suffix(after)?;
+    crate::pki::crl::is_partition(partition).then(|| partition.to_string())
+}
+
+/// The URIs of a certificate's CRL Distribution Points (full names only).
+pub fn crl_urls(cert: &X509Certificate<'_>) -> Vec<String> {
+    let mut urls = Vec::new();
+    for ext in cert.extensions() {
+        if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+            for point in &points.points {
+                if let Some(DistributionPointName::FullName(names)) = &point.distribution_point {
+                    urls.extend(names.iter().filter_map(|n| match n {
+                        GeneralName::URI(uri) => Some(uri.to_string()),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+    }
+    urls
+}
+
 impl IssuerUrls {
     /// Adds a CDP and an AIA caIssuers extension for the URLs that are set.
     pub fn apply(&self, params: &mut CertificateParams) {
+        self.apply_in_partition(params, None);
+    }
+
+    /// As [`Self::apply`], with the CDP naming the URL of CRL `partition`
+    /// ([`partition_url`]) when one is given.
+    pub fn apply_in_partition(&self, params: &mut CertificateParams, partition: Option<&str>) {
         if let Some(crl) = &self.crl {
-            params.crl_distribution_points = vec![CrlDistributionPoint {
-                uris: vec![crl.clone()],
-            }];
+            let url = match partition {
+                Some(p) => partition_url(crl, p),
+                None => crl.clone(),
+            };
+            params.crl_distribution_points = vec![CrlDistributionPoint { uris: vec![url] }];
         }
         if let Some(url) = &self.ca_issuers {
             params.custom_extensions.push(aia_extension(url));
@@ -161,6 +219,29 @@ mod tests {
         ] {
             let err = check_url("crl_url", bad).unwrap_err();
             assert!(err.contains("crl_url") && err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn partition_urls_go_beside_the_base_crl_and_are_found_back() {
+        let base = "http://h:1/crl/issuing.crl";
+        assert_eq!(
+            partition_url(base, "2026-12"),
+            "http://h:1/crl/issuing-2026-12.crl"
+        );
+        assert_eq!(partition_url("http://h/a.b/crl", "2026-01"), "http://h/a.b/crl-2026-01");
+        assert_eq!(
+            partition_in_path(base, "/crl/issuing-2026-12.crl").as_deref(),
+            Some("2026-12")
+        );
+        for other in [
+            "/crl/issuing.crl",
+            "/crl/issuing-2026-13.crl",
+            "/crl/issuing-../x.crl",
+            "/crl/root-2026-12.crl",
+            "/issuing-2026-12.crl",
+        ] {
+            assert_eq!(partition_in_path(base, other), None, "{other}");
         }
     }
 

@@ -1,4 +1,5 @@
-//! An axum application served over mutual TLS. Every request carries the
+//! An axum application served over mutual TLS (or, for the CA's public
+//! listener only, in clear text: [`serve_plain`]). Every request carries the
 //! peer's identity (as a [`Peer`] extension) read once per connection from the
 //! certificate the TLS layer already verified. The accept loop bounds what a
 //! peer can hold: handshake and header timeouts, a connection cap, and a
@@ -286,7 +287,29 @@ pub async fn serve_with(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, Some(tls), router, limits, shutdown).await
+}
+
+/// Serves `router` in clear text (HTTP/1.1, no TLS, every [`Peer`] without a
+/// certificate) with the same limits as [`serve`]: the CA's public listener
+/// of CRLs and CA certificates, the one thing certline serves in clear.
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    accept_loop(listener, None, router, ServerLimits::from_env()?, shutdown).await
+}
+
+/// The accept loop of [`serve_with`] and [`serve_plain`].
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut backoff = AcceptBackoff::new();
     tokio::pin!(shutdown);
@@ -322,6 +345,11 @@ pub async fn serve_with(
         let router = router.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let Some(acceptor) = acceptor else {
+                let peer = Peer::from_certs(addr, None);
+                serve_connection(TokioIo::new(tcp), peer, router, limits).await;
+                return;
+            };
             // A peer that never finishes the handshake must not hold a task forever.
             let tls = match tokio::time::timeout(limits.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -335,24 +363,33 @@ pub async fn serve_with(
                 }
             };
             let peer = Peer::from_certs(addr, tls.get_ref().1.peer_certificates());
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
-                    router.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            // The header timer runs from the moment hyper waits for a request,
-            // so it also ends an idle keep-alive connection.
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.headers)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%addr, "connection ended: {err}");
-            }
+            serve_connection(TokioIo::new(tls), peer, router, limits).await;
         });
+    }
+}
+
+/// Serves the requests of one connection, each carrying `peer`.
+async fn serve_connection<I>(io: I, peer: Peer, router: Router, limits: ServerLimits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let service = hyper::service::service_fn(
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer.clone());
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        },
+    );
+    // The header timer runs from the moment hyper waits for a request,
+    // so it also ends an idle keep-alive connection.
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.headers)
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(%addr, "connection ended: {err}");
     }
 }
 

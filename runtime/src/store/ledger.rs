@@ -92,8 +92,43 @@ INSERT INTO ledger_notes (note)
 pub const NO_DER_NOTE: &str =
     "issued before the ledger kept certificates (schema 3): only its serial, fingerprint and states are known";
 
+/// Schema 4: partitioned CRLs (issue 15). A device certificate signed while
+/// ca.toml has a `crl_url` belongs to the CRL partition of its issuance month
+/// (`crl_partition`, e.g. `2026-12`; its CDP names that partition's URL);
+/// service credentials and rows from before stay in the base CRL (NULL). A
+/// partition's CRL is read through `certs_revoked_by_partition`: a
+/// publication reads its own partition, never the whole history. Each
+/// partition's CRL is a `crl_state` row (scope `issuing:<partition>`),
+/// registered (without DER) by the reservation that first uses it.
+const SCHEMA_V4: &str = "
+ALTER TABLE certs ADD COLUMN crl_partition TEXT;
+CREATE INDEX certs_revoked_by_partition ON certs(crl_partition, serial) WHERE status = 'revoked';
+";
+
+/// The `crl_state` scope of the issuing CA's base CRL, and the prefix of its partitions' scopes.
+pub const CRL_SCOPE_ISSUING: &str = "issuing";
+
+/// The `crl_state` scope of a partition of the issuing CA's CRL (None: the base CRL).
+pub fn crl_scope(partition: Option<&str>) -> String {
+    match partition {
+        Some(p) => format!("{CRL_SCOPE_ISSUING}:{p}"),
+        None => CRL_SCOPE_ISSUING.to_string(),
+    }
+}
+
+/// The partition a `crl_state` scope of the issuing CA names: Some(None) for the base CRL.
+pub fn crl_partition_of_scope(scope: &str) -> Option<Option<&str>> {
+    if scope == CRL_SCOPE_ISSUING {
+        return Some(None);
+    }
+    scope
+        .strip_prefix(CRL_SCOPE_ISSUING)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .map(Some)
+}
+
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
+    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4]
 }
 
 /// The sequence number the rows a transaction revokes are stamped with.
@@ -113,6 +148,26 @@ fn count_revocations(tx: &rusqlite::Transaction<'_>, rows: usize) -> anyhow::Res
     Ok(())
 }
 
+/// Registers the CRL partition of each reservation (a `crl_state` row
+/// without DER, number 0), inside the reserving transaction: a partition
+/// whose first certificate is being signed gets a CRL at the next
+/// publication, empty or not, so its CDP never points at nothing.
+fn register_crl_partitions(
+    tx: &rusqlite::Transaction<'_>,
+    items: &[Reservation],
+) -> anyhow::Result<()> {
+    let mut last: Option<&str> = None;
+    for partition in items.iter().filter_map(|i| i.crl_partition.as_deref()) {
+        if last == Some(partition) {
+            continue;
+        }
+        last = Some(partition);
+        tx.prepare_cached("INSERT OR IGNORE INTO crl_state (scope, number) VALUES (?1, 0)")?
+            .execute([crl_scope(Some(partition))])?;
+    }
+    Ok(())
+}
+
 /// What the last CRL of a scope covers, without its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrlStatus {
@@ -128,6 +183,8 @@ pub struct Reservation {
     pub kind: CertKind,
     /// The live certificate of the same device id that this one replaces.
     pub replaces: Option<Serial>,
+    /// The CRL partition whose URL the certificate's CDP will name (None: the base CRL).
+    pub crl_partition: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,8 +525,8 @@ impl Ledger {
         let audit_seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, replaces, audit_seq)
-                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7)",
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, replaces, audit_seq, crl_partition)
+                 VALUES (?1, ?2, ?3, 'reserved', ?4, ?5, ?6, ?7, ?8)",
             )?;
             for item in items {
                 let inserted = insert.execute(params![
@@ -479,7 +536,8 @@ impl Ledger {
                     requester,
                     now,
                     item.replaces.as_ref().map(Serial::to_hex),
-                    audit_seq
+                    audit_seq,
+                    item.crl_partition
                 ]);
                 if let Err(err) = inserted {
                     let is_unique = matches!(
@@ -499,6 +557,7 @@ impl Ledger {
                 }
             }
         }
+        register_crl_partitions(&tx, items)?;
         tx.commit()?;
         Ok(audit_seq)
     }
@@ -688,15 +747,100 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The CRL partitions (None: the base CRL) of the certificates revoked
+    /// by the revoking transactions after number `after` (None: from the
+    /// first) up to number `upto`: the partitions a publisher that covered
+    /// `after` must sign again. Read through `certs_revoked`.
+    pub fn revoked_partitions_between(
+        &self,
+        after: Option<u64>,
+        upto: u64,
+    ) -> anyhow::Result<Vec<Option<String>>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT crl_partition FROM certs INDEXED BY certs_revoked
+             WHERE status = 'revoked' AND revoked_seq > ?1 AND revoked_seq <= ?2",
+        )?;
+        let after = after.map_or(-1, |a| a as i64);
+        let rows = stmt.query_map(params![after, upto as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every revoked certificate of one CRL partition (None: the base CRL),
+    /// through `certs_revoked_by_partition`: what that partition's CRL lists,
+    /// read without touching any other partition's rows.
+    pub fn revoked_in_partition(
+        &self,
+        partition: Option<&str>,
+    ) -> anyhow::Result<Vec<RevokedEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked_by_partition
+             WHERE status = 'revoked' AND crl_partition IS ?1 ORDER BY serial",
+        )?;
+        let rows = stmt.query_map(params![partition], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (serial, at, reason) = row?;
+            out.push(RevokedEntry {
+                serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
+                revoked_at: db::parse_time(&at)?,
+                reason: Reason::parse(&reason).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every scope of the issuing CA's CRLs (the base and each registered
+    /// partition), with what its stored CRL covers (None: registered, never
+    /// published).
+    pub fn issuing_crl_scopes(&self) -> anyhow::Result<Vec<(String, Option<CrlStatus>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT scope, number, covers, der IS NOT NULL FROM crl_state
+             WHERE scope = ?1 OR scope LIKE ?1 || ':%' ORDER BY scope",
+        )?;
+        let rows = stmt.query_map([CRL_SCOPE_ISSUING], |r| {
+            let status = CrlStatus {
+                number: r.get::<_, i64>(1)? as u64,
+                covers: r.get::<_, Option<i64>>(2)?.map(|c| c as u64),
+            };
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(3)?.then_some(status)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records that the stored CRLs of `scopes` cover the ledger's
+    /// revocations up to `covers` (a publisher found none of theirs since).
+    pub fn set_crl_covers(&mut self, scopes: &[String], covers: u64) -> anyhow::Result<()> {
+        let tx = self.write()?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE crl_state SET covers = ?2 WHERE scope = ?1 AND der IS NOT NULL AND (covers IS NULL OR covers < ?2)",
+            )?;
+            for scope in scopes {
+                update.execute(params![scope, covers as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Fills the ledger with `count` revoked device certificates that were
     /// never signed (random serials, ids `<model>-<n>`), in one transaction
     /// with one audit entry: how `ca bench --revoked N` gives a CA years of
-    /// revocations before it measures anything through the API.
+    /// revocations before it measures anything through the API. With
+    /// `partitions`, row n belongs to CRL partition `partitions[n % len]`
+    /// (years of issuance months), as a CA with `crl_url` would have them.
     pub fn fill_revoked_for_bench(
         &mut self,
         model: &str,
         count: usize,
         at: OffsetDateTime,
+        partitions: &[String],
     ) -> anyhow::Result<()> {
         let tx = self.write()?;
         let revoked_seq = revocation_seq(&tx)?;
@@ -709,17 +853,19 @@ impl Ledger {
         let at = db::time_text(at);
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, revoked_at, reason, audit_seq, revoked_seq)
-                 VALUES (?1, ?2, 'device', 'revoked', 'ca bench', ?3, ?3, ?3, ?4, ?5, ?6)",
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, revoked_at, reason, audit_seq, revoked_seq, crl_partition)
+                 VALUES (?1, ?2, 'device', 'revoked', 'ca bench', ?3, ?3, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for n in 0..count {
+                let partition = (!partitions.is_empty()).then(|| &partitions[n % partitions.len()]);
                 insert.execute(params![
                     Serial::random().to_hex(),
                     format!("{model}-{n:08}"),
                     at,
                     Reason::Superseded.name(),
                     seq,
-                    revoked_seq
+                    revoked_seq,
+                    partition
                 ])?;
             }
         }
@@ -880,6 +1026,7 @@ mod tests {
             subject: "3012-2".into(),
             kind: CertKind::Device,
             replaces: None,
+            crl_partition: None,
         };
         ledger.reserve(&[item], "test", now).unwrap();
         ledger

@@ -7,7 +7,11 @@
 //! certificate is built from the id, never from the request's names.
 //! `POST /v1/revoke` (station): revoke by serial or device id.
 //! `POST /v1/lookup` (station): the live certificate of each id, to resume safely.
-//! `GET /v1/crl`, `GET /v1/crl/root` (anyone, no client certificate needed): DER CRLs.
+//! `GET /v1/crl`, `GET /v1/crl/root` (anyone, no client certificate needed): DER CRLs
+//! (the issuing CA's base CRL, the root's).
+//! `GET /v1/crl/p/<YYYY-MM>` (anyone): a partition of the issuing CA's CRL
+//! (device certificates issued that month, when ca.toml has a `crl_url`).
+//! `GET /v1/crls` (anyone): [`CrlIndex`], every CRL served with its number.
 //! `GET /v1/health` (anyone).
 //!
 //! Every refusal is an [`super::ErrorBody`] whose `code` is one of [`codes`].
@@ -32,6 +36,14 @@ pub const REVOKE: &str = "/v1/revoke";
 pub const LOOKUP: &str = "/v1/lookup";
 pub const CRL: &str = "/v1/crl";
 pub const ROOT_CRL: &str = "/v1/crl/root";
+/// `GET /v1/crl/p/<partition>`: the route, and [`crl_partition_path`] for one partition.
+pub const CRL_PARTITION: &str = "/v1/crl/p/{partition}";
+pub const CRLS: &str = "/v1/crls";
+
+/// The path of one partition's CRL.
+pub fn crl_partition_path(partition: &str) -> String {
+    format!("/v1/crl/p/{partition}")
+}
 pub const HEALTH: &str = "/v1/health";
 
 /// The stable refusal codes of the CA API: the CA sends them, the station
@@ -65,6 +77,9 @@ pub mod codes {
     /// PKCS#10 request, over 16 KiB, a signature that does not verify with
     /// its key, or a key that is not the model profile's algorithm.
     pub const BAD_CSR: &str = "bad_csr";
+    /// No CRL is published under that name (a partition is `YYYY-MM`, and
+    /// exists once a certificate was issued in that month).
+    pub const NO_SUCH_CRL: &str = "no_such_crl";
     /// The CA failed (a disk, the signer): nothing was issued.
     pub const INTERNAL: &str = "internal";
 }
@@ -395,4 +410,28 @@ pub struct Health {
     /// The number of the issuing CA's CRL being served.
     #[serde(default)]
     pub crl_number: u64,
+}
+
+/// `GET /v1/crls`, and `crls.json` beside `crl_url` on the public listener:
+/// every CRL the CA serves, so that a client that needs them all (the
+/// center) fetches only those whose number changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CrlIndex {
+    /// A committed revocation is not on its CRL yet: it will be within
+    /// `crl_max_delay` seconds (ask again then).
+    pub pending: bool,
+    pub crl_max_delay: f64,
+    pub crls: Vec<CrlIndexEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrlIndexEntry {
+    /// `issuing` (the base CRL), `issuing:<YYYY-MM>` (a partition) or `root`.
+    pub scope: String,
+    pub number: u64,
+    /// Where the CA's HTTPS API serves it.
+    pub path: String,
+    /// Where the public listener serves it (ca.toml's `crl_url` and beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
