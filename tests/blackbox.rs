@@ -14,6 +14,7 @@ mod ca_hsm;
 mod ca_ledger;
 mod ca_public;
 mod center;
+mod crl_partitions;
 mod demo;
 mod device_link;
 mod engineer_tools;

@@ -26,7 +26,12 @@ const CONTRACTS: &str = "devices,contract,from,to\n\
 3012-000010..3012-000019,C-2000,2026-01-01,2099-12-31\n";
 
 fn world() -> World {
-    let ca = Ca::init(&[]);
+    world_with(&[])
+}
+
+/// A world whose CA was made with `init` passed to `ca init`.
+fn world_with(init: &[&str]) -> World {
+    let ca = Ca::init(init);
     let center_dir = ca.file("center");
     std::fs::create_dir_all(&center_dir).unwrap();
     ok(&[
@@ -537,4 +542,123 @@ fn a_crl_with_a_bad_signature_or_an_older_number_is_refused_and_the_set_stays() 
     wait_for_health(&w, &center, |h| h["crl_error"].is_null());
     assert_eq!(verdict(&b, "3012-000003"), "revoked");
     assert_eq!(verdict(&a, "3012-000002"), "revoked");
+}
+
+// ---- partitioned CRLs (issue 15) ----
+
+/// A device whose flash holds a pack a station got from the serving CA
+/// (`POST /v1/packs` as `station`), so that the station may revoke it.
+fn device_from_station(w: &World, ca_url: &str, station: &Path, id: &str) -> (PathBuf, String) {
+    let dir = w.device(id, false);
+    let root = pem_file(&w.ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let body = serde_json::json!({"items": [{"id": id}]}).to_string();
+    let tls = tls_client(&root, Some(crate::ca::identity_of(station, station)));
+    let (status, reply) = send(ca_url, tls, "/v1/packs", Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{}", text(&reply));
+    let batch: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    let pack = &batch["packs"][0];
+    let flash = dir.join("flash");
+    std::fs::create_dir_all(&flash).unwrap();
+    let field = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    std::fs::write(flash.join("root.pem"), field(&batch["root_pem"])).unwrap();
+    std::fs::write(
+        flash.join("chain.pem"),
+        field(&pack["cert_pem"]) + &field(&batch["issuing_pem"]),
+    )
+    .unwrap();
+    std::fs::write(flash.join("key.pem"), field(&pack["key_pem"])).unwrap();
+    (dir, field(&pack["serial"]))
+}
+
+/// Revokes through the serving CA, as a station does (published by the CA's
+/// publisher within its `crl_max_delay`, not before the answer).
+fn revoke_at(w: &World, ca_url: &str, station: &Path, serial: &str) {
+    let root = pem_file(&w.ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let body = serde_json::json!({"serial": serial, "reason": "key-compromise"}).to_string();
+    let tls = tls_client(&root, Some(crate::ca::identity_of(station, station)));
+    let (status, reply) = send(ca_url, tls, "/v1/revoke", Some(body.as_bytes())).unwrap();
+    assert_eq!(status, 200, "{}", text(&reply));
+}
+
+/// The serving CA's index of CRLs (`GET /v1/crls`).
+fn crl_index(w: &World, ca_url: &str) -> serde_json::Value {
+    let root = pem_file(&w.ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let (status, body) = send(ca_url, tls_client(&root, None), "/v1/crls", None).unwrap();
+    assert_eq!(status, 200, "{}", text(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[test]
+fn with_partitioned_crls_the_center_refuses_a_revoked_device_and_accepts_the_others() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let crl_url = format!("http://127.0.0.1:{port}/crl/issuing.crl");
+    let w = world_with(&["--crl-url", &crl_url]);
+    // A publisher that waits 5 s between two publications: a revocation
+    // right after another one stays pending that long.
+    let config = w.ca.dir.join("ca.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let toml = toml.replace("crl_max_delay = 1.0", "crl_max_delay = 5.0");
+    assert!(toml.contains("crl_max_delay = 5.0"), "{toml}");
+    std::fs::write(&config, toml).unwrap();
+    let station = w.ca.enroll("station", "st1");
+    let ca_server =
+        w.ca.serve(&["--public-listen", &format!("127.0.0.1:{port}")]);
+    let (gone, gone_serial) = device_from_station(&w, &ca_server.url, &station, "3012-000002");
+    let (kept, _) = device_from_station(&w, &ca_server.url, &station, "3012-000003");
+    let (early, early_serial) = device_from_station(&w, &ca_server.url, &station, "3012-000004");
+    // The CRLs are this month's partition, the base and the root's.
+    let index = crl_index(&w, &ca_server.url);
+    let scopes: Vec<&str> = index["crls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["scope"].as_str().unwrap())
+        .collect();
+    assert_eq!(scopes.len(), 3, "{index}");
+    assert!(scopes.iter().any(|s| s.starts_with("issuing:")), "{index}");
+
+    // A center following the CDPs (the public listener's crls.json), refreshing every second.
+    let from_cdp = w.center(&["--crl-from-cdp", "--crl-refresh", "1"]);
+    let verdict = |center: &Center, device: &Path, id: &str| {
+        w.report(center, device, id, &[])["decision"]["verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(verdict(&from_cdp, &gone, "3012-000002"), "no_contract");
+
+    // One revocation, published at once (the publisher's first)...
+    revoke_at(&w, &ca_server.url, &station, &early_serial);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while crl_index(&w, &ca_server.url)["pending"] == true {
+        assert!(std::time::Instant::now() < deadline, "never published");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // ... and one that waits out the publisher's delay.
+    revoke_at(&w, &ca_server.url, &station, &gone_serial);
+    assert_eq!(crl_index(&w, &ca_server.url)["pending"], true);
+    // A center started now, with the default refresh period (a minute),
+    // waits for the pending publication before it answers anyone.
+    let from_ca = w.center(&["--ca", &ca_server.url]);
+    assert_eq!(verdict(&from_ca, &gone, "3012-000002"), "revoked");
+    assert_eq!(verdict(&from_ca, &kept, "3012-000003"), "no_contract");
+    assert_eq!(verdict(&from_ca, &early, "3012-000004"), "revoked");
+
+    // The CDP center sees it at a refresh, and still accepts the others.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while verdict(&from_cdp, &gone, "3012-000002") != "revoked" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CDP center never saw the revocation"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(verdict(&from_cdp, &kept, "3012-000003"), "no_contract");
+    assert_eq!(verdict(&from_cdp, &early, "3012-000004"), "revoked");
+    let health = wait_for_health(&w, &from_cdp, |h| h["crl_error"].is_null());
+    assert!(health["crl_next_update"].is_string(), "{health}");
 }

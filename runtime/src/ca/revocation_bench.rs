@@ -42,7 +42,9 @@ use crate::pki::role::Role;
 use crate::service::client::ServiceClient;
 use crate::service::tls::identity_client_config;
 use crate::store::ledger::Ledger;
-use crate::wire::ca::{self as api, BatchRequest, CrlIndex, Health, IssuedPack, PackBatch, Revoked};
+use crate::wire::ca::{
+    self as api, BatchRequest, CrlIndex, Health, IssuedPack, PackBatch, Revoked,
+};
 use crate::wire::center::{Decision, Verdict, STATUS};
 
 /// What one run at one R measured.

@@ -220,9 +220,7 @@ async fn published(
         Published::CrlIndex => return Ok(crl_index(State(state)).await?.into_response()),
         _ => SCOPE_ISSUING,
     };
-    Ok(served_crl(&state, scope.to_string())
-        .await?
-        .into_response())
+    Ok(served_crl(&state, scope.to_string()).await?.into_response())
 }
 
 pub fn router(state: CaState) -> Router {
@@ -400,8 +398,8 @@ async fn crl_index(State(state): State<CaState>) -> Result<Json<CrlIndex>, ApiEr
                             }),
                         )
                     } else {
-                        let partition = crate::store::ledger::crl_partition_of_scope(&scope)
-                            .flatten();
+                        let partition =
+                            crate::store::ledger::crl_partition_of_scope(&scope).flatten();
                         (
                             partition.map_or(api::CRL.to_string(), api::crl_partition_path),
                             parts.url(partition),

@@ -285,11 +285,13 @@ impl CrlSource {
                 })
             }
             CrlSource::Cdp { urls, http } => {
-                let index_url = crate::pki::urls::sibling(&urls[0], crate::pki::urls::CRL_INDEX_FILE);
+                let index_url =
+                    crate::pki::urls::sibling(&urls[0], crate::pki::urls::CRL_INDEX_FILE);
                 let index: Option<CrlIndex> = match http_get(http, &index_url).await {
-                    Ok(body) => Some(serde_json::from_slice(&body).map_err(|e| {
-                        anyhow::anyhow!("{index_url} is not a CRL index: {e}")
-                    })?),
+                    Ok(body) => Some(
+                        serde_json::from_slice(&body)
+                            .map_err(|e| anyhow::anyhow!("{index_url} is not a CRL index: {e}"))?,
+                    ),
                     // No index published: the two CRLs the certificates name.
                     Err(_) => None,
                 };

@@ -555,17 +555,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     progress(&format!("     {}", compact(&rework)?));
     wait_queue(&certline, &st)?;
     wait_revoked(&certline, &ca_dir, REWORKED, &rework.revoked_serial)?;
-    // The serving CA publishes a revocation within its `crl_max_delay`; the
-    // center below reads the CRL once at start, so publish it now.
-    certline.run(&[
-        "ca",
-        "crl",
-        "--now",
-        "--dir",
-        path(&ca_dir),
-        "--out",
-        path(&center_dir.join("crl.pem")),
-    ])?;
     let stock: StockReport = admin(&certline, &admin_url, &root, &["stock"])?;
 
     step(

@@ -229,7 +229,10 @@ mod tests {
             partition_url(base, "2026-12"),
             "http://h:1/crl/issuing-2026-12.crl"
         );
-        assert_eq!(partition_url("http://h/a.b/crl", "2026-01"), "http://h/a.b/crl-2026-01");
+        assert_eq!(
+            partition_url("http://h/a.b/crl", "2026-01"),
+            "http://h/a.b/crl-2026-01"
+        );
         assert_eq!(
             partition_in_path(base, "/crl/issuing-2026-12.crl").as_deref(),
             Some("2026-12")

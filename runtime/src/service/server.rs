@@ -374,12 +374,11 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let addr = peer.addr;
-    let service = hyper::service::service_fn(
-        move |mut request: hyper::Request<hyper::body::Incoming>| {
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(peer.clone());
             router.clone().oneshot(request.map(axum::body::Body::new))
-        },
-    );
+        });
     // The header timer runs from the moment hyper waits for a request,
     // so it also ends an idle keep-alive connection.
     if let Err(err) = hyper::server::conn::http1::Builder::new()

@@ -808,7 +808,10 @@ impl Ledger {
                 number: r.get::<_, i64>(1)? as u64,
                 covers: r.get::<_, Option<i64>>(2)?.map(|c| c as u64),
             };
-            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(3)?.then_some(status)))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, bool>(3)?.then_some(status),
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
