@@ -266,20 +266,27 @@ pub fn publish_behind(
 /// One published CRL, as served.
 #[derive(Clone)]
 pub struct Crl {
+    /// The CRL number its DER carries.
     pub number: u64,
     pub der: Arc<[u8]>,
     pub next_update: OffsetDateTime,
+    /// The scope's number in the ledger when it was read: a publisher takes
+    /// the next number in one transaction and stores the CRL in another, so
+    /// in between the ledger's number runs ahead of the DER it holds.
+    seen: u64,
 }
 
 /// The CRLs being served, by scope (`issuing`, `issuing:<partition>`, `root`).
 type Current = HashMap<String, Crl>;
 
+/// The CRL stored for a scope, numbered by what its DER says (see [`Crl::seen`]).
 fn load_crl(ledger: &Ledger, scope: &str) -> anyhow::Result<Option<Crl>> {
     Ok(match ledger.current_crl(scope)? {
-        Some((number, der, next_update)) => Some(Crl {
-            number,
+        Some((seen, der, next_update)) => Some(Crl {
+            number: crate::pki::crl::crl_header(&der)?.number,
             der: der.into(),
             next_update: crate::store::db::parse_time(&next_update)?,
+            seen,
         }),
         None => None,
     })
@@ -302,7 +309,7 @@ fn stored_numbers(ledger: &Ledger) -> anyhow::Result<Vec<(String, u64)>> {
 fn stored_if_newer(ledger: &Ledger, current: &Current) -> anyhow::Result<Vec<(String, Crl)>> {
     let mut newer = Vec::new();
     for (scope, number) in stored_numbers(ledger)? {
-        if current.get(&scope).is_none_or(|c| c.number < number) {
+        if current.get(&scope).is_none_or(|c| c.seen < number) {
             if let Some(crl) = load_crl(ledger, &scope)? {
                 newer.push((scope, crl));
             }
@@ -337,8 +344,11 @@ impl Shared {
         }
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         for (scope, crl) in fresh {
-            if current.get(&scope).is_none_or(|c| c.number < crl.number) {
-                current.insert(scope, crl);
+            match current.get_mut(&scope) {
+                Some(held) if held.number >= crl.number => held.seen = held.seen.max(crl.seen),
+                _ => {
+                    current.insert(scope, crl);
+                }
             }
         }
     }
@@ -513,7 +523,7 @@ impl Publisher {
     /// than the copy served (one single-row read when it is not).
     pub fn catch_up(&self, reader: &Ledger, scope: &str) -> anyhow::Result<()> {
         let stored = reader.crl_status(scope)?.map(|s| s.number);
-        let held = self.shared.read().get(scope).map(|c| c.number);
+        let held = self.shared.read().get(scope).map(|c| c.seen);
         if stored > held {
             if let Some(crl) = load_crl(reader, scope)? {
                 self.shared.take(vec![(scope.to_string(), crl)]);

@@ -935,10 +935,16 @@ impl Ledger {
             "crl",
             &serde_json::json!({"scope": scope, "number": number}),
         )?;
-        tx.execute(
+        let stored = tx.execute(
             "UPDATE crl_state SET der = ?2, next_update = ?3, covers = ?5 WHERE scope = ?1 AND number = ?4",
             params![scope, der, next_update, number as i64, covers as i64],
         )?;
+        // Another publisher (a second process on this ledger) took a newer
+        // number meanwhile: storing this one would label it with theirs.
+        anyhow::ensure!(
+            stored == 1,
+            "CRL number {number} of {scope} was overtaken by another publisher before it was stored"
+        );
         tx.commit()?;
         Ok(())
     }
