@@ -6,9 +6,11 @@
 mod common;
 mod device_support;
 mod line_support;
+mod pg_support;
 mod station_support;
 
 mod ca;
+mod ca_postgres;
 mod center;
 mod demo;
 mod device_link;

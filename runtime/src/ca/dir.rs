@@ -6,7 +6,8 @@
 //! DIR/issuing.pem  issuing CA certificate
 //! DIR/tls.pem      the CA server's own certificate chain (its key is sealed)
 //! DIR/keys.json    the root, issuing and TLS keys, sealed under the KEK (0600)
-//! DIR/ledger.db    issuance ledger and audit log (SQLite)
+//! DIR/ledger.db    issuance ledger and audit log (SQLite; or `[ledger] url` in
+//!                  ca.toml names a PostgreSQL database shared by several CAs)
 //! ```
 
 use std::path::Path;
@@ -15,7 +16,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::config::CaConfig;
+use super::config::{CaConfig, LedgerConfig};
 use super::issuance::{CertAuthority, Clock, Requester};
 use crate::pki::authority::{Authority, CaKeys};
 use crate::pki::credential::Credential;
@@ -31,7 +32,7 @@ pub const ROOT_FILE: &str = "root.pem";
 pub const ISSUING_FILE: &str = "issuing.pem";
 pub const TLS_FILE: &str = "tls.pem";
 pub const KEYS_FILE: &str = "keys.json";
-pub const LEDGER_FILE: &str = "ledger.db";
+pub use super::config::LEDGER_FILE;
 
 /// Makes the CA directory the CA user's alone (0700).
 fn keep_private(dir: &Path) -> anyhow::Result<()> {
@@ -60,6 +61,8 @@ pub struct InitOptions {
     pub pen: u32,
     pub hosts: Vec<String>,
     pub max_batch: usize,
+    /// A PostgreSQL ledger instead of `DIR/ledger.db`.
+    pub ledger: Option<LedgerConfig>,
 }
 
 /// Creates a CA in `dir` (which must be missing or empty).
@@ -104,10 +107,14 @@ pub fn init(
 
     let (kek, kdf) = Kek::create(passphrase)?;
     let (authority, keys) = Authority::create(&options.organization, options.pen, clock.now())?;
-    let config = CaConfig::new(&options.organization, options.pen, options.max_batch);
+    let config = CaConfig {
+        ledger: options.ledger.clone(),
+        ..CaConfig::new(&options.organization, options.pen, options.max_batch)
+    };
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, true)?;
+    ledger.bind_root(&crate::pki::fingerprint(authority.root_der()))?;
     std::fs::write(dir.join(ROOT_FILE), authority.root_pem())?;
     std::fs::write(dir.join(ISSUING_FILE), authority.issuing_pem())?;
-    let ledger = Ledger::open(&dir.join(LEDGER_FILE), true)?;
     let mut ca = CertAuthority::new(authority, ledger, config.clone(), clock);
 
     // The CA's own HTTPS server credential, recorded in its ledger like any other.
@@ -212,6 +219,7 @@ pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa
             .with_context(|| format!("{file} holds no certificate"))
     };
     let root_der = read_cert(ROOT_FILE)?;
+    let root_fingerprint = crate::pki::fingerprint(&root_der);
     let issuing_der = read_cert(ISSUING_FILE)?;
     let authority = Authority::load(
         &config.organization,
@@ -222,12 +230,10 @@ pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa
     )?;
     let tls_chain = pem_blocks(&std::fs::read_to_string(dir.join(TLS_FILE))?, "CERTIFICATE")?;
     let tls = Credential::new(tls_chain, root_der, open(&sealed.tls, "tls")?)?;
-    let mut ledger = Ledger::open(&dir.join(LEDGER_FILE), false)?;
-    let abandoned = ledger.abandon_reserved(
-        None,
-        "reserved before a crash and never delivered",
-        clock.now(),
-    )?;
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, false)?;
+    ledger.bind_root(&root_fingerprint)?;
+    let abandoned =
+        ledger.abandon_orphans("reserved before a crash and never delivered", clock.now())?;
     let mut ca = CertAuthority::new(authority, ledger, config, clock);
     if abandoned > 0 {
         tracing::warn!(
@@ -240,6 +246,17 @@ pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa
         tracing::warn!("published fresh CRLs: the last ones missed a committed revocation");
     }
     Ok(OpenCa { ca, tls })
+}
+
+/// The ledger of an initialised CA directory, opened without unsealing
+/// anything (for reading: status, audit).
+pub fn open_ledger(dir: &Path) -> anyhow::Result<Ledger> {
+    let config = read_config(dir, &Clock::system())?;
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, false)?;
+    if ledger.is_shared() {
+        ledger.bind_root(&crate::pki::fingerprint(&root_der(dir)?))?;
+    }
+    Ok(ledger)
 }
 
 /// The root certificate of a CA directory, without unsealing anything.

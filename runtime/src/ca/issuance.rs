@@ -561,9 +561,11 @@ impl CertAuthority {
     /// As [`Self::publish_crls`], with a nextUpdate `validity` from now.
     pub fn publish_crls_valid_for(&mut self, validity: time::Duration) -> anyhow::Result<()> {
         let now = self.clock.now();
-        let revoked = self.ledger.revoked_entries()?;
         let next_update = time_text(now + validity);
         let number = self.ledger.next_crl_number(SCOPE_ISSUING)?;
+        // Read after the number is taken: on a ledger shared by several CA
+        // processes, a higher number then always lists at least as much.
+        let revoked = self.ledger.revoked_entries()?;
         let der = self.pki.issuing_crl(number, &revoked, now, validity)?;
         self.ledger
             .store_crl(SCOPE_ISSUING, number, &der, &next_update)?;
@@ -598,6 +600,26 @@ impl CertAuthority {
             self.publish_crls()?;
         }
         Ok(behind)
+    }
+
+    /// On a ledger shared with other CA processes: revokes the reservations
+    /// of processes whose lease ran out (a crashed peer's batch) and
+    /// publishes CRLs that list them. Returns how many.
+    pub fn sweep_orphans(&mut self) -> anyhow::Result<usize> {
+        if !self.ledger.is_shared() {
+            return Ok(0);
+        }
+        let abandoned = self.ledger.abandon_orphans(
+            "reserved by a CA process whose lease ran out, never delivered",
+            self.clock.now(),
+        )?;
+        if abandoned > 0 {
+            tracing::warn!(
+                "revoked {abandoned} certificate(s) reserved by a CA process that stopped"
+            );
+            self.publish_crls()?;
+        }
+        Ok(abandoned)
     }
 
     /// The current CRL of a scope, re-published once half its validity is gone.

@@ -9,5 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod dir;
 pub mod issuance;
+pub mod migrate;
 pub mod request;
 pub mod serve;

@@ -1,17 +1,8 @@
-//! The CA's issuance ledger: every certificate it ever signed (device
-//! identities and service credentials), who asked, when, and its status.
+//! The ledger in a SQLite file beside the CA (`DIR/ledger.db`): the embedded
+//! default, for one CA process. Its mutex serializes every request, so the
+//! partial unique index and the single writer are all the guarantees need.
 //!
-//! Issuance is two transactions: `reserve` records serial and id (and the
-//! audit entry) before anything is signed, `commit_issued` records the signed
-//! certificate. A crash in between leaves `reserved` rows that `abandon_reserved`
-//! revokes at the next start, so no certificate can exist that the ledger does
-//! not know. A partial unique index keeps one live certificate per device id.
-//! (The whole cycle, and what a crash between any two steps leaves, is in
-//! `runtime/src/ca/ISSUANCE-CYCLE.md`.)
-//!
-//! The ledger never reads the clock: every state change takes the time it
-//! happens at from its caller. The database and its `-wal`/`-shm` files are
-//! private to the CA's user (0600).
+//! The database and its `-wal`/`-shm` files are private to the CA's user (0600).
 
 use std::path::Path;
 
@@ -19,10 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{audit, db};
+use super::{LedgerError, LedgerStore, Reservation};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
-pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
+use crate::store::{audit, db};
+use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
 
 const SCHEMA_V1: &str = "
 CREATE TABLE certs (
@@ -54,35 +46,6 @@ pub fn migrations() -> Vec<&'static str> {
     vec![audit::SCHEMA, SCHEMA_V1]
 }
 
-pub struct Reservation {
-    pub serial: Serial,
-    /// The device id, or `<role>:<name>` for a service credential.
-    pub subject: String,
-    pub kind: CertKind,
-    /// The live certificate of the same device id that this one replaces.
-    pub replaces: Option<Serial>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("device {id} already has a valid certificate (serial {serial}); name it as the one replaced to get a new one")]
-    AlreadyCertified { id: String, serial: String },
-    #[error(
-        "device {id}: the certificate to replace, {named}, is not its valid certificate ({actual})"
-    )]
-    ReplaceMismatch {
-        id: String,
-        named: String,
-        actual: String,
-    },
-    #[error("no certificate with serial {0} in the ledger")]
-    UnknownSerial(String),
-    #[error("device {0} has no valid certificate to revoke")]
-    NoLiveCert(String),
-    #[error("certificate {serial} is already revoked ({reason})")]
-    AlreadyRevoked { serial: String, reason: String },
-}
-
 fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
     Ok(tx
         .query_row(
@@ -93,12 +56,7 @@ fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Op
         .optional()?)
 }
 
-pub enum RevokeTarget {
-    Serial(Serial),
-    DeviceId(String),
-}
-
-pub struct Ledger {
+pub struct SqliteLedger {
     conn: Connection,
 }
 
@@ -167,22 +125,63 @@ fn keep_private(path: &Path, create: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Ledger {
-    pub fn open(path: &Path, create: bool) -> anyhow::Result<Ledger> {
+impl SqliteLedger {
+    pub fn open(path: &Path, create: bool) -> anyhow::Result<SqliteLedger> {
         if create || path.exists() {
             keep_private(path, create)?;
         }
         let conn = db::open(path, create, &migrations())?;
         // The WAL and shared-memory files exist now: make sure of them too.
         keep_private(path, false)?;
-        Ok(Ledger { conn })
+        Ok(SqliteLedger { conn })
     }
 
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
-    pub fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
+    /// Everything in the ledger, for copying it into another store.
+    pub fn export(&self) -> anyhow::Result<super::Export> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RECORD_COLUMNS}, audit_seq FROM certs ORDER BY rowid"
+        ))?;
+        let certs = stmt
+            .query_map([], |r| Ok((record(r)?, r.get::<_, i64>(11)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
+        )?;
+        let audit = stmt
+            .query_map([], |r| {
+                Ok(audit::StoredEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: r.get(4)?,
+                    prev_hash: r.get(5)?,
+                    hash: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT scope, number, der, next_update FROM crl_state ORDER BY scope")?;
+        let crls = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(super::Export { certs, audit, crls })
+    }
+}
+
+impl LedgerStore for SqliteLedger {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -194,7 +193,7 @@ impl Ledger {
     }
 
     /// The reserved or valid certificate of a device id, if any.
-    pub fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
+    fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -208,7 +207,7 @@ impl Ledger {
     }
 
     /// Every certificate ever recorded for a subject, oldest first.
-    pub fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
+    fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 ORDER BY requested_at, rowid"
         ))?;
@@ -219,7 +218,7 @@ impl Ledger {
     /// Records serials and ids before signing, revoking (superseded) the
     /// certificates that the reservations replace, all in one transaction with
     /// its audit entry.
-    pub fn reserve(
+    fn reserve(
         &mut self,
         items: &[Reservation],
         requester: &str,
@@ -309,7 +308,7 @@ impl Ledger {
     }
 
     /// Marks reserved certificates as issued, with their fingerprints and DER.
-    pub fn commit_issued(
+    fn commit_issued(
         &mut self,
         issued: &[(Serial, String)],
         requester: &str,
@@ -350,7 +349,7 @@ impl Ledger {
 
     /// Revokes reservations that were never completed (a failed batch, or a
     /// crash between reserve and commit found at start-up). Returns how many.
-    pub fn abandon_reserved(
+    fn abandon_reserved(
         &mut self,
         only: Option<&[Serial]>,
         why: &str,
@@ -389,29 +388,8 @@ impl Ledger {
         Ok(count)
     }
 
-    /// The certificate a revocation names, if it can be revoked: by serial
-    /// (any kind), or the valid certificate of a device id.
-    pub fn find_revocable(&self, target: &RevokeTarget) -> anyhow::Result<CertRecord> {
-        let found = match target {
-            RevokeTarget::Serial(serial) => self
-                .by_serial(&serial.to_hex())?
-                .ok_or_else(|| LedgerError::UnknownSerial(serial.to_hex()))?,
-            RevokeTarget::DeviceId(id) => self
-                .live_device_cert(id)?
-                .ok_or_else(|| LedgerError::NoLiveCert(id.clone()))?,
-        };
-        if found.status == CertStatus::Revoked {
-            return Err(LedgerError::AlreadyRevoked {
-                serial: found.serial,
-                reason: found.reason.unwrap_or_default(),
-            }
-            .into());
-        }
-        Ok(found)
-    }
-
     /// Revokes one certificate found by [`Self::find_revocable`], with its audit entry.
-    pub fn revoke(
+    fn revoke(
         &mut self,
         found: &CertRecord,
         reason: Reason,
@@ -442,7 +420,7 @@ impl Ledger {
 
     /// Every revoked certificate: a CRL never drops a serial once listed, since
     /// certline certificates do not expire.
-    pub fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
+    fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
         let mut stmt = self.conn.prepare(
             "SELECT serial, revoked_at, reason FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial",
         )?;
@@ -466,7 +444,7 @@ impl Ledger {
     }
 
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
-    pub fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
+    fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO crl_state (scope, number) VALUES (?1, 1)
@@ -482,7 +460,7 @@ impl Ledger {
         Ok(number as u64)
     }
 
-    pub fn store_crl(
+    fn store_crl(
         &mut self,
         scope: &str,
         number: u64,
@@ -505,7 +483,7 @@ impl Ledger {
     }
 
     /// The last CRL published for a scope: (number, DER, next update).
-    pub fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
+    fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
         Ok(self
             .conn
             .query_row(
@@ -518,7 +496,7 @@ impl Ledger {
 
     /// Audit sequence numbers that ledger rows point at but the log lacks:
     /// the tail of the log was cut.
-    pub fn max_audit_seq(&self) -> anyhow::Result<i64> {
+    fn max_audit_seq(&self) -> anyhow::Result<i64> {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(audit_seq), 0) FROM certs", [], |r| {
@@ -527,7 +505,7 @@ impl Ledger {
     }
 
     /// How many certificates of each kind are in each status.
-    pub fn counts(&self) -> anyhow::Result<Vec<LedgerCount>> {
+    fn counts(&self) -> anyhow::Result<Vec<LedgerCount>> {
         let mut stmt = self.conn.prepare(
             "SELECT kind, status, COUNT(*) FROM certs GROUP BY kind, status ORDER BY kind, status",
         )?;
@@ -539,5 +517,18 @@ impl Ledger {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One process owns a SQLite ledger: at its start every reservation is an orphan.
+    fn abandon_orphans(&mut self, why: &str, now: OffsetDateTime) -> anyhow::Result<usize> {
+        self.abandon_reserved(None, why, now)
+    }
+
+    fn verify_audit(&self) -> anyhow::Result<audit::Verified> {
+        audit::verify(&self.conn)
+    }
+
+    fn audit_tail(&self, limit: i64) -> anyhow::Result<Vec<audit::Entry>> {
+        audit::tail(&self.conn, limit)
     }
 }
