@@ -10,11 +10,13 @@ mod pg_support;
 mod station_support;
 
 mod ca;
+mod ca_csr;
 mod ca_postgres;
 mod center;
 mod demo;
 mod device_link;
 mod hostile_peers;
+mod keygen_line;
 mod line_config;
 mod line_flow;
 mod line_outage;

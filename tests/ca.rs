@@ -353,7 +353,7 @@ fn id_lists_with_bad_ids_are_refused_before_anything_is_issued() {
 // ---- the HTTPS API ----
 
 /// The chain and key of a credential or pack file set, for presenting as a client.
-fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
+pub(crate) fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
     let mut chain = pem_file(cert_file, "CERTIFICATE");
     if chain.len() > 2 {
         chain.pop(); // a credential ends with its root
@@ -361,7 +361,7 @@ fn identity_of(cert_file: &Path, key_file: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
     (chain, pem_file(key_file, "PRIVATE KEY").remove(0))
 }
 
-fn post(
+pub(crate) fn post(
     url: &str,
     tls: rustls::ClientConfig,
     path: &str,
@@ -374,7 +374,11 @@ fn post(
     ))
 }
 
-fn get(url: &str, tls: rustls::ClientConfig, path: &str) -> Result<(u16, Vec<u8>), String> {
+pub(crate) fn get(
+    url: &str,
+    tls: rustls::ClientConfig,
+    path: &str,
+) -> Result<(u16, Vec<u8>), String> {
     send(url, tls, path, None)
 }
 
@@ -718,7 +722,7 @@ fn request_writes_pack_folders_from_a_running_ca() {
     assert!(err.contains("cannot reach https://127.0.0.1:9"), "{err}");
 }
 
-fn crl_entries(der: &[u8]) -> (u64, Vec<(String, String)>) {
+pub(crate) fn crl_entries(der: &[u8]) -> (u64, Vec<(String, String)>) {
     let (_, crl) = x509_parser::parse_x509_crl(der).unwrap();
     let number = crl
         .crl_number()

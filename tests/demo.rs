@@ -77,23 +77,36 @@ fn runs_a_whole_factory_day_and_refuses_to_run_twice_in_one_dir() {
         assert_eq!(got, want, "{model}: {r:#}");
     }
     assert_eq!(row(&s, "K7")["certificate"], false);
-    // Retention: 3012/3013 flagged (the reworked one no longer), A123 deleted.
-    assert_eq!(s["totals"]["flagged"], 11, "{:#}", s["totals"]);
+    // Keys born in the device (3014): nothing fetched, every device signed
+    // from its CSR, the one whose proof of possession failed revoked. (Its
+    // re-signing names the failed certificate as replaced only if the
+    // station's queue had not revoked it yet: not pinned.)
+    let r = row(&s, "3014");
+    assert_eq!(r["keygen"], "device", "{r:#}");
+    let got: Vec<u64> = ["planned", "fetched", "written", "failed", "revoked", "discarded", "in_stock"]
+        .iter()
+        .map(|k| r[k].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [4, 0, 4, 1, 1, 0, 0], "3014: {r:#}");
+    assert_eq!(row(&s, "3012")["keygen"], "ca");
+    // Retention: 3012/3013/3014 flagged (the reworked one no longer), A123 deleted.
+    assert_eq!(s["totals"]["flagged"], 15, "{:#}", s["totals"]);
     assert_eq!(s["totals"]["deleted"], 6, "{:#}", s["totals"]);
 
     // Scans: the good ones, the bad ones, the failed writes.
-    assert_eq!(s["scans"]["total"], 26);
-    assert_eq!(s["scans"]["ok"], 18);
+    assert_eq!(s["scans"]["total"], 31);
+    assert_eq!(s["scans"]["ok"], 22);
     assert_eq!(s["scans"]["refused"], 6);
-    assert_eq!(s["scans"]["failed"], 2);
+    assert_eq!(s["scans"]["failed"], 3);
+    assert_eq!(s["scans"]["codes"]["possession_failed"], 1);
     assert_eq!(s["scans"]["codes"]["already_written"], 1);
     assert_eq!(s["scans"]["codes"]["not_in_plan"], 1);
 
     // The center: every written device and the stray one.
     let c = &s["center"];
-    assert_eq!(c["devices"], 19, "{c:#}");
+    assert_eq!(c["devices"], 23, "{c:#}");
     assert_eq!(c["contract"], 9, "{c:#}");
-    assert_eq!(c["no_contract"], 8, "{c:#}");
+    assert_eq!(c["no_contract"], 12, "{c:#}");
     assert_eq!(c["revoked"], 1, "{c:#}");
     assert_eq!(c["unknown"], 1, "{c:#}");
     assert_eq!(c["unverifiable"], 0, "{c:#}");
@@ -109,13 +122,21 @@ fn runs_a_whole_factory_day_and_refuses_to_run_twice_in_one_dir() {
 
     // Every invariant check ran and passed.
     let checks = s["checks"].as_array().unwrap();
-    assert!(checks.len() >= 8, "{checks:#?}");
+    assert!(checks.len() >= 9, "{checks:#?}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "keys born in the device never existed at the CA or the station"),
+        "{checks:#?}"
+    );
     for check in checks {
         assert_eq!(check["ok"], true, "{check:#}");
     }
 
     // The state stays: a written device's flash, the summary.
     assert!(dir.join("devices/3012-000001/flash/chain.pem").is_file());
+    assert!(dir.join("devices/3014-000001/secure/key.pem").is_file());
+    assert!(!dir.join("devices/3014-000001/flash/key.pem").exists());
     assert!(dir.join("summary.json").is_file());
 
     // A second run into the same folder is refused and changes nothing.

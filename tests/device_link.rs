@@ -462,7 +462,7 @@ fn plugin_check_describes_a_plugin_and_refuses_bad_files() {
         (wasm(SNEAKY), "it imports wasi:filesystem/types@0.2.6"),
         (
             wasm(FUTURE_VERSION),
-            "built against certline:device@0.2.0, newer than this host's certline:device@0.1.0",
+            "built against certline:device@0.3.0, newer than this host's certline:device@0.2.0",
         ),
     ];
     for (file, says) in cases {

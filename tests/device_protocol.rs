@@ -78,7 +78,7 @@ fn pack() -> Pack {
         device_id: "A123-1".into(),
         root_pem: "-----BEGIN CERTIFICATE-----\nroot & <stuff>\n-----END CERTIFICATE-----\n".into(),
         chain_pem: "chain\r\n".into(),
-        key_pem: "key".into(),
+        key_pem: Some("key".into()),
     }
 }
 
@@ -286,7 +286,7 @@ mod properties {
     use certline_device_protocol::tlv::{self, encode_frame, kind, TlvEndpoint};
     use certline_device_protocol::xml::{self, XmlEndpoint};
     use certline_device_protocol::{
-        Answer, ClientSide, DeviceSide, Identity, Pack, Replay, Request,
+        Answer, ClientSide, DeviceSide, Identity, KeyRequest, Pack, Replay, Request,
     };
     use proptest::prelude::*;
 
@@ -309,13 +309,19 @@ mod properties {
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             Just(Request::ReadIdentity),
-            (word(), text(), text(), text()).prop_map(|(d, r, c, k)| Request::Write(Pack {
-                device_id: d,
-                root_pem: r,
-                chain_pem: c,
-                key_pem: k,
-            })),
+            (word(), text(), text(), proptest::option::of(text())).prop_map(|(d, r, c, k)| {
+                Request::Write(Pack {
+                    device_id: d,
+                    root_pem: r,
+                    chain_pem: c,
+                    key_pem: k,
+                })
+            }),
             proptest::collection::vec(any::<u8>(), 0..=256).prop_map(Request::Sign),
+            (word(), word()).prop_map(|(d, a)| Request::GenerateKey(KeyRequest {
+                device_id: d,
+                algorithm: a,
+            })),
         ]
     }
 
@@ -329,6 +335,7 @@ mod properties {
             Just(Answer::Written),
             text().prop_map(Answer::Failed),
             proptest::collection::vec(any::<u8>(), 0..200).prop_map(Answer::Signature),
+            proptest::collection::vec(any::<u8>(), 0..600).prop_map(Answer::Csr),
             text().prop_map(Answer::Fault),
         ]
     }

@@ -362,8 +362,8 @@ fn bad_files_in_the_plugin_folder_are_refused_and_the_good_ones_serve() {
         "{refused:?}"
     );
     assert!(
-        says("future.wasm").contains("certline:device@0.2.0")
-            && says("future.wasm").contains("certline:device@0.1.0")
+        says("future.wasm").contains("certline:device@0.3.0")
+            && says("future.wasm").contains("certline:device@0.2.0")
     );
     assert!(says("readme.wasm").contains("not a WebAssembly file"));
     assert!(says("core.wasm").contains("not a component"));

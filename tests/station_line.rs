@@ -45,7 +45,10 @@ fn takes_and_results_with_every_refusal() {
     let identity = certline::pki::identity::device_identity(&chain[0]).unwrap();
     assert_eq!(identity.id.to_string(), id);
     assert_eq!(identity.serial_hex, pack.serial);
-    assert!(pack.key_pem.contains("PRIVATE KEY"));
+    assert!(pack
+        .key_pem
+        .as_deref()
+        .is_some_and(|k| k.contains("PRIVATE KEY")));
     // Another line may not take it nor report on it; the same line gets it again.
     assert_eq!(code(line2.take(id)), "handed_out_elsewhere");
     assert_eq!(code(line2.received(id, &pack.serial)), "not_your_pack");

@@ -43,7 +43,12 @@ pub struct Rig {
 impl Rig {
     /// `models` with certificates; `plan` rows as `MODEL,FIRST_SERIAL,COUNT` for today.
     pub fn new(models: &[&str], plan: &[&str], plugins: &[&str]) -> Rig {
-        let factory = Factory::new(models, &[], &[]);
+        Self::with(models, &[], plan, plugins)
+    }
+
+    /// As [`Rig::new`], with extra `station init` flags.
+    pub fn with(models: &[&str], init: &[&str], plan: &[&str], plugins: &[&str]) -> Rig {
+        let factory = Factory::new(models, &[], init);
         let rows: Vec<String> = plan.iter().map(|r| format!("{DAY},{r}")).collect();
         let rows: Vec<&str> = rows.iter().map(String::as_str).collect();
         factory.plan("plan.csv", &rows);
@@ -86,7 +91,13 @@ impl Rig {
     }
 
     pub fn start_station(&mut self) {
+        self.start_station_env(&[]);
+    }
+
+    /// Starts the station with extra environment (e.g. `FAILPOINTS`).
+    pub fn start_station_env(&mut self, env: &[(&str, &str)]) {
         let mut cmd = certline();
+        cmd.envs(env.iter().copied());
         cmd.args([
             "station",
             "serve",

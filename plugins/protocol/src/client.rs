@@ -1,7 +1,9 @@
 //! The host-side flows, the same for every protocol: ask, then check that the
 //! answer is the one this question allows.
 
-use crate::{Answer, ClientSide, Error, Identity, Pack, Request, MAX_CHALLENGE};
+use crate::{
+    Answer, ClientSide, Error, Identity, KeyRequest, Pack, Request, MAX_CHALLENGE, MAX_CSR,
+};
 
 /// How long a device may take to answer a question.
 pub const ANSWER_TIMEOUT_MS: u32 = 10_000;
@@ -41,6 +43,22 @@ pub fn write_pack(
     match c.recv_answer(WRITE_TIMEOUT_MS)? {
         Answer::Written => Ok(()),
         other => unexpected("\"written\"", other),
+    }
+}
+
+/// Has the device generate a key and answer its CSR (DER).
+pub fn generate_key(
+    c: &mut (impl ClientSide + ?Sized),
+    request: KeyRequest,
+) -> Result<Vec<u8>, Error> {
+    c.send_request(&Request::GenerateKey(request))?;
+    match c.recv_answer(WRITE_TIMEOUT_MS)? {
+        Answer::Csr(csr) if csr.len() > MAX_CSR => Err(Error::Protocol(format!(
+            "the device's CSR is {} bytes, more than {MAX_CSR}",
+            csr.len()
+        ))),
+        Answer::Csr(csr) => Ok(csr),
+        other => unexpected("a CSR", other),
     }
 }
 

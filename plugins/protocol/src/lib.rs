@@ -156,13 +156,26 @@ pub(crate) fn protocol<T>(msg: impl Into<String>) -> Result<T, Error> {
     Err(Error::Protocol(msg.into()))
 }
 
-/// An identity to write, all PEM.
+/// An identity to write, all PEM. Without a key for a device that generated
+/// its own (`Request::GenerateKey`): it installs the certificate for the key
+/// it holds, and refuses one for another key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pack {
     pub device_id: String,
     pub root_pem: String,
     pub chain_pem: String,
-    pub key_pem: String,
+    pub key_pem: Option<String>,
+}
+
+/// Longest certificate signing request a device may answer (DER bytes).
+pub const MAX_CSR: usize = 16 * 1024;
+
+/// What the host asks a device to generate: a key of `algorithm` (`p256`,
+/// `p384` or `ed25519`) for the device whose id is `device_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    pub device_id: String,
+    pub algorithm: String,
 }
 
 /// What a device reports it holds.
@@ -179,6 +192,8 @@ pub enum Request {
     ReadIdentity,
     Write(Pack),
     Sign(Vec<u8>),
+    /// Generate a key in the device's protected store; answer a CSR.
+    GenerateKey(KeyRequest),
 }
 
 impl Request {
@@ -187,6 +202,7 @@ impl Request {
             Request::ReadIdentity => "read-identity",
             Request::Write(_) => "write",
             Request::Sign(_) => "sign",
+            Request::GenerateKey(_) => "generate-key",
         }
     }
 }
@@ -202,6 +218,8 @@ pub enum Answer {
     /// The write failed or was refused, with the device's reason.
     Failed(String),
     Signature(Vec<u8>),
+    /// A PKCS#10 request (DER) for the key the device just generated.
+    Csr(Vec<u8>),
     /// The device could not serve the request at all (did not parse, no key to
     /// sign with), with its reason.
     Fault(String),
@@ -215,6 +233,7 @@ impl Answer {
             Answer::Written => "written",
             Answer::Failed(_) => "failed",
             Answer::Signature(_) => "signature",
+            Answer::Csr(_) => "csr",
             Answer::Fault(_) => "fault",
         }
     }

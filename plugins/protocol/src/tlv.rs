@@ -13,7 +13,7 @@
 //! the stream can no longer be trusted to be in step.
 
 use crate::{protocol, Answer, ClientSide, DeviceSide, Error, Identity, Inbox, LinkFailure, Pack};
-use crate::{Request, Transport};
+use crate::{KeyRequest, Request, Transport};
 
 pub const MAGIC: [u8; 2] = [0xC7, 0x4C];
 pub const MAX_PAYLOAD: usize = 16 * 1024;
@@ -33,6 +33,8 @@ pub mod kind {
     pub const STATUS: u8 = 0x21;
     pub const SIGN: u8 = 0x30;
     pub const SIGNATURE: u8 = 0x31;
+    pub const GENERATE_KEY: u8 = 0x40;
+    pub const CSR: u8 = 0x41;
     pub const FAULT: u8 = 0x7F;
 }
 
@@ -47,6 +49,8 @@ pub mod tag {
     pub const REASON: u8 = 0x07;
     pub const CHALLENGE: u8 = 0x08;
     pub const SIGNATURE: u8 = 0x09;
+    pub const ALGORITHM: u8 = 0x0A;
+    pub const CSR: u8 = 0x0B;
 }
 
 pub mod status {
@@ -283,8 +287,15 @@ impl<T: Transport> ClientSide for TlvEndpoint<T> {
                 put(&mut p, tag::DEVICE_ID, pack.device_id.as_bytes());
                 put(&mut p, tag::ROOT, pack.root_pem.as_bytes());
                 put(&mut p, tag::CHAIN, pack.chain_pem.as_bytes());
-                put(&mut p, tag::KEY, pack.key_pem.as_bytes());
+                if let Some(key) = &pack.key_pem {
+                    put(&mut p, tag::KEY, key.as_bytes());
+                }
                 kind::WRITE
+            }
+            Request::GenerateKey(k) => {
+                put(&mut p, tag::DEVICE_ID, k.device_id.as_bytes());
+                put(&mut p, tag::ALGORITHM, k.algorithm.as_bytes());
+                kind::GENERATE_KEY
             }
             Request::Sign(c) => {
                 put(&mut p, tag::CHALLENGE, c);
@@ -312,6 +323,7 @@ impl<T: Transport> ClientSide for TlvEndpoint<T> {
                 other => return protocol(format!("unknown status {other:02x?}")),
             },
             kind::SIGNATURE => Answer::Signature(bytes(&it, tag::SIGNATURE, "signature")?.to_vec()),
+            kind::CSR => Answer::Csr(bytes(&it, tag::CSR, "csr")?.to_vec()),
             kind::FAULT => Answer::Fault(text(&it, tag::REASON, "reason")?),
             other => return protocol(format!("unknown answer kind 0x{other:02x}")),
         })
@@ -328,7 +340,14 @@ impl<T: Transport> DeviceSide for TlvEndpoint<T> {
                 device_id: text(&it, tag::DEVICE_ID, "device id")?,
                 root_pem: text(&it, tag::ROOT, "root certificate")?,
                 chain_pem: text(&it, tag::CHAIN, "certificate chain")?,
-                key_pem: text(&it, tag::KEY, "private key")?,
+                key_pem: match find(&it, tag::KEY) {
+                    Some(_) => Some(text(&it, tag::KEY, "private key")?),
+                    None => None,
+                },
+            }),
+            kind::GENERATE_KEY => Request::GenerateKey(KeyRequest {
+                device_id: text(&it, tag::DEVICE_ID, "device id")?,
+                algorithm: text(&it, tag::ALGORITHM, "algorithm")?,
             }),
             kind::SIGN => Request::Sign(bytes(&it, tag::CHALLENGE, "challenge")?.to_vec()),
             other => return protocol(format!("unknown request kind 0x{other:02x}")),
@@ -361,6 +380,10 @@ impl<T: Transport> DeviceSide for TlvEndpoint<T> {
             Answer::Signature(s) => {
                 put(&mut p, tag::SIGNATURE, s);
                 kind::SIGNATURE
+            }
+            Answer::Csr(c) => {
+                put(&mut p, tag::CSR, c);
+                kind::CSR
             }
             Answer::Fault(r) => {
                 put(&mut p, tag::REASON, r.as_bytes());

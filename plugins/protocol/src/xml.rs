@@ -20,7 +20,9 @@
 //! the five entities and character references, comments, CDATA) and refuses DTDs,
 //! so a device cannot make the plugin expand entities.
 
-use crate::{hex, protocol, Answer, ClientSide, DeviceSide, Error, Identity, Pack, Request};
+use crate::{
+    hex, protocol, Answer, ClientSide, DeviceSide, Error, Identity, KeyRequest, Pack, Request,
+};
 use crate::{Inbox, Transport};
 
 pub const NAMESPACE: &str = "urn:certline:imaging:1";
@@ -429,14 +431,20 @@ impl<T: Transport> ClientSide for XmlEndpoint<T> {
         let challenge;
         let (action, body): (&str, Vec<(&str, &str)>) = match req {
             Request::ReadIdentity => ("ReadIdentity", vec![]),
-            Request::Write(p) => (
-                "WriteIdentity",
-                vec![
-                    ("DeviceId", &p.device_id),
-                    ("RootCertificate", &p.root_pem),
-                    ("CertificateChain", &p.chain_pem),
-                    ("PrivateKey", &p.key_pem),
-                ],
+            Request::Write(p) => {
+                let mut body = vec![
+                    ("DeviceId", p.device_id.as_str()),
+                    ("RootCertificate", p.root_pem.as_str()),
+                    ("CertificateChain", p.chain_pem.as_str()),
+                ];
+                if let Some(key) = &p.key_pem {
+                    body.push(("PrivateKey", key.as_str()));
+                }
+                ("WriteIdentity", body)
+            }
+            Request::GenerateKey(k) => (
+                "GenerateKey",
+                vec![("DeviceId", &k.device_id), ("Algorithm", &k.algorithm)],
             ),
             Request::Sign(c) => {
                 challenge = hex::encode(c);
@@ -470,6 +478,9 @@ impl<T: Transport> ClientSide for XmlEndpoint<T> {
                 hex::decode(b.field("Signature")?)
                     .map_err(|e| Error::Protocol(format!("<Signature>: {e}")))?,
             ),
+            "CertificateRequest" => Answer::Csr(
+                hex::decode(b.field("Csr")?).map_err(|e| Error::Protocol(format!("<Csr>: {e}")))?,
+            ),
             "Fault" => Answer::Fault(b.field("Reason")?.to_string()),
             other => return protocol(format!("unknown answer action {other:?}")),
         })
@@ -487,7 +498,11 @@ impl<T: Transport> DeviceSide for XmlEndpoint<T> {
                 device_id: b.field("DeviceId")?.trim().to_string(),
                 root_pem: b.field("RootCertificate")?.to_string(),
                 chain_pem: b.field("CertificateChain")?.to_string(),
-                key_pem: b.field("PrivateKey")?.to_string(),
+                key_pem: b.child("PrivateKey").map(|k| k.text.to_string()),
+            }),
+            "GenerateKey" => Request::GenerateKey(KeyRequest {
+                device_id: b.field("DeviceId")?.trim().to_string(),
+                algorithm: b.field("Algorithm")?.trim().to_string(),
             }),
             "SignChallenge" => Request::Sign(
                 hex::decode(b.field("Challenge")?)
@@ -514,6 +529,10 @@ impl<T: Transport> DeviceSide for XmlEndpoint<T> {
             Answer::Signature(s) => {
                 text = hex::encode(s);
                 ("Signature", vec![("Signature", &text)])
+            }
+            Answer::Csr(c) => {
+                text = hex::encode(c);
+                ("CertificateRequest", vec![("Csr", &text)])
             }
             Answer::Fault(r) => ("Fault", vec![("Reason", r)]),
         };

@@ -1,16 +1,19 @@
 //! What a certline device plugin is built on: the bindings of the
-//! `certline:device@0.1.0` WIT world (from its frozen text in the repository's
-//! `wit/since_v0.1.0/`, so a plugin built with this SDK means exactly what a
+//! `certline:device@0.2.0` WIT world (from its frozen text in the repository's
+//! `wit/since_v0.2.0/`, so a plugin built with this SDK means exactly what a
 //! host of that version expects) and the glue that turns a [`ClientSide`]
 //! protocol into the world's exports.
 //!
 //! A plugin implements [`Guest`] in a few lines by handing each call to
-//! [`read_identity`], [`write_pack`] and [`prove_possession`] with its protocol
-//! endpoint, and exports itself with `export_plugin!(MyPlugin with_types_in
-//! certline_plugin_sdk)`.
+//! [`read_identity`], [`write_pack`], [`prove_possession`] and (since 0.2.0,
+//! for devices that generate their own key) [`generate_key`] with its
+//! protocol endpoint, and exports itself with `export_plugin!(MyPlugin
+//! with_types_in certline_plugin_sdk)`; [`protocol_plugin!`] does all of it.
+//! Plugins that stay on 0.1.0 use `sdk/since_v0.1.0` (crate
+//! `certline-plugin-sdk-v0-1`).
 
 wit_bindgen::generate!({
-    path: "../../wit/since_v0.1.0",
+    path: "../../wit/since_v0.2.0",
     world: "plugin",
     pub_export_macro: true,
     export_macro_name: "export_plugin",
@@ -20,7 +23,9 @@ wit_bindgen::generate!({
 use certline_device_protocol::{client, ClientSide, LinkFailure, Transport};
 
 pub use certline::device::host::{self, Level, Link, LinkError, Stage};
-pub use exports::certline::device::device::{Error, Guest, Identity, Pack, PluginInfo};
+pub use exports::certline::device::device::{
+    Error, Guest, Identity, KeyAlgorithm, KeyRequest, Pack, PluginInfo,
+};
 
 /// The host's link resource as a protocol transport.
 pub struct LinkTransport<'a>(pub &'a Link);
@@ -73,7 +78,9 @@ pub fn read_identity(mut c: impl ClientSide) -> Result<Identity, Error> {
     })
 }
 
-/// `write-pack` over `c`, reporting `received` to the host when the device does.
+/// `write-pack` over `c`, reporting `received` to the host when the device
+/// does. A pack without a key installs the certificate for the key the device
+/// generated itself.
 pub fn write_pack(mut c: impl ClientSide, pack: Pack) -> Result<(), Error> {
     let pack = certline_device_protocol::Pack {
         device_id: pack.device_id,
@@ -82,6 +89,22 @@ pub fn write_pack(mut c: impl ClientSide, pack: Pack) -> Result<(), Error> {
         key_pem: pack.key_pem,
     };
     client::write_pack(&mut c, pack, || host::report(Stage::Received)).map_err(to_error)
+}
+
+/// `generate-key` over `c` (since 0.2.0): the device generates a key of the
+/// requested algorithm in its own protected store and answers its CSR (DER),
+/// which the host checks.
+pub fn generate_key(mut c: impl ClientSide, request: KeyRequest) -> Result<Vec<u8>, Error> {
+    let algorithm = match request.algorithm {
+        KeyAlgorithm::P256 => "p256",
+        KeyAlgorithm::P384 => "p384",
+        KeyAlgorithm::Ed25519 => "ed25519",
+    };
+    let request = certline_device_protocol::KeyRequest {
+        device_id: request.device_id,
+        algorithm: algorithm.to_string(),
+    };
+    client::generate_key(&mut c, request).map_err(to_error)
 }
 
 /// `prove-possession` over `c`.
@@ -120,6 +143,13 @@ macro_rules! protocol_plugin {
                 challenge: Vec<u8>,
             ) -> Result<Vec<u8>, $crate::Error> {
                 $crate::prove_possession($endpoint, &challenge)
+            }
+
+            fn generate_key(
+                $link: &$crate::Link,
+                request: $crate::KeyRequest,
+            ) -> Result<Vec<u8>, $crate::Error> {
+                $crate::generate_key($endpoint, request)
             }
         }
 

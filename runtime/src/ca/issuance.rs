@@ -87,7 +87,11 @@ pub enum CaError {
 }
 
 impl CaError {
-    fn refused(kind: CaErrorKind, code: &'static str, message: impl Into<String>) -> CaError {
+    pub(super) fn refused(
+        kind: CaErrorKind,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> CaError {
         CaError::Refused {
             kind,
             code,
@@ -95,7 +99,7 @@ impl CaError {
         }
     }
 
-    fn invalid(message: impl Into<String>) -> CaError {
+    pub(super) fn invalid(message: impl Into<String>) -> CaError {
         CaError::refused(CaErrorKind::Invalid, codes::BAD_REQUEST, message)
     }
 
@@ -215,16 +219,17 @@ pub struct CertAuthority {
     clock: Clock,
 }
 
-/// One signed device certificate before it is committed.
-struct Signed {
-    serial: Serial,
-    id: String,
-    der: Vec<u8>,
-    key_pem: Zeroizing<String>,
+/// One signed device certificate before it is committed, with its private
+/// key (`K`) when the CA generated it, `()` when the device holds it.
+pub(super) struct Signed<K> {
+    pub(super) serial: Serial,
+    pub(super) id: String,
+    pub(super) der: Vec<u8>,
+    pub(super) key: K,
 }
 
 /// A checked batch item: its id, the certificate it replaces, its profile.
-type Item = (DeviceId, Option<Serial>, ResolvedProfile);
+pub(super) type Item = (DeviceId, Option<Serial>, ResolvedProfile);
 
 impl CertAuthority {
     pub fn new(pki: Authority, ledger: Ledger, config: CaConfig, clock: Clock) -> CertAuthority {
@@ -254,7 +259,7 @@ impl CertAuthority {
 
     /// Checks a batch and resolves each item's profile, naming the first bad
     /// item; every profile must give certificates valid after `not_before`.
-    fn validate(
+    pub(super) fn validate(
         &self,
         request: &BatchRequest,
         not_before: OffsetDateTime,
@@ -342,8 +347,38 @@ impl CertAuthority {
     ) -> Result<PackBatch, CaError> {
         let now = self.clock.now();
         let items = self.validate(request, now)?;
+        let issued = self.issue_items(&items, requester, now, |pki, items, reservations| {
+            sign_all(pki, items, reservations, threads, now)
+        })?;
+        let packs = issued
+            .into_iter()
+            .map(|(s, fp)| IssuedPack {
+                id: s.id,
+                serial: s.serial.to_hex(),
+                fingerprint: fp,
+                cert_pem: to_pem("CERTIFICATE", &s.der),
+                key_pem: s.key,
+            })
+            .collect();
+        Ok(PackBatch {
+            root_pem: self.pki.root_pem().to_string(),
+            issuing_pem: self.pki.issuing_pem().to_string(),
+            packs,
+        })
+    }
+
+    /// The cycle for checked items, whoever made the keys: reserve, `sign`
+    /// (given the signer, the items and their reservations), commit, publish.
+    /// Returns each signed certificate with its fingerprint, in item order.
+    pub(super) fn issue_items<K>(
+        &mut self,
+        items: &[Item],
+        requester: &Requester,
+        now: OffsetDateTime,
+        sign: impl FnOnce(&Authority, &[Item], &[Reservation]) -> anyhow::Result<Vec<Signed<K>>>,
+    ) -> Result<Vec<(Signed<K>, String)>, CaError> {
         // A station replaces only what it asked for (the replaced one is revoked).
-        for (_, replaces, _) in &items {
+        for (_, replaces, _) in items {
             if let Some(serial) = replaces {
                 if let Some(old) = self.ledger.by_serial(&serial.to_hex())? {
                     requester.may_touch(&old, "replace")?;
@@ -368,7 +403,7 @@ impl CertAuthority {
         crash_point("ca-after-reserve");
 
         // 2. sign
-        let signed = match self.sign_all(&items, &reservations, threads, now) {
+        let signed = match sign(&self.pki, items, &reservations) {
             Ok(signed) => signed,
             Err(err) => {
                 self.ledger.abandon_reserved(
@@ -407,72 +442,11 @@ impl CertAuthority {
         if reservations.iter().any(|r| r.replaces.is_some()) {
             self.publish_crls()?;
         }
-        let packs = signed
+        Ok(signed
             .into_iter()
             .zip(committed)
-            .map(|(s, (_, fp))| IssuedPack {
-                id: s.id,
-                serial: s.serial.to_hex(),
-                fingerprint: fp,
-                cert_pem: to_pem("CERTIFICATE", &s.der),
-                key_pem: s.key_pem,
-            })
-            .collect();
-        Ok(PackBatch {
-            root_pem: self.pki.root_pem().to_string(),
-            issuing_pem: self.pki.issuing_pem().to_string(),
-            packs,
-        })
-    }
-
-    fn sign_all(
-        &self,
-        items: &[Item],
-        reservations: &[Reservation],
-        threads: usize,
-        not_before: OffsetDateTime,
-    ) -> anyhow::Result<Vec<Signed>> {
-        // Only the signer crosses threads; the ledger stays on this one.
-        let pki = &self.pki;
-        let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
-            let key = DeviceKey::generate(profile.key)?;
-            let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
-            Ok(Signed {
-                serial: reservation.serial.clone(),
-                id: id.to_string(),
-                der,
-                key_pem: key.pkcs8_pem(),
-            })
-        };
-        let threads = threads.clamp(1, 64);
-        if threads == 1 || items.len() < 64 {
-            return items.iter().zip(reservations).map(sign_one).collect();
-        }
-        let chunk = items.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = items
-                .chunks(chunk)
-                .zip(reservations.chunks(chunk))
-                .map(|(items, reservations)| {
-                    scope.spawn(move || {
-                        items
-                            .iter()
-                            .zip(reservations)
-                            .map(sign_one)
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(items.len());
-            for worker in workers {
-                all.extend(
-                    worker
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
-                );
-            }
-            Ok(all)
-        })
+            .map(|(s, (_, fp))| (s, fp))
+            .collect())
     }
 
     /// A service credential for a station, line, center, device link or the CA itself.
@@ -645,4 +619,55 @@ impl CertAuthority {
             .by_serial(serial)?
             .is_some_and(|r| r.status == CertStatus::Revoked))
     }
+}
+
+/// Generates a key and signs a certificate for each item, on `threads`
+/// threads for a large batch. Only the signer crosses threads; the ledger
+/// stays on the caller's.
+fn sign_all(
+    pki: &Authority,
+    items: &[Item],
+    reservations: &[Reservation],
+    threads: usize,
+    not_before: OffsetDateTime,
+) -> anyhow::Result<Vec<Signed<Zeroizing<String>>>> {
+    let sign_one = |((id, _, profile), reservation): (&Item, &Reservation)| {
+        let key = DeviceKey::generate(profile.key)?;
+        let der = pki.sign_device(id, profile, &reservation.serial, &key, not_before)?;
+        Ok(Signed {
+            serial: reservation.serial.clone(),
+            id: id.to_string(),
+            der,
+            key: key.pkcs8_pem(),
+        })
+    };
+    let threads = threads.clamp(1, 64);
+    if threads == 1 || items.len() < 64 {
+        return items.iter().zip(reservations).map(sign_one).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .zip(reservations.chunks(chunk))
+            .map(|(items, reservations)| {
+                scope.spawn(move || {
+                    items
+                        .iter()
+                        .zip(reservations)
+                        .map(sign_one)
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(items.len());
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a signing thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
 }

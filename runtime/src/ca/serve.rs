@@ -19,8 +19,8 @@ use crate::pki::serial::Serial;
 use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::store::ledger::RevokeTarget;
 use crate::wire::ca::{
-    self as api, codes, BatchItem, BatchRequest, Health, LookupRequest, LookupResponse, PackBatch,
-    ReplaceRequest, RevokeRequest, Revoked,
+    self as api, codes, BatchItem, BatchRequest, CsrRequest, Health, LookupRequest, LookupResponse,
+    PackBatch, ReplaceRequest, RevokeRequest, Revoked, SignedCert,
 };
 
 /// The HTTP face of an issuance refusal: its kind picks the status, its code travels as is.
@@ -109,6 +109,7 @@ pub fn router(state: CaState) -> Router {
     Router::new()
         .route(api::PACKS, post(packs))
         .route(api::REPLACE, post(replace))
+        .route(api::CSR, post(sign_csr))
         .route(api::REVOKE, post(revoke))
         .route(api::LOOKUP, post(lookup))
         .route(api::CRL, get(crl))
@@ -152,6 +153,19 @@ async fn replace(
     Ok(Json(
         state
             .with_ca(move |ca, _| ca.issue_batch(&batch, &requester, 1))
+            .await?,
+    ))
+}
+
+async fn sign_csr(
+    State(state): State<CaState>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<CsrRequest>,
+) -> Result<Json<SignedCert>, ApiError> {
+    let requester = state.station(&peer).await?;
+    Ok(Json(
+        state
+            .with_ca(move |ca, _| ca.sign_csr(&request, &requester))
             .await?,
     ))
 }

@@ -96,6 +96,7 @@ pub fn write_config(
     device: &str,
     plugins: &Path,
     scripts: Option<&Path>,
+    factory: &Path,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let file = dir.join("line.toml");
@@ -107,15 +108,35 @@ pub fn write_config(
         &file,
         format!(
             "# written by certline demo\n\
-             name = \"{name}\"\nstate_dir = \"state\"\n\n\
+             name = \"{name}\"\nstate_dir = \"state\"\nfactory = \"{}\"\n\n\
              [station]\nurl = \"{station_url}\"\ncredential = \"{}\"\ntimeout_ms = 10000\nretry_ms = 500\n\n\
              [scanner]\nsource = \"stdin\"\ndebounce_ms = 0\n\n\
              [device]\naddress = \"{device}\"\nconnect_timeout_ms = 10000\nwrite_timeout_ms = 30000\n\n\
              [plugins]\ndir = \"{}\"\n{scripts}",
+            path(factory),
             path(credential),
             path(plugins)
         ),
     )?;
+    Ok(file)
+}
+
+/// The day's models as a factory.toml the lines read (which ones carry a
+/// certificate, which generate their keys in the device).
+pub fn write_factory(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::from("# written by certline demo: the day's models\nname = \"demo\"\n");
+    for p in super::PLAN {
+        text.push_str(&format!(
+            "\n[models.{}]\ndescription = \"{}\"\ncertificate = {}\nkeygen = \"{}\"\n",
+            p.model,
+            p.what,
+            p.certificate,
+            if p.device_keygen { "device" } else { "ca" }
+        ));
+    }
+    let file = dir.join("factory.toml");
+    std::fs::write(&file, text)?;
     Ok(file)
 }
 

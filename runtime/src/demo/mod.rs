@@ -50,6 +50,9 @@ pub struct Planned {
     pub count: u32,
     pub width: usize,
     pub certificate: bool,
+    /// Its devices generate their own key (`keygen = "device"`): a CSR on
+    /// the line, signed through the station, no key at the CA or station.
+    pub device_keygen: bool,
     pub what: &'static str,
 }
 
@@ -69,7 +72,17 @@ pub const PLAN: &[Planned] = &[
         count: 12,
         width: 6,
         certificate: true,
+        device_keygen: false,
         what: "A4 printer, line-1 (XML over TCP)",
+    },
+    Planned {
+        model: "3014",
+        first: 1,
+        count: 4,
+        width: 6,
+        certificate: true,
+        device_keygen: true,
+        what: "A4 printer with a secure element: keys born in the device, line-1",
     },
     Planned {
         model: "3013",
@@ -77,6 +90,7 @@ pub const PLAN: &[Planned] = &[
         count: 6,
         width: 6,
         certificate: true,
+        device_keygen: false,
         what: "A3 printer, discontinued today, line-1",
     },
     Planned {
@@ -85,6 +99,7 @@ pub const PLAN: &[Planned] = &[
         count: 8,
         width: 6,
         certificate: true,
+        device_keygen: false,
         what: "meter, line-2 (TLV over serial)",
     },
     Planned {
@@ -93,6 +108,7 @@ pub const PLAN: &[Planned] = &[
         count: 3,
         width: 4,
         certificate: false,
+        device_keygen: false,
         what: "finisher accessory, no certificate",
     },
 ];
@@ -307,7 +323,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     step(
         2,
-        "station: init (models 3012 3013 A123 with certificates, K7 without; admin password set)",
+        "station: init (models 3012 3013 A123 with certificates, 3014 with keys born in the device, K7 without; admin password set)",
     );
     let st = dir.join("station");
     let mut init = vec![
@@ -330,6 +346,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             "--model-without-cert"
         });
         init.push(p.model);
+        if p.device_keygen {
+            init.push("--device-keygen-model");
+            init.push(p.model);
+        }
     }
     certline.run(&init)?;
     configure_station(&st, scripts.as_deref())?;
@@ -432,6 +452,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // HOOK (issue 7): the line gets the example factory's line.lua through
     // `[scripts] dir`; a line build without the Lua workflow says so in its
     // log and parses plates with the built-in MODEL-SERIAL parser.
+    let factory = floor::write_factory(&lines_dir)?;
     let line1 = Line {
         name: "line-1".into(),
         config: floor::write_config(
@@ -442,6 +463,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             &cable,
             &line_plugins[0],
             scripts.as_deref(),
+            &factory,
         )?,
         cable: Cable::Tcp(cable.clone()),
         steps: line1_steps(),
@@ -456,6 +478,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             path(&port),
             &line_plugins[1],
             scripts.as_deref(),
+            &factory,
         )?,
         cable: Cable::Serial(port),
         steps: line2_steps(),
@@ -742,6 +765,29 @@ fn line1_steps() -> Vec<Step> {
         let id = format!("3013-{n:06}");
         steps.push(Step::new(&id, Some(&id), "ok", "written"));
     }
+    // Keys born in the device: each generates its key in its secure
+    // element and sends a CSR; the certificate is built from the id.
+    for n in 1..=3 {
+        let id = format!("3014-{n:06}");
+        steps.push(Step::faulty(
+            &id,
+            &["--keygen"],
+            "ok",
+            "key generated in the device, CSR signed, written",
+        ));
+    }
+    steps.push(Step::faulty(
+        "3014-000004",
+        &["--keygen", "--csr-for-other-key"],
+        "failed",
+        "CSR for one key, holds another: proof of possession fails, revoked",
+    ));
+    steps.push(Step::faulty(
+        "3014-000004",
+        &["--keygen"],
+        "ok",
+        "rescanned: a fresh key, a fresh certificate",
+    ));
     steps
 }
 

@@ -233,6 +233,9 @@ pub fn gather(certline: &Certline, ca_dir: &Path, st: &Path) -> anyhow::Result<G
 pub struct ModelRow {
     pub model: String,
     pub certificate: bool,
+    /// Where its keys were born: "ca" (packs fetched ahead) or "device"
+    /// (each device's CSR signed on the line).
+    pub keygen: String,
     pub planned: u64,
     pub fetched: u64,
     pub written: u64,
@@ -334,6 +337,7 @@ impl Summary {
             let mut row = ModelRow {
                 model: p.model.to_string(),
                 certificate: p.certificate,
+                keygen: if p.device_keygen { "device" } else { "ca" }.to_string(),
                 planned: p.count as u64,
                 fetched: stock_of(after_fetch, p.model).in_stock as u64,
                 discarded: stock_of(stock, p.model).discarded as u64,
@@ -476,10 +480,12 @@ impl Summary {
                 r.revoked,
                 r.discarded,
                 r.in_stock,
-                if r.certificate {
-                    ""
-                } else {
+                if !r.certificate {
                     "   (no certificate)"
+                } else if r.keygen == "device" {
+                    "   (keys born in the device)"
+                } else {
+                    ""
                 }
             );
         }
@@ -567,6 +573,120 @@ impl Summary {
     }
 }
 
+/// A device's identity as the device keeps it: root and chain in its
+/// flash, the key in its flash or (keys born in the device) in its secure
+/// element.
+fn read_flash(device: &Path) -> anyhow::Result<Pack> {
+    let flash = device.join("flash");
+    if flash.join(crate::pki::pack::KEY_FILE).exists() {
+        return Pack::read_dir(&flash);
+    }
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
+    Ok(Pack {
+        root_pem: read(flash.join(crate::pki::pack::ROOT_FILE))?,
+        chain_pem: read(flash.join(crate::pki::pack::CHAIN_FILE))?,
+        key_pem: zeroize::Zeroizing::new(read(device.join("secure").join("key.pem"))?),
+    })
+}
+
+/// Every file under `dir` (recursively).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// For each written device of a device-keygen model: no key in its flash,
+/// its flash certificate is for the key in its secure element (the key
+/// signs, the certificate verifies), the station holds no key for it, and
+/// the key's bytes are in no file of the CA or the station (databases,
+/// WAL, logs included).
+fn device_keygen_check(written: &[String], g: &Gathered, devices: &Path) -> Check {
+    let models: Vec<&str> = PLAN
+        .iter()
+        .filter(|p| p.device_keygen)
+        .map(|p| p.model)
+        .collect();
+    let ids: Vec<&String> = written
+        .iter()
+        .filter(|id| models.contains(&model_of(id)))
+        .collect();
+    let root = devices.parent().unwrap_or(Path::new("."));
+    let mut haystack: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+    for sub in ["ca", "station"] {
+        for f in files_under(&root.join(sub)) {
+            if let Ok(bytes) = std::fs::read(&f) {
+                haystack.push((f, bytes));
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for id in &ids {
+        let device = devices.join(id);
+        if device
+            .join("flash")
+            .join(crate::pki::pack::KEY_FILE)
+            .exists()
+        {
+            problems.push(format!("{id}: a key is in its flash"));
+        }
+        let verdict = (|| -> anyhow::Result<Vec<u8>> {
+            let pack = read_flash(&device)?;
+            let key = pack.key_pkcs8_der()?;
+            let cert = pack.device_cert_der()?;
+            let sig = crate::link::pop::sign(&key, b"demo-check")?;
+            crate::link::pop::verify(&cert, b"demo-check", &sig)?;
+            Ok(key.to_vec())
+        })();
+        let key = match verdict {
+            Ok(key) => key,
+            Err(e) => {
+                problems.push(format!("{id}: flash certificate and secure element: {e:#}"));
+                continue;
+            }
+        };
+        if let Some(report) = g.station.get(id.as_str()) {
+            if report.packs.iter().any(|p| p.key_held) {
+                problems.push(format!("{id}: the station holds a key for it"));
+            }
+        }
+        let pem_body: String = crate::pki::to_pem("PRIVATE KEY", &key)
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        for (file, bytes) in &haystack {
+            let found = bytes.windows(key.len()).any(|w| w == key.as_slice())
+                || bytes
+                    .windows(pem_body.len().min(40))
+                    .any(|w| w == &pem_body.as_bytes()[..pem_body.len().min(40)]);
+            if found {
+                problems.push(format!("{id}: its key is in {}", file.display()));
+            }
+        }
+    }
+    check(
+        "keys born in the device never existed at the CA or the station",
+        problems,
+        format!(
+            "{} device(s) of model(s) {}: flash certificate matches the secure element's key; the key is in no file of the CA or the station",
+            ids.len(),
+            models.join(" ")
+        ),
+    )
+}
+
 fn check(name: &str, problems: Vec<String>, fine: String) -> Check {
     Check {
         name: name.to_string(),
@@ -613,9 +733,8 @@ fn checks(
     let mut problems = Vec::new();
     let mut flash_fp = BTreeMap::new();
     for id in written {
-        let flash = devices.join(id).join("flash");
         let verdict = (|| -> anyhow::Result<String> {
-            let pack = Pack::read_dir(&flash)?;
+            let pack = read_flash(&devices.join(id))?;
             let identity = verify_pack(&pack)?;
             anyhow::ensure!(
                 identity.id.to_string() == *id,
@@ -641,6 +760,10 @@ fn checks(
         problems,
         format!("{} devices", written.len()),
     ));
+
+    // Keys born in the device: never at the CA or the station, and each such
+    // device's flash certificate is for the key in its secure element.
+    out.push(device_keygen_check(written, g, devices));
 
     // No id has two valid certificates (the CA's ledger).
     let problems: Vec<String> = g

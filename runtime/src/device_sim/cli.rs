@@ -68,6 +68,19 @@ pub struct DeviceSimArgs {
     /// Fault: answer the first request of every session with garbage.
     #[arg(long)]
     pub garble: bool,
+    /// A device with a secure element (DIR/secure/): it generates its own key
+    /// when asked (generate-key, `keygen = "device"`) and answers a CSR; the
+    /// key never appears in flash or on the link.
+    #[arg(long)]
+    pub keygen: bool,
+    /// Fault (with --keygen): answer a CSR for a throwaway key, keep another,
+    /// and install whatever certificate comes (its proof of possession fails).
+    #[arg(long, requires = "keygen")]
+    pub csr_for_other_key: bool,
+    /// Fault (with --keygen): generate the key, then drop the link instead
+    /// of answering its CSR.
+    #[arg(long, requires = "keygen")]
+    pub drop_after_keygen: bool,
     /// Instead of serving a line: connect to the remote-management center at
     /// this URL with the identity in flash, ask for the device's status, send a
     /// report (naming --report-id if given: an impersonation attempt), print the
@@ -118,7 +131,10 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
         report_id: args.report_id.clone(),
         bad_crc: args.bad_crc,
         garble: args.garble,
+        csr_for_other_key: args.csr_for_other_key,
+        drop_after_keygen: args.drop_after_keygen,
     };
+    let device = device.with_keygen(args.keygen, &faults);
     let mut bad_crc = faults.bad_crc;
     let mut events = |e: &str| eprintln!("device-sim {id}: {}", crate::text::printable(e));
 

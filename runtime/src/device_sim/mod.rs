@@ -8,8 +8,16 @@
 //! DIR/nvram/link.pem   its device-link credential (the vendor's common certificate)
 //! DIR/flash/root.pem   the identity written on the line: root certificate,
 //! DIR/flash/chain.pem  device certificate + issuing CA,
-//! DIR/flash/key.pem    device key (0600)
+//! DIR/flash/key.pem    device key (0600), when the CA generated it
+//! DIR/secure/key.pem   with --keygen: the key the device generated itself,
+//!                      in its "secure element" (never in flash, never on the link)
+//! DIR/secure/pending.pem  a generated key whose certificate is not yet installed
 //! ```
+//!
+//! With `--keygen` (a device with a secure element, `keygen = "device"`), it
+//! answers `generate-key` with a PKCS#10 request signed by a key it made in
+//! `secure/`, and installs a pack without a key only if its certificate is
+//! for that key.
 //!
 //! It speaks one protocol of `certline_device_protocol` (the same code the
 //! plugins use) over the device side of the link, checks that a pack is for its
@@ -32,6 +40,7 @@ use certline_device_protocol::{Answer, DeviceSide, Error, Identity, LinkFailure,
 use crate::link::{AsTransport, DeviceLink};
 use crate::pki::id::DeviceId;
 use crate::pki::pack::{Pack, CHAIN_FILE, KEY_FILE, ROOT_FILE};
+use crate::pki::profile::KeyAlgorithm;
 
 /// How long a session may sit idle before the device hangs up.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -63,12 +72,22 @@ pub struct Faults {
     pub bad_crc: u32,
     /// Send garbage instead of the first answer of every session.
     pub garble: bool,
+    /// Keygen: answer a CSR for a throwaway key while keeping another one,
+    /// and install any certificate (a lying device or plugin: its proof of
+    /// possession must fail).
+    pub csr_for_other_key: bool,
+    /// Keygen: generate the key, then drop the link instead of answering.
+    pub drop_after_keygen: bool,
 }
 
 /// A device's state: its NVRAM and its flash, as files.
 pub struct Device {
     dir: PathBuf,
     id: DeviceId,
+    /// It can generate its own key in its secure element (`--keygen`).
+    keygen: bool,
+    /// Fault: installs a certificate for a key it does not hold.
+    keygen_lies: bool,
 }
 
 /// How a session ended.
@@ -91,6 +110,26 @@ impl Device {
 
     pub fn link_credential_path(dir: &Path) -> PathBuf {
         Self::nvram(dir).join("link.pem")
+    }
+
+    /// The secure element: keys the device generated, apart from its flash.
+    pub fn secure(dir: &Path) -> PathBuf {
+        dir.join("secure")
+    }
+
+    fn secure_key(&self) -> PathBuf {
+        Self::secure(&self.dir).join("key.pem")
+    }
+
+    fn pending_key(&self) -> PathBuf {
+        Self::secure(&self.dir).join("pending.pem")
+    }
+
+    /// Gives the device a secure element that generates its keys.
+    pub fn with_keygen(mut self, keygen: bool, faults: &Faults) -> Device {
+        self.keygen = keygen;
+        self.keygen_lies = faults.csr_for_other_key;
+        self
     }
 
     /// Opens (or, the first time, builds) the device in `dir` with id `id`. A
@@ -119,6 +158,8 @@ impl Device {
         let device = Device {
             dir: dir.to_path_buf(),
             id: id.clone(),
+            keygen: false,
+            keygen_lies: false,
         };
         device.recover_flash()?;
         Ok(device)
@@ -157,13 +198,67 @@ impl Device {
         Ok(())
     }
 
-    /// The identity in flash, if any.
+    /// The identity in flash, if any, with its key: from flash, or from the
+    /// secure element for a key the device generated.
     pub fn flash_pack(&self) -> anyhow::Result<Option<Pack>> {
         let flash = Self::flash(&self.dir);
         if !flash.join(CHAIN_FILE).exists() {
             return Ok(None);
         }
-        Pack::read_dir(&flash).map(Some)
+        if flash.join(KEY_FILE).exists() {
+            return Pack::read_dir(&flash).map(Some);
+        }
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let pack = Pack {
+            root_pem: read(&flash.join(ROOT_FILE))?,
+            chain_pem: read(&flash.join(CHAIN_FILE))?,
+            key_pem: zeroize::Zeroizing::new(read(&self.secure_key()).with_context(|| {
+                "flash holds a certificate without a key, and the secure element has none"
+            })?),
+        };
+        pack.device_cert_der()?;
+        Ok(Some(pack))
+    }
+
+    /// Generates a key in the secure element (kept as pending until its
+    /// certificate is installed) and returns a CSR signed with it.
+    fn generate_key(
+        &self,
+        request: &certline_device_protocol::KeyRequest,
+        faults: &Faults,
+    ) -> Result<Vec<u8>, String> {
+        if !self.keygen {
+            return Err("this device has no secure element: it cannot generate its own key (start it with --keygen)".into());
+        }
+        if request.device_id != self.id.to_string() {
+            return Err(format!(
+                "key request is for {}, this device is {}",
+                request.device_id, self.id
+            ));
+        }
+        let algorithm = match request.algorithm.as_str() {
+            "p256" => KeyAlgorithm::P256,
+            "p384" => KeyAlgorithm::P384,
+            "ed25519" => KeyAlgorithm::Ed25519,
+            other => return Err(format!("cannot generate a key of algorithm {other:?}")),
+        };
+        let (key, csr) = crate::pki::csr::generate(algorithm, &self.id.to_string())
+            .map_err(|e| format!("key generation failed: {e:#}"))?;
+        let kept = if faults.csr_for_other_key {
+            crate::pki::csr::generate(algorithm, &self.id.to_string())
+                .map_err(|e| format!("key generation failed: {e:#}"))?
+                .0
+        } else {
+            key
+        };
+        let secure = Self::secure(&self.dir);
+        std::fs::create_dir_all(&secure).map_err(|e| format!("secure element: {e}"))?;
+        let pem = crate::pki::to_pem("PRIVATE KEY", &kept);
+        write_atomic(&self.pending_key(), pem.as_bytes(), 0o600)
+            .map_err(|e| format!("secure element: {e:#}"))?;
+        Ok(csr)
     }
 
     /// Checks a pack the way the device's firmware would before writing it.
@@ -174,10 +269,23 @@ impl Device {
                 pack.device_id, self.id
             ));
         }
+        let device_key = pack.key_pem.is_none();
+        let key_pem = match &pack.key_pem {
+            Some(key) => key.clone(),
+            None if !self.keygen => {
+                return Err("the pack holds no key, and this device has no secure element that generated one".into())
+            }
+            None => std::fs::read_to_string(self.pending_key())
+                .or_else(|_| std::fs::read_to_string(self.secure_key()))
+                .map_err(|_| {
+                    "the pack holds no key, and this device generated none (ask it to generate-key first)"
+                        .to_string()
+                })?,
+        };
         let parsed = Pack {
             root_pem: pack.root_pem.clone(),
             chain_pem: pack.chain_pem.clone(),
-            key_pem: zeroize::Zeroizing::new(pack.key_pem.clone()),
+            key_pem: zeroize::Zeroizing::new(key_pem),
         };
         let identity = parsed
             .identity()
@@ -193,22 +301,41 @@ impl Device {
             .map_err(|e| format!("the pack's key is unusable: {e:#}"))?;
         let cert = parsed.device_cert_der().map_err(|e| format!("{e:#}"))?;
         let probe = b"self-test";
-        crate::link::pop::sign(&key, probe)
-            .and_then(|sig| crate::link::pop::verify(&cert, probe, &sig))
-            .map_err(|_| "the pack's key does not belong to its certificate".to_string())?;
+        let lying = device_key && self.keygen_lies;
+        if !lying {
+            crate::link::pop::sign(&key, probe)
+                .and_then(|sig| crate::link::pop::verify(&cert, probe, &sig))
+                .map_err(|_| {
+                    if device_key {
+                        "the certificate is not for the key this device generated".to_string()
+                    } else {
+                        "the pack's key does not belong to its certificate".to_string()
+                    }
+                })?;
+        }
         Ok(parsed)
     }
 
     /// Writes the identity into flash: a complete new folder, synced, swapped in
     /// by renames; [`Self::recover_flash`] repairs a swap cut short.
-    pub fn write_flash(&self, pack: &Pack) -> anyhow::Result<()> {
+    /// A pack whose key the device generated goes into flash without it;
+    /// its pending key becomes the secure element's key.
+    pub fn write_flash(&self, pack: &Pack, device_key: bool) -> anyhow::Result<()> {
         let flash = Self::flash(&self.dir);
         let new = self.new_flash();
         let _ = std::fs::remove_dir_all(&new);
         std::fs::create_dir(&new).with_context(|| format!("cannot create {}", new.display()))?;
         write_synced(&new.join(ROOT_FILE), pack.root_pem.as_bytes(), 0o644)?;
         write_synced(&new.join(CHAIN_FILE), pack.chain_pem.as_bytes(), 0o644)?;
-        write_synced(&new.join(KEY_FILE), pack.key_pem.as_bytes(), 0o600)?;
+        if device_key {
+            if self.pending_key().exists() {
+                std::fs::rename(self.pending_key(), self.secure_key())
+                    .context("cannot keep the generated key in the secure element")?;
+                sync_dir(&Self::secure(&self.dir))?;
+            }
+        } else {
+            write_synced(&new.join(KEY_FILE), pack.key_pem.as_bytes(), 0o600)?;
+        }
         sync_dir(&new)?;
         if flash.exists() {
             std::fs::rename(&flash, self.old_flash()).context("cannot move the old flash aside")?;
@@ -331,7 +458,25 @@ impl Device {
                     Ok(sig) => vec![Answer::Signature(sig)],
                     Err(e) => vec![Answer::Fault(e)],
                 },
+                Request::GenerateKey(request) => match self.generate_key(&request, faults) {
+                    Ok(_) if faults.drop_after_keygen => {
+                        events("generated a key, dropping the link before answering (fault knob)");
+                        return SessionEnd::Dropped;
+                    }
+                    Ok(csr) => {
+                        events(&format!(
+                            "generated a {} key; sent its CSR",
+                            request.algorithm
+                        ));
+                        vec![Answer::Csr(csr)]
+                    }
+                    Err(e) => {
+                        events(&format!("generate-key refused: {e}"));
+                        vec![Answer::Fault(e)]
+                    }
+                },
                 Request::Write(pack) => {
+                    let device_key = pack.key_pem.is_none();
                     match self.check_pack(&pack) {
                         Err(reason) => {
                             events(&format!("write refused: {reason}"));
@@ -350,7 +495,7 @@ impl Device {
                                 events(&format!("write failed (fault knob): {reason}"));
                                 vec![Answer::Failed(reason.clone())]
                             } else {
-                                match self.write_flash(&pack) {
+                                match self.write_flash(&pack, device_key) {
                                     Ok(()) => {
                                         events(&format!(
                                             "written: {}",

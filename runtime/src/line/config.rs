@@ -6,6 +6,8 @@
 //! ```toml
 //! name = "line-1"                      # shown in operator lines and logs
 //! state_dir = "state"                  # the outbox of undelivered results
+//! factory = "factory.toml"             # models and where their keys are born
+//!                                      # (default: factory.toml in [scripts] dir)
 //!
 //! [station]
 //! url = "https://station.factory:7443"
@@ -51,6 +53,8 @@ struct RawConfig {
     plugins: RawPlugins,
     #[serde(default)]
     scripts: Option<RawScripts>,
+    #[serde(default)]
+    factory: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +139,9 @@ pub struct LineConfig {
     pub write_timeout: Duration,
     pub plugin_dir: PathBuf,
     pub script_dir: Option<PathBuf>,
+    /// The factory's `factory.toml` (which models generate their keys in the
+    /// device): `factory`, else `factory.toml` in the script folder if there.
+    pub factory_file: Option<PathBuf>,
 }
 
 fn millis(what: &str, ms: u64, min: u64, max: u64) -> anyhow::Result<Duration> {
@@ -232,8 +239,19 @@ impl LineConfig {
                 3_600_000,
             )?,
             plugin_dir: at(&raw.plugins.dir),
+            factory_file: match (&raw.factory, &raw.scripts) {
+                (Some(file), _) => Some(at(file)),
+                (None, Some(s)) => Some(at(&s.dir).join(crate::script::factory::FACTORY_FILE))
+                    .filter(|f| f.exists()),
+                (None, None) => None,
+            },
             script_dir: raw.scripts.map(|s| at(&s.dir)),
         };
+        if let Some(file) = &config.factory_file {
+            if !file.is_file() {
+                anyhow::bail!("factory = {} is not a file", file.display());
+            }
+        }
         if !config.plugin_dir.is_dir() {
             anyhow::bail!(
                 "[plugins] dir {} does not exist or is not a folder",

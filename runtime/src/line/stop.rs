@@ -92,6 +92,21 @@ pub(super) fn take_refusal(e: &ClientError, id: &DeviceId, url: &str) -> Stop {
                 format!("the station's stored certificate for {id} is damaged and kept out of use; nothing was written"),
                 "set the device aside and ask the station administrator",
             ),
+            codes::CA_UNREACHABLE => refused(
+                "ca_unreachable",
+                format!("CA unreachable, retry: the station could not get {id}'s certificate signed ({message}); nothing was signed or written"),
+                "leave the device connected and scan it again in a minute; if it repeats, tell the shift lead the CA is down",
+            ),
+            codes::BAD_CSR => refused(
+                "bad_csr",
+                format!("the device's key request for {id} was refused: {message}; nothing was signed or written"),
+                "scan the device again (it generates a fresh key); if it repeats, set it aside for repair",
+            ),
+            codes::DEVICE_KEYGEN_MODEL | codes::CA_KEYGEN_MODEL => refused(
+                "keygen_mismatch",
+                format!("the station and this line disagree on where {model}'s keys are born: {message}; nothing was written"),
+                "set the device aside and call the line engineer (factory.toml keygen for the model)",
+            ),
             codes::WRONG_STATE => refused(
                 "wrong_state",
                 format!("the station has a result pending for {id} ({message}); nothing was written"),
@@ -147,6 +162,12 @@ pub(super) fn write_failure(e: &OpError, id: &DeviceId) -> Stop {
             "possession_failed",
             format!("the device could not prove it holds the new key: {detail}"),
             retry,
+        ),
+        Fault::Csr { detail } => stop(
+            Status::Refused,
+            "bad_csr",
+            format!("the device's key request for {id} cannot be signed: {detail}; nothing was signed or written"),
+            "scan the device again (it generates a fresh key); if it repeats, set it aside for repair",
         ),
         Fault::Trap { .. }
         | Fault::OutOfFuel { .. }

@@ -3,7 +3,15 @@
 //! fingerprint, proof of possession in one plugin session), commit the
 //! results to the outbox and deliver them. Every step has a timeout; every
 //! failure becomes one operator [`Report`] (worded in `stop.rs`).
+//!
+//! For a model whose devices generate their own key (`keygen = "device"` in
+//! the factory's `factory.toml`), the take is replaced by: the device
+//! generates a key and answers a CSR (checked here: signature, algorithm),
+//! the station has the CA sign it; the write then installs the certificate
+//! for the key the device holds, and the proof of possession with a fresh
+//! challenge shows the device holds that key.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -19,11 +27,14 @@ use crate::link::{self, DeviceLink};
 use crate::pki::credential::Credential;
 use crate::pki::id::DeviceId;
 use crate::pki::pack::Pack;
+use crate::pki::profile::{KeyAlgorithm, Keygen};
 use crate::pki::role::Role;
 use crate::plugin::folder::PluginFolder;
 use crate::plugin::{Limits, PluginEngine, Precheck, WriteJob};
+use crate::script::factory::FactoryConfig;
 use crate::service::client::{ClientError, ServiceClient};
-use crate::wire::station::{self as api, TakeRequest, TakeResponse};
+use crate::wire::station::{self as api, SignRequest, TakeRequest, TakeResponse};
+use base64::Engine;
 
 /// Everything built from one configuration. A reload builds a new one and
 /// swaps it in only if it built.
@@ -34,6 +45,22 @@ pub struct Setup {
     pub plugins: Arc<PluginFolder>,
     /// The line's name in its credential.
     pub credential_name: String,
+    /// Models whose devices generate their own key, with the key algorithm
+    /// of their profile (from the factory's `factory.toml`).
+    pub device_keygen: BTreeMap<String, KeyAlgorithm>,
+}
+
+/// The device-keygen models of the factory the line's scripts belong to.
+fn device_keygen_models(config: &LineConfig) -> anyhow::Result<BTreeMap<String, KeyAlgorithm>> {
+    let Some(file) = &config.factory_file else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(FactoryConfig::read(file)?
+        .models
+        .into_iter()
+        .filter(|(_, m)| m.certificate && m.keygen == Keygen::Device)
+        .map(|(code, m)| (code, m.profile.key))
+        .collect())
 }
 
 impl Setup {
@@ -73,12 +100,22 @@ impl Setup {
                 folder
             }
         };
+        let device_keygen = device_keygen_models(&config)?;
+        for model in device_keygen.keys() {
+            if let Some(Err(refusal)) = plugins
+                .for_model(model)
+                .map(|p| p.check_device_keygen(model))
+            {
+                tracing::warn!(target: "certline::line", "refused for model {model}: {refusal}");
+            }
+        }
         Ok(Setup {
             client,
             link_tls,
             plugins,
             credential_name: cred.name().to_string(),
             config,
+            device_keygen,
         })
     }
 
@@ -251,6 +288,16 @@ impl Steps<'_> {
                 "check the model code on the plate; if it is right, ask the line engineer to install the plugin for it",
             )
         })?;
+        if self.setup.device_keygen.contains_key(id.model()) {
+            plugin.check_device_keygen(id.model()).map_err(|refusal| {
+                stop(
+                    Status::Refused,
+                    "plugin_too_old",
+                    format!("{refusal}; nothing was written"),
+                    "set the device aside and call the line engineer (the plugin for this model needs a newer interface)",
+                )
+            })?;
+        }
 
         // 2. The device on the link, and who it says it is.
         let mut device: Box<dyn DeviceLink> = match link::connect(
@@ -304,8 +351,27 @@ impl Steps<'_> {
             ));
         }
 
-        // 3. Its pack from the station.
-        let pack = self.take(id)?;
+        // 3. Its pack from the station; or, for a key born in the device,
+        // the device's CSR signed through the station.
+        let pack = match self.setup.device_keygen.get(id.model()) {
+            None => self.take(id)?,
+            Some(algorithm) => {
+                let csr = plugin.generate_key(device, id, *algorithm).map_err(|e| {
+                    let mut s = write_failure(&e, id);
+                    if s.status == Status::Failed {
+                        // Nothing was signed: nothing to report to the station.
+                        s.status = Status::Refused;
+                        s.message = format!(
+                            "the device did not give a usable key request: {}; nothing was signed or written",
+                            s.message
+                        );
+                    }
+                    s
+                })?;
+                step(report, "keygen");
+                self.sign(id, &csr)?
+            }
+        };
         tracing::info!(target: "certline::line", %id, serial = %pack.serial, again = pack.again, "pack taken; writing it to the device");
         report.serial = Some(pack.serial.clone());
         step(report, "take");
@@ -402,6 +468,24 @@ impl Steps<'_> {
         answer.map_err(|e| take_refusal(&e, id, client.base()))
     }
 
+    /// Has the station get the device's CSR signed by the CA; a dropped
+    /// keep-alive connection gets one immediate retry (the station answers
+    /// it by superseding what the first attempt signed).
+    fn sign(&self, id: &DeviceId, csr: &[u8]) -> Result<TakeResponse, Stop> {
+        let request = SignRequest {
+            id: id.to_string(),
+            csr: base64::engine::general_purpose::STANDARD.encode(csr),
+        };
+        let client = &self.setup.client;
+        let rt = &self.delivery.rt;
+        let mut answer: Result<TakeResponse, ClientError> =
+            rt.block_on(client.post(api::SIGN, &request));
+        if matches!(answer, Err(ClientError::Unreachable { .. })) {
+            answer = rt.block_on(client.post(api::SIGN, &request));
+        }
+        answer.map_err(|e| take_refusal(&e, id, client.base()))
+    }
+
     /// Whether the device on the cable holds the interrupted write's
     /// certificate and can use its key; its fingerprint if so, else why not.
     fn check_interrupted(&self, w: &Interrupted) -> Result<String, String> {
@@ -472,9 +556,13 @@ fn checked_job(pack: &TakeResponse, id: &DeviceId) -> anyhow::Result<WriteJob> {
     let p = Pack {
         root_pem: pack.root_pem.clone(),
         chain_pem: pack.chain_pem.clone(),
-        key_pem: Zeroizing::new(pack.key_pem.to_string()),
+        key_pem: pack.key_pem.clone().unwrap_or_default(),
     };
-    let job = WriteJob::new(&p)?;
+    // No key: a certificate for the key the device generated itself.
+    let job = match &pack.key_pem {
+        Some(_) => WriteJob::new(&p)?,
+        None => WriteJob::for_device_key(&p)?,
+    };
     if job.device_id != *id {
         anyhow::bail!("its certificate names {}, not {id}", job.device_id);
     }

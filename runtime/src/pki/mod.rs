@@ -7,6 +7,7 @@
 pub mod authority;
 pub mod credential;
 pub mod crl;
+pub mod csr;
 pub mod device_cert;
 pub mod id;
 pub mod identity;

@@ -22,6 +22,28 @@ impl KeyAlgorithm {
     }
 }
 
+/// Where a model's device keys are born. `ca` (the default): the CA
+/// generates the key and the pack carries it to the device. `device`: the
+/// device generates its key in its own protected store and proves it with a
+/// PKCS#10 request (`pki::csr`); no key of such a model ever exists at the
+/// CA or the station.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Keygen {
+    #[default]
+    Ca,
+    Device,
+}
+
+impl Keygen {
+    pub fn name(self) -> &'static str {
+        match self {
+            Keygen::Ca => "ca",
+            Keygen::Device => "device",
+        }
+    }
+}
+
 /// The 802.1AR-style "lives as long as the device" notAfter: 99991231235959Z.
 pub const FOREVER: time::OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 

@@ -140,6 +140,23 @@ impl Plugin {
     pub fn serves(&self, model: &str) -> bool {
         self.info.models.iter().any(|m| m == model)
     }
+
+    /// Refuses this plugin for a model whose devices generate their own key
+    /// when it was built against an interface without `generate-key`.
+    pub fn check_device_keygen(&self, model: &str) -> Result<(), String> {
+        if self.interface >= bindings::DEVICE_KEYGEN {
+            return Ok(());
+        }
+        Err(format!(
+            "plugin {} ({}) exports {}@{}, but model {model} generates its keys in the device (keygen = \"device\"), which needs {}@{} or newer (generate-key); rebuild the plugin against the newer interface or set keygen = \"ca\" for {model}",
+            self.info.name,
+            self.path.display(),
+            bindings::PACKAGE,
+            self.interface,
+            bindings::PACKAGE,
+            bindings::DEVICE_KEYGEN,
+        ))
+    }
 }
 
 /// Why a device operation failed.
@@ -176,6 +193,8 @@ pub enum Fault {
     ReadBack { detail: String },
     #[error("proof of possession failed: {detail}")]
     Possession { detail: String },
+    #[error("the device's certificate signing request cannot be used: {detail}")]
+    Csr { detail: String },
     #[error("host error: {0}")]
     Host(String),
 }
@@ -212,6 +231,16 @@ impl WriteJob {
     }
 
     pub fn new(pack: &Pack) -> anyhow::Result<WriteJob> {
+        Self::with_key(pack, true)
+    }
+
+    /// A job that installs the pack's certificate for the key the device
+    /// generated itself (`keygen = "device"`): the pack's key is not sent.
+    pub fn for_device_key(pack: &Pack) -> anyhow::Result<WriteJob> {
+        Self::with_key(pack, false)
+    }
+
+    fn with_key(pack: &Pack, send_key: bool) -> anyhow::Result<WriteJob> {
         let cert_der = pack.device_cert_der()?;
         let identity = pack.identity()?;
         Ok(WriteJob {
@@ -222,7 +251,7 @@ impl WriteJob {
                 device_id: identity.id.to_string(),
                 root_pem: pack.root_pem.clone(),
                 chain_pem: pack.chain_pem.clone(),
-                key_pem: pack.key_pem.to_string(),
+                key_pem: send_key.then(|| pack.key_pem.to_string()),
             },
         })
     }

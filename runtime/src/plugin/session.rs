@@ -12,6 +12,7 @@ use super::sandbox::{plugin_text, HostState, Violation};
 use super::{DeviceIdentity, Fault, OpError, Plugin, Precheck, WriteJob, WriteReport, EPOCH_TICK};
 use crate::link::{DeviceLink, LinkFailure};
 use crate::pki::id::DeviceId;
+use crate::pki::profile::KeyAlgorithm;
 
 /// One store with one instance: the calls of one device operation.
 pub(super) struct Session<'p> {
@@ -108,6 +109,19 @@ impl Plugin {
         self.with_session(self.name(), Some(link), |s| {
             s.verify(&id.to_string(), &fingerprint, cert_der)
         })
+    }
+
+    /// Has the device generate a key of `algorithm` for `id` and return its
+    /// CSR (DER), checked here: at most 16 KiB, DER, a signature that
+    /// verifies with the key it carries (the device holds that key), the
+    /// requested algorithm. Its names are never used.
+    pub fn generate_key(
+        &self,
+        link: &mut Box<dyn DeviceLink>,
+        id: &DeviceId,
+        algorithm: KeyAlgorithm,
+    ) -> Result<Vec<u8>, OpError> {
+        self.with_session(self.name(), Some(link), |s| s.generate_key(id, algorithm))
     }
 
     /// Store creation, instantiation and one trivial call, without a device:
@@ -287,6 +301,26 @@ impl Session<'_> {
             device_id: id.device_id,
             fingerprint: id.fingerprint,
         })
+    }
+
+    fn generate_key(&mut self, id: &DeviceId, algorithm: KeyAlgorithm) -> Result<Vec<u8>, OpError> {
+        let request = bindings::KeyRequest {
+            device_id: id.to_string(),
+            algorithm: match algorithm {
+                KeyAlgorithm::P256 => bindings::KeyAlgorithm::P256,
+                KeyAlgorithm::P384 => bindings::KeyAlgorithm::P384,
+                KeyAlgorithm::Ed25519 => bindings::KeyAlgorithm::Ed25519,
+            },
+        };
+        let der = self.device_call("generate-key", |inst, store, link| {
+            inst.generate_key(store, link, &request)
+        })?;
+        if let Err(e) = crate::pki::csr::verify_for(&der, algorithm) {
+            return Err(self.fail(Fault::Csr {
+                detail: e.to_string(),
+            }));
+        }
+        Ok(der)
     }
 
     fn write(

@@ -1,5 +1,6 @@
 //! `factory.toml`: the lines a factory runs and the model codes it builds,
-//! with whether each carries an identity certificate and with which profile.
+//! with whether each carries an identity certificate, with which profile,
+//! and where its keys are born (`keygen`).
 //! Scripts see the models as `host.models`.
 
 use std::collections::BTreeMap;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::pki::id::check_model;
-use crate::pki::profile::CertProfile;
+use crate::pki::profile::{CertProfile, Keygen};
 
 pub const FACTORY_FILE: &str = "factory.toml";
 
@@ -43,6 +44,10 @@ pub struct FactoryModel {
     pub certificate: bool,
     #[serde(default)]
     pub profile: CertProfile,
+    /// Where the device's key is born: `ca` (the default) or `device`
+    /// (the line asks the device's plugin for a CSR).
+    #[serde(default)]
+    pub keygen: Keygen,
 }
 
 fn yes() -> bool {

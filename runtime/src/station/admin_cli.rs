@@ -451,12 +451,13 @@ fn print_device(report: &DeviceReport) {
 fn print_stock(report: &StockReport) {
     println!("stock on {} (today)", report.day);
     println!(
-        "  {:<8} {:>5} {:>8} {:>8} {:>10} {:>10} {:>12} {:>9} {:>11} {:>9}",
+        "  {:<8} {:>6} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>11} {:>9}",
         "model",
-        "cert",
+        "keys",
         "planned",
         "in stock",
         "handed out",
+        "signed today",
         "used today",
         "failed today",
         "replaced",
@@ -465,12 +466,18 @@ fn print_stock(report: &StockReport) {
     );
     for m in &report.models {
         println!(
-            "  {:<8} {:>5} {:>8} {:>8} {:>10} {:>10} {:>12} {:>9} {:>11} {:>9}",
+            "  {:<8} {:>6} {:>8} {:>8} {:>10} {:>12} {:>10} {:>12} {:>9} {:>11} {:>9}",
             m.model,
-            if m.certificate { "yes" } else { "no" },
+            // Where the keys are born: packs from the CA, or CSRs from the devices.
+            match (m.certificate, m.keygen) {
+                (false, _) => "none",
+                (true, crate::pki::profile::Keygen::Ca) => "ca",
+                (true, crate::pki::profile::Keygen::Device) => "device",
+            },
             m.planned_today,
             m.in_stock,
             m.handed_out,
+            m.signed_today,
             m.used_today,
             m.failed_today,
             m.replaced_today,

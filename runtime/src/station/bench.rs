@@ -175,6 +175,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             admin_user: "admin".into(),
             models: vec!["BENCH".into()],
             models_without_certificate: vec![],
+            models_device_keygen: vec![],
             retention: if args.retention == "delete" {
                 super::config::RetentionAction::Delete
             } else {

@@ -67,6 +67,10 @@ pub struct InitArgs {
     /// A model code built without a certificate (kept in plans, skipped by the fetch).
     #[arg(long = "model-without-cert")]
     pub models_without_cert: Vec<String>,
+    /// A model (named with --model too) whose devices generate their own key
+    /// and send a CSR (keygen = "device"); nothing is fetched for it.
+    #[arg(long = "device-keygen-model")]
+    pub models_device_keygen: Vec<String>,
     /// What happens to a pack once written: flag (keep, marked) or delete (wipe the key).
     #[arg(long, value_parser = ["flag", "delete"], default_value = "flag")]
     pub retention: String,
@@ -185,6 +189,7 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             admin_user: args.admin_user,
             models: args.models,
             models_without_certificate: args.models_without_cert,
+            models_device_keygen: args.models_device_keygen,
             retention,
             chunk_size: args.chunk_size,
             handout_timeout_secs: args.handout_timeout,

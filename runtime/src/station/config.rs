@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use crate::pki::id::check_model;
-use crate::pki::profile::CertProfile;
+use crate::pki::profile::{CertProfile, Keygen};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +59,10 @@ pub struct ModelConfig {
     pub certificate: bool,
     #[serde(default)]
     pub profile: CertProfile,
+    /// Where the device's key is born: `ca` (a pack with the key, fetched
+    /// ahead) or `device` (the device sends a CSR when it is on the line).
+    #[serde(default)]
+    pub keygen: Keygen,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -323,6 +327,11 @@ impl StationConfig {
         self.models.get(model).is_some_and(|m| m.certificate)
     }
 
+    /// Where the keys of a model's devices are born (`ca` for an unknown model).
+    pub fn keygen(&self, model: &str) -> Keygen {
+        self.models.get(model).map(|m| m.keygen).unwrap_or_default()
+    }
+
     /// Minutes after midnight for the scheduled fetch.
     pub fn fetch_minute(&self) -> Option<u32> {
         self.fetch_at.as_deref().and_then(|t| parse_clock(t).ok())
@@ -370,6 +379,7 @@ mod tests {
             ModelConfig {
                 certificate: true,
                 profile: Default::default(),
+                keygen: Default::default(),
             },
         );
         assert!(config.validate().unwrap_err().starts_with("models"));

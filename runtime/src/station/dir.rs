@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 use super::config::{ModelConfig, StationConfig};
 use crate::pki::credential::Credential;
 use crate::pki::pack::write_private_file;
+use crate::pki::profile::Keygen;
 use crate::pki::role::Role;
 use crate::pki::seal::{self, KdfParams, Kek};
 use crate::pki::{pem_blocks, to_pem};
@@ -50,6 +51,8 @@ pub struct InitOptions {
     pub admin_user: String,
     pub models: Vec<String>,
     pub models_without_certificate: Vec<String>,
+    /// Models (also in `models`) whose devices generate their own key.
+    pub models_device_keygen: Vec<String>,
     pub retention: super::config::RetentionAction,
     pub chunk_size: Option<usize>,
     pub handout_timeout_secs: Option<u64>,
@@ -112,8 +115,17 @@ pub fn init(
                 ModelConfig {
                     certificate,
                     profile: Default::default(),
+                    keygen: Default::default(),
                 },
             );
+        }
+    }
+    for model in &options.models_device_keygen {
+        match config.models.get_mut(model) {
+            Some(m) if m.certificate => m.keygen = Keygen::Device,
+            _ => anyhow::bail!(
+                "--device-keygen-model {model}: name it with --model too (a model with a certificate)"
+            ),
         }
     }
     config.validate().map_err(anyhow::Error::msg)?;

@@ -5,6 +5,8 @@ pub const POINTS: &[&str] = &[
     "fetch-before-store",
     "fetch-after-store",
     "take-after-commit",
+    "sign-after-ca",
+    "sign-after-commit",
     "received-after-commit",
     "written-after-commit",
     "failed-after-commit",

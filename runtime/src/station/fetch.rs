@@ -20,6 +20,7 @@ use super::station::pack_aad;
 use super::Station;
 use crate::pki::credential::Credential;
 use crate::pki::crl::Reason;
+use crate::pki::profile::Keygen;
 use crate::pki::seal::Kek;
 use crate::pki::{fingerprint, pem_blocks};
 use crate::service::client::{ClientError, ServiceClient};
@@ -73,6 +74,10 @@ impl CaLink {
 
     pub fn url(&self) -> &str {
         self.client.base()
+    }
+
+    pub fn client(&self) -> &ServiceClient {
+        &self.client
     }
 }
 
@@ -169,8 +174,9 @@ fn check_and_seal(
             serial,
             fingerprint: issued.fingerprint.clone(),
             cert_pem: issued.cert_pem.clone(),
-            sealed_key,
+            sealed_key: Some(sealed_key),
             replaces: replaces.map(str::to_string),
+            device_key: false,
         });
     }
     Ok(Ready {
@@ -232,10 +238,14 @@ pub async fn fetch(
         };
         let mut ids = Vec::new();
         let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
+        let mut device_keygen: BTreeMap<String, usize> = BTreeMap::new();
         for day in &wanted_days {
             for row in station.stock.plan_between(day, day)? {
                 if !station.config.carries_certificate(&row.model) {
                     *skipped.entry(row.model).or_default() += 1;
+                } else if station.config.keygen(&row.model) == Keygen::Device {
+                    // Signed when the device is on the line (its CSR); nothing to fetch.
+                    *device_keygen.entry(row.model).or_default() += 1;
                 } else if !row.discarded {
                     ids.push(row.id);
                 }
@@ -244,6 +254,11 @@ pub async fn fetch(
         for (model, n) in skipped {
             report.notes.push(format!(
                 "model {model}: {n} planned id(s) carry no certificate; skipped"
+            ));
+        }
+        for (model, n) in device_keygen {
+            report.notes.push(format!(
+                "model {model}: {n} planned id(s) generate their key in the device; signed on the line, not fetched"
             ));
         }
         report.planned = ids.len();
@@ -484,6 +499,7 @@ async fn replace(shared: &Shared, ca: &CaLink, item: &QueueRow) -> anyhow::Resul
                 cert_pem: p.cert_pem.clone(),
                 sealed_key: p.sealed_key.clone(),
                 replaces: Some(item.serial.clone()),
+                device_key: false,
             });
             let packs: Vec<NewPack> = packs.by_ref().collect();
             detail["new_serial"] = packs.first().map(|p| p.serial.clone()).into();

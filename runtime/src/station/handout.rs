@@ -11,6 +11,7 @@ use super::retention::Decision;
 use super::sweeps::{decide_within, retain, WRITTEN_DECISION_WAIT};
 use super::Station;
 use crate::pki::id::DeviceId;
+use crate::pki::profile::Keygen;
 use crate::store::stock::{
     apply, now_unix, unix_text, Event, EventContext, PackRow, PackState, QueueKind, Stock,
 };
@@ -30,51 +31,13 @@ fn bad_request(message: impl Into<String>) -> StationError {
 
 impl Station {
     pub fn take(&mut self, line: &str, id_text: &str) -> Result<TakeResponse, StationError> {
-        let id = DeviceId::parse(id_text).map_err(|e| bad_request(e.to_string()))?;
+        let id = self.admit(id_text, Keygen::Ca)?;
         let id_text = id.to_string();
-        match self.config.model(id.model()) {
-            None => {
-                return Err(not_found(
-                    codes::UNKNOWN_MODEL,
-                    format!(
-                        "model code {} is not configured at this station; {id_text} cannot get a certificate here",
-                        id.model()
-                    ),
-                ))
-            }
-            Some(model) if !model.certificate => {
-                return Err(conflict(
-                    codes::NO_CERTIFICATE_MODEL,
-                    format!(
-                        "model {} is built without a certificate; do not provision {id_text}",
-                        id.model()
-                    ),
-                ))
-            }
-            Some(_) => {}
-        }
-        let plan = self.stock.plan_entry(&id_text)?.ok_or_else(|| {
-            not_found(
-                codes::NOT_IN_PLAN,
-                format!("{id_text} is in no production plan at this station"),
-            )
-        })?;
-        if plan.discarded {
-            return Err(conflict(
-                codes::DISCARDED,
-                format!("the leftover pack of {id_text} was discarded by an administrator; re-plan it to build it"),
-            ));
-        }
-        let today = day_text(self.today());
-        if plan.day != today && !plan.rework {
-            return Err(conflict(
-                codes::NOT_PLANNED_TODAY,
-                format!(
-                    "{id_text} is planned for {}, not for today ({today})",
-                    plan.day
-                ),
-            ));
-        }
+        let plan_day = self
+            .stock
+            .plan_entry(&id_text)?
+            .map(|p| p.day)
+            .unwrap_or_default();
         let Some(pack) = self.stock.live_pack(&id_text)? else {
             let waiting = self
                 .stock
@@ -95,7 +58,7 @@ impl Station {
                 ),
                 None => not_found(
                     codes::NOT_IN_STOCK,
-                    format!("{id_text} is planned for {} but its pack has not been fetched yet (certline station fetch)", plan.day),
+                    format!("{id_text} is planned for {plan_day} but its pack has not been fetched yet (certline station fetch)"),
                 ),
             });
         };
@@ -129,7 +92,7 @@ impl Station {
                 )?;
                 tx.commit()?;
                 point("take-after-commit");
-                self.take_response(&pack, key, now, due, false)
+                self.take_response(&pack, Some(key), now, due, false)
             }
             PackState::HandedOut if pack.line.as_deref() == Some(line) => {
                 // The same line asking again (its answer was lost): same pack.
@@ -140,7 +103,7 @@ impl Station {
                     &serde_json::json!({"id": pack.id, "serial": pack.serial}),
                 )?;
                 let (taken, due) = (pack.taken_at.unwrap_or(now), pack.due_at.unwrap_or(now));
-                self.take_response(&pack, key, taken, due, true)
+                self.take_response(&pack, Some(key), taken, due, true)
             }
             PackState::HandedOut | PackState::Received => {
                 let holder = pack.line.clone().unwrap_or_default();
@@ -160,15 +123,9 @@ impl Station {
                     ))
                 }
             }
-            PackState::Written | PackState::Flagged | PackState::Deleted => Err(conflict(
-                codes::ALREADY_WRITTEN,
-                format!(
-                    "{id_text} already has its certificate (serial {}) written by line {} at {}; an administrator can authorise a rework",
-                    pack.serial,
-                    pack.line.clone().unwrap_or_default(),
-                    pack.written_at.map(unix_text).unwrap_or_default()
-                ),
-            )),
+            PackState::Written | PackState::Flagged | PackState::Deleted => {
+                Err(already_written(&pack))
+            }
             other => Err(StationError::Internal(anyhow::anyhow!(
                 "live pack {} in state {other}",
                 pack.serial
@@ -176,10 +133,81 @@ impl Station {
         }
     }
 
-    fn take_response(
+    /// The checks every hand-out starts with, for a take (`keygen` ca) or a
+    /// signing (`keygen` device): a good id of a configured model with a
+    /// certificate whose keys are born where the caller expects, planned
+    /// for today (or authorised for rework), not discarded.
+    pub(super) fn admit(&self, id_text: &str, keygen: Keygen) -> Result<DeviceId, StationError> {
+        let id = DeviceId::parse(id_text).map_err(|e| bad_request(e.to_string()))?;
+        let id_text = id.to_string();
+        match self.config.model(id.model()) {
+            None => {
+                return Err(not_found(
+                    codes::UNKNOWN_MODEL,
+                    format!(
+                        "model code {} is not configured at this station; {id_text} cannot get a certificate here",
+                        id.model()
+                    ),
+                ))
+            }
+            Some(model) if !model.certificate => {
+                return Err(conflict(
+                    codes::NO_CERTIFICATE_MODEL,
+                    format!(
+                        "model {} is built without a certificate; do not provision {id_text}",
+                        id.model()
+                    ),
+                ))
+            }
+            Some(model) if model.keygen != keygen => {
+                return Err(match model.keygen {
+                    Keygen::Device => conflict(
+                        codes::DEVICE_KEYGEN_MODEL,
+                        format!(
+                            "model {} generates its keys in the device (keygen = \"device\" at this station): the line sends the device's CSR, it takes no pack; set keygen = \"device\" for {} in the line's factory.toml",
+                            id.model(), id.model()
+                        ),
+                    ),
+                    Keygen::Ca => conflict(
+                        codes::CA_KEYGEN_MODEL,
+                        format!(
+                            "model {} gets its keys from the CA (keygen = \"ca\" at this station): the line takes its pack, it sends no CSR; set keygen = \"ca\" for {} in the line's factory.toml",
+                            id.model(), id.model()
+                        ),
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        let plan = self.stock.plan_entry(&id_text)?.ok_or_else(|| {
+            not_found(
+                codes::NOT_IN_PLAN,
+                format!("{id_text} is in no production plan at this station"),
+            )
+        })?;
+        if plan.discarded {
+            return Err(conflict(
+                codes::DISCARDED,
+                format!("the leftover pack of {id_text} was discarded by an administrator; re-plan it to build it"),
+            ));
+        }
+        let today = day_text(self.today());
+        if plan.day != today && !plan.rework {
+            return Err(conflict(
+                codes::NOT_PLANNED_TODAY,
+                format!(
+                    "{id_text} is planned for {}, not for today ({today})",
+                    plan.day
+                ),
+            ));
+        }
+        Ok(id)
+    }
+
+    pub(super) fn take_response(
         &self,
         pack: &PackRow,
-        key_pem: Zeroizing<String>,
+        key_pem: Option<Zeroizing<String>>,
         taken: i64,
         due: i64,
         again: bool,
@@ -426,4 +454,18 @@ fn report(pack: &PackRow, state: PackState, replacement: Option<String>) -> Repo
         state,
         replacement,
     }
+}
+
+/// The refusal for an id whose certificate is already in its device.
+pub(super) fn already_written(pack: &PackRow) -> StationError {
+    conflict(
+        codes::ALREADY_WRITTEN,
+        format!(
+            "{} already has its certificate (serial {}) written by line {} at {}; an administrator can authorise a rework",
+            pack.id,
+            pack.serial,
+            pack.line.clone().unwrap_or_default(),
+            pack.written_at.map(unix_text).unwrap_or_default()
+        ),
+    )
 }

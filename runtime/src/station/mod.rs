@@ -3,7 +3,8 @@
 //!
 //! - the station itself ([`station`]: open, keys, stock check) and its
 //!   refusals ([`error`]: a kind and a stable code, no transport);
-//! - what it does: the line API ([`handout`]), the sweeps ([`sweeps`]), the admin's
+//! - what it does: the line API ([`handout`], and [`csr`] for models whose
+//!   devices generate their own key), the sweeps ([`sweeps`]), the admin's
 //!   changes ([`admin`]) behind the login ([`login`]), the admin's reports
 //!   ([`reports`]), production plans and the drop folder ([`plan`]),
 //!   retention ([`retention`]);
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crl;
+pub mod csr;
 pub mod dir;
 pub mod error;
 pub mod failpoint;

@@ -24,6 +24,7 @@ impl Station {
                 .or_insert_with(|| ModelStock {
                     model: model.to_string(),
                     certificate: self.config.carries_certificate(model),
+                    keygen: self.config.keygen(model),
                     ..Default::default()
                 })
                 .model
@@ -54,6 +55,10 @@ impl Station {
             m.used_today = used;
             m.failed_today = failed;
             m.replaced_today = replaced;
+        }
+        for (model, n) in self.stock.signed_counts(from, to)? {
+            entry(&mut models, &model);
+            models.get_mut(&model).expect("inserted").signed_today = n;
         }
         let queue = self.stock.queue()?;
         for item in &queue {

@@ -27,8 +27,8 @@ use crate::service::server::{ApiError, JsonBody, Peer};
 use crate::wire::station::{
     self as api, codes, AuditQuery, AuditReport, DeviceQuery, DeviceReport, DiscardReport,
     DiscardRequest, FailedRequest, Health, LoggedOut, LoginRequest, LoginResponse, QueueReport,
-    ReceivedRequest, ReportResponse, ReworkReport, ReworkRequest, StockReport, TakeRequest,
-    TakeResponse, WrittenRequest,
+    ReceivedRequest, ReportResponse, ReworkReport, ReworkRequest, SignRequest, StockReport,
+    TakeRequest, TakeResponse, WrittenRequest,
 };
 
 /// The HTTP status of each kind of refusal.
@@ -73,6 +73,9 @@ pub struct ServeState {
     pub lines_seen: Arc<Mutex<HashMap<String, String>>>,
     /// The station directory (drop folder, fetch lock).
     pub dir: PathBuf,
+    /// The CA, for forwarding devices' CSRs (`/v1/sign`); none in a state
+    /// built without one (which then refuses to sign: CA unreachable).
+    pub ca: Option<super::fetch::CaLink>,
 }
 
 impl ServeState {
@@ -89,6 +92,7 @@ impl ServeState {
             logins: Arc::new(logins),
             lines_seen: Arc::new(Mutex::new(HashMap::new())),
             dir,
+            ca: None,
         }
     }
 
@@ -102,7 +106,8 @@ impl ServeState {
         ca: &super::fetch::CaLink,
     ) -> anyhow::Result<ServeState> {
         let crl = Arc::new(CrlCache::open(dir, credential)?);
-        let state = ServeState::new(shared, crl, dir.to_path_buf());
+        let mut state = ServeState::new(shared, crl, dir.to_path_buf());
+        state.ca = Some(ca.clone());
         super::background::refresh_crl(&state, ca).await;
         Ok(state)
     }
@@ -168,6 +173,7 @@ fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 pub fn router(state: ServeState) -> Router {
     Router::new()
         .route(api::TAKE, post(take))
+        .route(api::SIGN, post(sign))
         .route(api::RECEIVED, post(received))
         .route(api::WRITTEN, post(written))
         .route(api::FAILED, post(failed))
@@ -196,6 +202,28 @@ async fn take(
         state.wake.notify_one();
     }
     Ok(Json(result?))
+}
+
+async fn sign(
+    State(state): State<ServeState>,
+    Extension(peer): Extension<Peer>,
+    JsonBody(request): JsonBody<SignRequest>,
+) -> Result<Json<TakeResponse>, ApiError> {
+    let line = state.line_of(&peer)?;
+    let Some(ca) = state.ca.clone() else {
+        return Err(StationError::refused(
+            super::error::Kind::Unavailable,
+            codes::CA_UNREACHABLE,
+            "CA unreachable, retry: this station serves without a CA connection",
+        )
+        .into());
+    };
+    let signed = super::csr::sign(&state.shared, &ca, &line, request).await;
+    if signed.is_ok() {
+        // A superseded certificate leaves a revocation in the queue.
+        state.wake.notify_one();
+    }
+    Ok(Json(signed?))
 }
 
 async fn received(

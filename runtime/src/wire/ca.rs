@@ -2,6 +2,9 @@
 //!
 //! `POST /v1/packs` (station): issue one pack per id, all or nothing.
 //! `POST /v1/replace` (station): a fresh pack for one id, revoking the one it replaces.
+//! `POST /v1/csr` (station): a certificate for one id whose device generated
+//! its key and proved it with a PKCS#10 request (`keygen = "device"`); the
+//! certificate is built from the id, never from the request's names.
 //! `POST /v1/revoke` (station): revoke by serial or device id.
 //! `POST /v1/lookup` (station): the live certificate of each id, to resume safely.
 //! `GET /v1/crl`, `GET /v1/crl/root` (anyone, no client certificate needed): DER CRLs.
@@ -24,6 +27,7 @@ use crate::pki::profile::CertProfile;
 
 pub const PACKS: &str = "/v1/packs";
 pub const REPLACE: &str = "/v1/replace";
+pub const CSR: &str = "/v1/csr";
 pub const REVOKE: &str = "/v1/revoke";
 pub const LOOKUP: &str = "/v1/lookup";
 pub const CRL: &str = "/v1/crl";
@@ -57,6 +61,10 @@ pub mod codes {
     pub const NOT_YOUR_CERTIFICATE: &str = "not_your_certificate";
     /// The caller's credential is not one this endpoint serves, or it was revoked.
     pub const FORBIDDEN: &str = "forbidden";
+    /// A device's certificate signing request cannot be signed: not a DER
+    /// PKCS#10 request, over 16 KiB, a signature that does not verify with
+    /// its key, or a key that is not the model profile's algorithm.
+    pub const BAD_CSR: &str = "bad_csr";
     /// The CA failed (a disk, the signer): nothing was issued.
     pub const INTERNAL: &str = "internal";
 }
@@ -141,6 +149,41 @@ impl PackBatch {
             chain_pem: format!("{}{}", issued.cert_pem, self.issuing_pem),
             key_pem: issued.key_pem.clone(),
         }
+    }
+}
+
+/// `POST /v1/csr`: sign the key of one device that generated it itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    /// `<model>-<serial>`: the only source of the certificate's names.
+    pub id: String,
+    /// The device's PKCS#10 request, DER in standard base64.
+    pub csr: String,
+    /// Serial (hex) of the id's valid certificate that this one replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// The model's profile, as in a batch; absent means the CA's configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<CertProfile>,
+}
+
+/// The answer to a [`CsrRequest`]: a certificate and its chain, no key (the
+/// device holds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedCert {
+    pub id: String,
+    pub serial: String,
+    pub fingerprint: String,
+    pub cert_pem: String,
+    pub issuing_pem: String,
+    pub root_pem: String,
+}
+
+impl SignedCert {
+    /// The device chain: the certificate then the issuing CA.
+    pub fn chain_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.issuing_pem)
     }
 }
 

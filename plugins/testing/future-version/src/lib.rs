@@ -1,4 +1,4 @@
-//! Test plugin built against `certline:device@0.2.0`, a newer minor version than
+//! Test plugin built against `certline:device@0.3.0`, a newer minor version than
 //! the host supports.
 
 wit_bindgen::generate!({ path: "wit", world: "plugin" });

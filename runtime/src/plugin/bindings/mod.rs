@@ -13,6 +13,7 @@
 //! [`SUPPORTED`].
 
 pub mod since_v0_1_0;
+pub mod since_v0_2_0;
 
 use wasmtime::component::Resource;
 
@@ -20,11 +21,26 @@ pub use super::sandbox::{HostState, LinkHandle};
 
 /// The interface versions this host can run, oldest first; the last is the one
 /// whose `Host` traits the host implements directly.
-pub const SUPPORTED: &[Version] = &[Version {
+pub const SUPPORTED: &[Version] = &[
+    Version {
+        major: 0,
+        minor: 1,
+        patch: 0,
+    },
+    Version {
+        major: 0,
+        minor: 2,
+        patch: 0,
+    },
+];
+
+/// The first version whose plugins can have a device generate its key
+/// (`generate-key`, a pack without a key).
+pub const DEVICE_KEYGEN: Version = Version {
     major: 0,
-    minor: 1,
+    minor: 2,
     patch: 0,
-}];
+};
 
 /// The WIT package and the interface a plugin must export.
 pub const PACKAGE: &str = "certline:device";
@@ -32,29 +48,37 @@ pub const EXPORT: &str = "certline:device/device";
 
 /// Each released interface version's WIT file (under `wit/`) and the
 /// SHA-256 of its bytes. A released version never changes.
-pub const FROZEN: &[(&str, &str)] = &[(
-    "since_v0.1.0/device.wit",
-    "488ebaf97e9899797899b3e2d957af5502f8772da56e8f66551a491b5a5af857",
-)];
+pub const FROZEN: &[(&str, &str)] = &[
+    (
+        "since_v0.1.0/device.wit",
+        "488ebaf97e9899797899b3e2d957af5502f8772da56e8f66551a491b5a5af857",
+    ),
+    (
+        "since_v0.2.0/device.wit",
+        "b02c485791f133f6f8f3f95c46852b6db9e5566a49b3e07813cd1cc37cfff63a",
+    ),
+];
 
 /// The newest interface: the one [`HostState`] implements.
-pub use since_v0_1_0 as latest;
+pub use since_v0_2_0 as latest;
 
 pub use latest::certline::device::host::LinkError;
 pub use latest::exports::certline::device::device::{
-    Error as PluginError, Identity, Pack, PluginInfo,
+    Error as PluginError, Identity, KeyAlgorithm, KeyRequest, Pack, PluginInfo,
 };
 
 /// A pre-instantiated plugin, by interface version.
 #[derive(Clone)]
 pub enum Bindings {
     V0_1(since_v0_1_0::PluginPre<HostState>),
+    V0_2(since_v0_2_0::PluginPre<HostState>),
 }
 
 /// An instance of a plugin, by interface version; its calls take and return the
 /// latest types.
 pub enum Instance {
     V0_1(since_v0_1_0::Plugin),
+    V0_2(since_v0_2_0::Plugin),
 }
 
 impl Bindings {
@@ -65,6 +89,7 @@ impl Bindings {
     ) -> wasmtime::Result<Bindings> {
         match (version.major, version.minor) {
             (0, 1) => Ok(Bindings::V0_1(since_v0_1_0::PluginPre::new(pre)?)),
+            (0, 2) => Ok(Bindings::V0_2(since_v0_2_0::PluginPre::new(pre)?)),
             _ => wasmtime::bail!("no bindings for {PACKAGE}@{version}"),
         }
     }
@@ -75,6 +100,7 @@ impl Bindings {
     ) -> wasmtime::Result<Instance> {
         match self {
             Bindings::V0_1(pre) => Ok(Instance::V0_1(pre.instantiate(store)?)),
+            Bindings::V0_2(pre) => Ok(Instance::V0_2(pre.instantiate(store)?)),
         }
     }
 }
@@ -82,7 +108,8 @@ impl Bindings {
 impl Instance {
     pub fn info(&self, store: &mut wasmtime::Store<HostState>) -> wasmtime::Result<PluginInfo> {
         match self {
-            Instance::V0_1(p) => p.certline_device_device().call_info(store),
+            Instance::V0_1(p) => Ok(p.certline_device_device().call_info(store)?.into()),
+            Instance::V0_2(p) => p.certline_device_device().call_info(store),
         }
     }
 
@@ -92,7 +119,12 @@ impl Instance {
         link: Resource<LinkHandle>,
     ) -> wasmtime::Result<Result<Identity, PluginError>> {
         match self {
-            Instance::V0_1(p) => p.certline_device_device().call_read_identity(store, link),
+            Instance::V0_1(p) => Ok(p
+                .certline_device_device()
+                .call_read_identity(store, link)?
+                .map(Into::into)
+                .map_err(Into::into)),
+            Instance::V0_2(p) => p.certline_device_device().call_read_identity(store, link),
         }
     }
 
@@ -103,7 +135,11 @@ impl Instance {
         pack: &Pack,
     ) -> wasmtime::Result<Result<(), PluginError>> {
         match self {
-            Instance::V0_1(p) => p
+            Instance::V0_1(p) => Ok(p
+                .certline_device_device()
+                .call_write_pack(store, link, &since_v0_1_0::pack(pack)?)?
+                .map_err(Into::into)),
+            Instance::V0_2(p) => p
                 .certline_device_device()
                 .call_write_pack(store, link, pack),
         }
@@ -116,9 +152,30 @@ impl Instance {
         challenge: &[u8],
     ) -> wasmtime::Result<Result<Vec<u8>, PluginError>> {
         match self {
-            Instance::V0_1(p) => p
+            Instance::V0_1(p) => Ok(p
+                .certline_device_device()
+                .call_prove_possession(store, link, challenge)?
+                .map_err(Into::into)),
+            Instance::V0_2(p) => p
                 .certline_device_device()
                 .call_prove_possession(store, link, challenge),
+        }
+    }
+
+    /// Since 0.2.0: the device generates a key and answers a CSR (DER).
+    pub fn generate_key(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        link: Resource<LinkHandle>,
+        request: &KeyRequest,
+    ) -> wasmtime::Result<Result<Vec<u8>, PluginError>> {
+        match self {
+            Instance::V0_1(_) => wasmtime::bail!(
+                "a {PACKAGE}@0.1.0 plugin cannot have a device generate its key (that needs {PACKAGE}@{DEVICE_KEYGEN})"
+            ),
+            Instance::V0_2(p) => p
+                .certline_device_device()
+                .call_generate_key(store, link, request),
         }
     }
 }
@@ -128,7 +185,11 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<HostState>) -> was
     // Rust's wasm32-wasip2 std imports WASI even if the plugin never uses it; the
     // context behind it grants nothing (see `HostState::new`).
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-    since_v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
+    since_v0_1_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+        linker,
+        |s| s,
+    )?;
+    since_v0_2_0::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(linker, |s| s)
 }
 
 /// A semantic version, as in `certline:device@0.1.0`.
@@ -193,9 +254,10 @@ mod tests {
         let v = |s| Version::parse(s).unwrap();
         assert_eq!(check_version(v("0.1.0")).unwrap(), v("0.1.0"));
         assert_eq!(check_version(v("0.1.7")).unwrap(), v("0.1.0"));
-        let newer = check_version(v("0.2.0")).unwrap_err();
+        assert_eq!(check_version(v("0.2.0")).unwrap(), v("0.2.0"));
+        let newer = check_version(v("0.3.0")).unwrap_err();
         assert!(
-            newer.contains("certline:device@0.2.0") && newer.contains("certline:device@0.1.0"),
+            newer.contains("certline:device@0.3.0") && newer.contains("certline:device@0.2.0"),
             "{newer}"
         );
         let major = check_version(v("1.0.0")).unwrap_err();

@@ -456,6 +456,7 @@ mod tests {
                 ModelConfig {
                     certificate: cert,
                     profile: Default::default(),
+                    keygen: Default::default(),
                 },
             );
         }

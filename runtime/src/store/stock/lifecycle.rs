@@ -154,9 +154,11 @@ pub struct PackRow {
     pub retained_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub end_reason: Option<String>,
+    /// Signed for a key the device generated (its CSR): never a sealed key.
+    pub device_key: bool,
 }
 
-const PACK_COLUMNS: &str = "pack_id, id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, line, taken_at, due_at, received_at, written_at, readback, retained_at, ended_at, end_reason";
+const PACK_COLUMNS: &str = "pack_id, id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, line, taken_at, due_at, received_at, written_at, readback, retained_at, ended_at, end_reason, device_key";
 
 fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
     let state: String = r.get(8)?;
@@ -187,6 +189,7 @@ fn pack_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PackRow> {
         retained_at: r.get(17)?,
         ended_at: r.get(18)?,
         end_reason: r.get(19)?,
+        device_key: r.get(20)?,
     })
 }
 
@@ -298,7 +301,12 @@ pub fn apply(
     if let Some(reason) = ctx.reason {
         detail["reason"] = reason.into();
     }
-    if let Some((kind, reason)) = event.ca_work() {
+    if let Some((kind, reason)) = event.ca_work().map(|(kind, reason)| match kind {
+        // No replacement is made ahead for a key the device holds: its next
+        // CSR is the replacement. The certificate is only revoked.
+        QueueKind::Replace if pack.device_key => (QueueKind::Revoke, reason),
+        _ => (kind, reason),
+    }) {
         tx.prepare_cached(
             "INSERT INTO ca_queue (kind, id, model, serial, reason, queued_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -309,19 +317,30 @@ pub fn apply(
     Ok(to)
 }
 
-/// A pack as it arrives from the CA, its key already sealed.
+/// A pack as it arrives from the CA, its key already sealed; or, for a key
+/// the device generated, no key at all (`sealed_key` none, `device_key`).
 pub struct NewPack {
     pub id: String,
     pub model: String,
     pub serial: String,
     pub fingerprint: String,
     pub cert_pem: String,
-    pub sealed_key: Vec<u8>,
+    pub sealed_key: Option<Vec<u8>>,
     pub replaces: Option<String>,
+    pub device_key: bool,
 }
 
 impl Stock {
     // ---- packs ----
+
+    /// The pack with `serial`, read inside the caller's transaction.
+    pub fn pack_in(tx: &Transaction<'_>, serial: &str) -> anyhow::Result<PackRow> {
+        Ok(tx
+            .prepare_cached(&format!(
+                "SELECT {PACK_COLUMNS} FROM packs WHERE serial = ?1"
+            ))?
+            .query_row([serial], pack_row)?)
+    }
 
     pub fn pack_by_serial(&self, serial: &str) -> anyhow::Result<Option<PackRow>> {
         Ok(self
@@ -425,8 +444,8 @@ impl Stock {
         let now = now_unix();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO packs (id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stocked', ?8, ?9)",
+                "INSERT INTO packs (id, model, serial, fingerprint, cert_pem, chain_id, sealed_key, state, replaces, stocked_at, device_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'stocked', ?8, ?9, ?10)",
             )?;
             for pack in packs {
                 insert
@@ -439,7 +458,8 @@ impl Stock {
                         chain_id,
                         pack.sealed_key,
                         pack.replaces,
-                        now
+                        now,
+                        pack.device_key
                     ])
                     .map_err(|e| anyhow::anyhow!("cannot stock the pack of {}: {e}", pack.id))?;
             }
@@ -478,6 +498,19 @@ impl Stock {
             }
         }
         Ok(out)
+    }
+
+    /// Per model, within [from, to): certificates signed for keys that
+    /// devices generated (their CSRs).
+    pub fn signed_counts(&self, from: i64, to: i64) -> anyhow::Result<Vec<(String, usize)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT model, COUNT(*) FROM packs
+             WHERE device_key = 1 AND stocked_at >= ?1 AND stocked_at < ?2 GROUP BY model",
+        )?;
+        let rows = stmt.query_map([from, to], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Per model, within [from, to): written into devices, failed or timed
@@ -561,8 +594,9 @@ mod tests {
                 serial: serial.into(),
                 fingerprint: "fp".into(),
                 cert_pem: "cert".into(),
-                sealed_key: vec![1, 2, 3],
+                sealed_key: Some(vec![1, 2, 3]),
                 replaces: None,
+                device_key: false,
             }],
             "test",
             "fetch",
@@ -632,8 +666,9 @@ mod tests {
                 serial: "03".into(),
                 fingerprint: "fp".into(),
                 cert_pem: "cert".into(),
-                sealed_key: vec![1],
+                sealed_key: Some(vec![1]),
                 replaces: None,
+                device_key: false,
             }],
             "test",
             "fetch",

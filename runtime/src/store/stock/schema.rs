@@ -77,7 +77,14 @@ CREATE TABLE sessions (
 );
 ";
 
+/// Keys born in the device: a pack whose certificate was signed for a key
+/// the device generated (its CSR) never has a sealed key, and its failure
+/// is revoked, not replaced ahead (the device's next CSR is the replacement).
+const SCHEMA_V2: &str = "
+ALTER TABLE packs ADD COLUMN device_key INTEGER NOT NULL DEFAULT 0;
+";
+
 /// `migrations()[i]` moves the schema from version i to i+1.
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1]
+    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2]
 }
