@@ -638,9 +638,10 @@ fn replacing_revokes_the_old_certificate_in_the_same_step() {
         (Some("revoked"), Some("superseded"))
     );
 
-    // The replaced certificate is on the CRL served right away, not at the next republication.
-    let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
-    let (_, entries) = crl_entries(&crl);
+    // The replaced certificate is on the CRL served within the publisher's
+    // delay (ca.toml's crl_max_delay, 1 s by default), not at the next
+    // half-validity republication.
+    let entries = crl_served_within(&server.url, &root, |entries| !entries.is_empty());
     assert_eq!(entries, vec![(old.clone(), "Superseded".to_string())]);
 
     // Lookup names the live certificate, for a station resuming a fetch.
@@ -720,6 +721,27 @@ fn request_writes_pack_folders_from_a_running_ca() {
         path(&ca.file("x")),
     ]);
     assert!(err.contains("cannot reach https://127.0.0.1:9"), "{err}");
+}
+
+/// The entries of the CRL a CA serves, once `wanted` holds for them: a
+/// revocation is published within `crl_max_delay` (1 s by default), never in
+/// the request that commits it. Gives up after 30 s (a CA that never
+/// publishes), returning what it served last.
+fn crl_served_within(
+    url: &str,
+    root: &[u8],
+    wanted: impl Fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, der) = get(url, tls_client(root, None), "/v1/crl").unwrap();
+        assert_eq!(status, 200);
+        let (_, entries) = crl_entries(&der);
+        if wanted(&entries) || std::time::Instant::now() > deadline {
+            return entries;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 pub(crate) fn crl_entries(der: &[u8]) -> (u64, Vec<(String, String)>) {
@@ -1222,12 +1244,12 @@ fn a_station_revokes_only_the_device_certificates_it_asked_for() {
     let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
     assert!(crl_entries(&crl).1.is_empty());
 
-    // Its own device certificate: revoked, and on the CRL at once.
+    // Its own device certificate: revoked, and on the CRL within the publisher's delay.
     let (status, reply) = revoke(serde_json::json!({"id": "3012-1", "reason": "superseded"}));
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["serial"], mine.as_str());
-    let (_, crl) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
-    assert_eq!(crl_entries(&crl).1, vec![(mine, "Superseded".to_string())]);
+    let entries = crl_served_within(&server.url, &root, |entries| !entries.is_empty());
+    assert_eq!(entries, vec![(mine, "Superseded".to_string())]);
 
     // The CA's operator revokes a service credential; that station is then refused.
     ok(&[
@@ -1484,10 +1506,13 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
             ok(&["ca", "audit", "verify", "--dir", ca.dir()]).contains("audit log intact"),
             "{what}"
         );
-        let crl_serials = |url: &str| -> HashSet<String> {
-            let (status, der) = get(url, tls_client(&root, None), "/v1/crl").unwrap();
-            assert_eq!(status, 200);
-            crl_entries(&der).1.into_iter().map(|(s, _)| s).collect()
+        // What the CA serves once it lists `expected` (a revocation is
+        // published within crl_max_delay), or what it served last.
+        let crl_serials = |url: &str, expected: &HashSet<String>| -> HashSet<String> {
+            let serials = |entries: &[(String, String)]| -> HashSet<String> {
+                entries.iter().map(|(s, _)| s.clone()).collect()
+            };
+            serials(&crl_served_within(url, &root, |e| serials(e) == *expected))
         };
         let revoked: HashSet<String> = ledger_rows(&ca)
             .into_iter()
@@ -1495,7 +1520,7 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
             .map(|r| r.0)
             .collect();
         assert_eq!(
-            crl_serials(&server.url),
+            crl_serials(&server.url, &revoked),
             revoked,
             "{what}: the CRL served after the restart is not the ledger's revocations"
         );
@@ -1549,7 +1574,11 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
             .filter(|r| r.3 == "revoked")
             .map(|r| r.0)
             .collect();
-        assert_eq!(crl_serials(&server.url), revoked, "{what}: after resuming");
+        assert_eq!(
+            crl_serials(&server.url, &revoked),
+            revoked,
+            "{what}: after resuming"
+        );
 
         // openssl agrees: the certificate the crash left behind is revoked on the
         // served CRL, the one issued after the restart verifies against it.
@@ -1588,4 +1617,164 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
             }
         }
     }
+}
+
+// ---- CRL publication off the request path (issue 15) ----
+
+/// Sets `crl_max_delay` (seconds) in a CA's ca.toml.
+fn set_crl_max_delay(ca: &Ca, seconds: &str) {
+    let file = ca.dir.join("ca.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("crl_max_delay"))
+        .unwrap_or_else(|| panic!("ca.toml has no crl_max_delay: {text}"))
+        .to_string();
+    std::fs::write(
+        &file,
+        text.replace(&line, &format!("crl_max_delay = {seconds}")),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_revocation_reaches_the_crl_within_the_delay_at_once_after_crl_now_and_survives_a_crash() {
+    let ca = Ca::init(&[]);
+    let health_of = |url: &str, root: &[u8]| -> serde_json::Value {
+        serde_json::from_slice(&get(url, tls_client(root, None), "/v1/health").unwrap().1).unwrap()
+    };
+    // Out of range is refused naming the key.
+    set_crl_max_delay(&ca, "-1.0");
+    let err = fails(&["ca", "crl", "--dir", ca.dir()]);
+    assert!(err.contains("crl_max_delay"), "{err}");
+    // A delay nobody waits out in a test: only the first revocation after
+    // the start is published by the publisher; the rest wait for `--now`.
+    set_crl_max_delay(&ca, "3600.0");
+    let mut server = ca.serve(&[]);
+    let root = pem_file(&ca.dir.join("root.pem"), "CERTIFICATE").remove(0);
+    let health = health_of(&server.url, &root);
+    assert_eq!(health["crl_max_delay"], 3600.0, "{health}");
+    let first_number = health["crl_number"].as_u64().unwrap();
+    let station = ca.enroll("station", "st1");
+    let client = || tls_client(&root, Some(identity_of(&station, &station)));
+    let (status, issued) = post(
+        &server.url,
+        client(),
+        "/v1/packs",
+        &batch(&["3012-1", "3012-2", "3012-3", "3012-4"]),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{issued}");
+    let serial = |n: usize| issued["packs"][n]["serial"].as_str().unwrap().to_string();
+    let revoke = |url: &str, n: usize| {
+        let body = serde_json::json!({"serial": serial(n), "reason": "key-compromise"});
+        let (status, reply) = post(
+            url,
+            client(),
+            "/v1/revoke",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{reply}");
+    };
+    let listed = |entries: &[(String, String)]| -> Vec<String> {
+        let mut serials: Vec<String> = entries.iter().map(|(s, _)| s.clone()).collect();
+        serials.sort();
+        serials
+    };
+    let sorted = |mut serials: Vec<String>| {
+        serials.sort();
+        serials
+    };
+
+    // The first revocation: published by the publisher, not by the request.
+    revoke(&server.url, 0);
+    let entries = crl_served_within(&server.url, &root, |e| !e.is_empty());
+    assert_eq!(listed(&entries), vec![serial(0)]);
+    assert!(
+        health_of(&server.url, &root)["crl_number"]
+            .as_u64()
+            .unwrap()
+            > first_number
+    );
+
+    // The second waits for the delay (an hour)...
+    revoke(&server.url, 1);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let (_, der) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert_eq!(listed(&crl_entries(&der).1), vec![serial(0)]);
+    // ... or for `ca crl --now`, and the running CA serves that at once.
+    let crl_file = ca.file("crl-now.pem");
+    ok(&[
+        "ca",
+        "crl",
+        "--now",
+        "--dir",
+        ca.dir(),
+        "--out",
+        path(&crl_file),
+    ]);
+    let (_, der) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert_eq!(
+        listed(&crl_entries(&der).1),
+        sorted(vec![serial(0), serial(1)])
+    );
+    assert_eq!(der, pem_file(&crl_file, "X509 CRL")[0]);
+
+    if openssl_available() {
+        // openssl checks the CRLs' signatures against the CA certificates...
+        let cas = ca.file("cas.pem");
+        std::fs::write(
+            &cas,
+            std::fs::read_to_string(ca.dir.join("issuing.pem")).unwrap()
+                + &std::fs::read_to_string(ca.dir.join("root.pem")).unwrap(),
+        )
+        .unwrap();
+        let checked = std::process::Command::new("openssl")
+            .args(["crl", "-noout", "-CAfile"])
+            .arg(&cas)
+            .arg("-in")
+            .arg(&crl_file)
+            .output()
+            .unwrap();
+        let said = text(&checked.stdout) + &text(&checked.stderr);
+        assert!(
+            checked.status.success() && said.contains("verify OK"),
+            "{said}"
+        );
+        // ... and finds the revoked device revoked, a good one good.
+        let issuing = std::fs::read_to_string(ca.dir.join("issuing.pem")).unwrap();
+        for (n, revoked) in [(1, true), (3, false)] {
+            let dir = ca.file(&format!("pack-{n}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(ca.dir.join("root.pem"), dir.join("root.pem")).unwrap();
+            let cert = issued["packs"][n]["cert_pem"].as_str().unwrap();
+            std::fs::write(dir.join("chain.pem"), format!("{cert}{issuing}")).unwrap();
+            let verified = openssl_verify_pack(&dir, Some(&crl_file));
+            let said = text(&verified.stdout) + &text(&verified.stderr);
+            if revoked {
+                assert!(
+                    !verified.status.success() && said.contains("revoked"),
+                    "{said}"
+                );
+            } else {
+                assert!(verified.status.success(), "{said}");
+            }
+        }
+    }
+
+    // A crash between a revocation's commit and its publication loses
+    // nothing: the next start publishes, before it serves anything.
+    revoke(&server.url, 2);
+    server.kill();
+    let server = ca.serve(&[]);
+    let (_, der) = get(&server.url, tls_client(&root, None), "/v1/crl").unwrap();
+    assert_eq!(
+        listed(&crl_entries(&der).1),
+        sorted(vec![serial(0), serial(1), serial(2)])
+    );
+    assert!(
+        ok(&["ca", "audit", "verify", "--dir", ca.dir()]).contains("audit log intact"),
+        "the publisher's CRL entries keep the audit chain whole"
+    );
 }

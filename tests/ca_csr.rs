@@ -23,9 +23,9 @@ fn body(id: &str, der: &[u8], replaces: Option<&str>) -> Vec<u8> {
 }
 
 fn cert_of(reply: &serde_json::Value) -> Vec<u8> {
-    pem::parse(reply["cert_pem"].as_str().unwrap())
+    certline::pki::pem_blocks(reply["cert_pem"].as_str().unwrap(), "CERTIFICATE")
         .unwrap()
-        .into_contents()
+        .remove(0)
 }
 
 struct Setup {

@@ -6,7 +6,6 @@
 //! database settings are refused with a message that names what is wrong.
 //! Few tests on purpose: each starts its own server.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -150,7 +149,10 @@ fn two_ca_processes_on_one_database_issue_nothing_twice() {
     assert_eq!(valid_devices(&pg, "two", "B456-%"), 200);
     assert_eq!(twice(&pg, "two"), 0);
     assert_eq!(
-        pg.sql("two", "SELECT count(*) FROM certs WHERE status = 'reserved'"),
+        pg.sql(
+            "two",
+            "SELECT count(*) FROM certs WHERE status = 'reserved'"
+        ),
         "0"
     );
 
@@ -215,7 +217,10 @@ fn a_killed_ca_process_loses_its_reservations_when_its_lease_ends() {
     armed.kill(); // SIGKILL, mid-batch
     assert!(!asked.wait().unwrap().success());
     assert_eq!(
-        pg.sql("lease", "SELECT count(*) FROM certs WHERE status = 'reserved' AND subject LIKE '3012-%'"),
+        pg.sql(
+            "lease",
+            "SELECT count(*) FROM certs WHERE status = 'reserved' AND subject LIKE '3012-%'"
+        ),
         "50"
     );
 
@@ -281,7 +286,8 @@ fn a_database_restart_fails_requests_clearly_then_serves_again() {
         .unwrap();
     // The first 30 are already certified: ask for the new ones only.
     assert!(!out.status.success());
-    assert!(common::text(&out.stderr).contains("already has a valid certificate"));
+    let err = common::text(&out.stderr);
+    assert!(err.contains("already has a valid certificate"), "{err}");
     let fresh: Vec<String> = ids("3012", 60).split_off(30);
     let out = request(&ca, &server.url, &station, &fresh, "after2")
         .output()
@@ -289,7 +295,10 @@ fn a_database_restart_fails_requests_clearly_then_serves_again() {
     assert!(out.status.success(), "{}", common::text(&out.stderr));
     assert_eq!(valid_devices(&pg, "restart", "3012-%"), 60);
     assert_eq!(
-        pg.sql("restart", "SELECT count(*) FROM certs WHERE kind = 'device'"),
+        pg.sql(
+            "restart",
+            "SELECT count(*) FROM certs WHERE kind = 'device'"
+        ),
         "60"
     );
     audit_intact(ca.dir());

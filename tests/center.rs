@@ -450,3 +450,91 @@ fn openssl_s_client_with_a_devices_flash_files_gets_its_status() {
         "{body}"
     );
 }
+
+#[test]
+fn a_crl_with_a_bad_signature_or_an_older_number_is_refused_and_the_set_stays() {
+    let w = world();
+    let a = w.device("3012-000002", true);
+    let b = w.device("3012-000003", true);
+    let crl_out = |name: &str| {
+        let file = w.ca.file(name);
+        ok(&[
+            "ca",
+            "crl",
+            "--now",
+            "--dir",
+            w.ca.dir(),
+            "--out",
+            path(&file),
+        ]);
+        file
+    };
+    let revoke = |id: &str| {
+        ok(&[
+            "ca",
+            "revoke",
+            "--dir",
+            w.ca.dir(),
+            "--id",
+            id,
+            "--reason",
+            "key-compromise",
+        ]);
+    };
+    let older = crl_out("older.pem");
+    revoke("3012-000002");
+    let served = w.ca.file("served.pem");
+    std::fs::copy(crl_out("first.pem"), &served).unwrap();
+    revoke("3012-000003");
+    let newer = crl_out("newer.pem");
+    // Replaces the file the center reads the way an editor or a sync tool would.
+    let offer = |crls: Vec<Vec<u8>>| {
+        let tmp = w.ca.file("served.tmp");
+        let pem: String = crls
+            .into_iter()
+            .map(|der| ::pem::encode(&::pem::Pem::new("X509 CRL", der)))
+            .collect();
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, &served).unwrap();
+    };
+
+    let center = w.center(&["--crl-file", path(&served), "--crl-refresh", "1"]);
+    let verdict = |device: &Path, id: &str| {
+        w.report(&center, device, id, &[])["decision"]["verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(verdict(&a, "3012-000002"), "revoked");
+    assert_eq!(verdict(&b, "3012-000003"), "no_contract");
+
+    // The newer CRL with one bit of its signature flipped: refused, the set stays.
+    let mut forged = pem_file(&newer, "X509 CRL");
+    let last = forged[0].len() - 1;
+    forged[0][last] ^= 0x01;
+    offer(forged);
+    let health = wait_for_health(&w, &center, |h| h["crl_error"].is_string());
+    assert!(
+        health["crl_error"].as_str().unwrap().contains("signature"),
+        "{health}"
+    );
+    assert_eq!(verdict(&b, "3012-000003"), "no_contract");
+    assert_eq!(verdict(&a, "3012-000002"), "revoked");
+
+    // An older CRL (one that does not list a revocation already known): refused.
+    offer(pem_file(&older, "X509 CRL"));
+    let health = wait_for_health(&w, &center, |h| {
+        h["crl_error"].as_str().is_some_and(|e| e.contains("older"))
+    });
+    assert!(
+        health["crl_error"].as_str().unwrap().contains("refused"),
+        "{health}"
+    );
+    assert_eq!(verdict(&a, "3012-000002"), "revoked");
+
+    // The genuine newer CRL is taken: both revoked.
+    offer(pem_file(&newer, "X509 CRL"));
+    wait_for_health(&w, &center, |h| h["crl_error"].is_null());
+    assert_eq!(verdict(&b, "3012-000003"), "revoked");
+    assert_eq!(verdict(&a, "3012-000002"), "revoked");
+}

@@ -83,10 +83,18 @@ fn runs_a_whole_factory_day_and_refuses_to_run_twice_in_one_dir() {
     // station's queue had not revoked it yet: not pinned.)
     let r = row(&s, "3014");
     assert_eq!(r["keygen"], "device", "{r:#}");
-    let got: Vec<u64> = ["planned", "fetched", "written", "failed", "revoked", "discarded", "in_stock"]
-        .iter()
-        .map(|k| r[k].as_u64().unwrap())
-        .collect();
+    let got: Vec<u64> = [
+        "planned",
+        "fetched",
+        "written",
+        "failed",
+        "revoked",
+        "discarded",
+        "in_stock",
+    ]
+    .iter()
+    .map(|k| r[k].as_u64().unwrap())
+    .collect();
     assert_eq!(got, [4, 0, 4, 1, 1, 0, 0], "3014: {r:#}");
     assert_eq!(row(&s, "3012")["keygen"], "ca");
     // Retention: 3012/3013/3014 flagged (the reworked one no longer), A123 deleted.

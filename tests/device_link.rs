@@ -428,7 +428,7 @@ fn plugin_try_refuses_a_pack_for_a_model_the_plugin_does_not_serve() {
     let out = plugin_try(&pki, IMAGING, "127.0.0.1:9", &pack, &[]);
     assert_fails(
         &out,
-        &["plugin acme-imaging serves model codes 3012, 3013; the pack is for A123-800001"],
+        &["plugin acme-imaging serves model codes 3012, 3013, 3014; the pack is for A123-800001"],
     );
 }
 

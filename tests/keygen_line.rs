@@ -13,7 +13,8 @@ use crate::line_support::*;
 use crate::station_support::json;
 
 /// A copy of the example factory's scripts with the example's models
-/// replaced by `models` (TOML `[models.X]` tables).
+/// replaced by `models` (TOML `[models.X]` tables), plus the model without a
+/// certificate that line.lua's self-check expects.
 fn scripts(rig: &Rig, name: &str, models: &str) -> PathBuf {
     let dir = rig.tmp().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -21,7 +22,7 @@ fn scripts(rig: &Rig, name: &str, models: &str) -> PathBuf {
     std::fs::copy(example.join("line.lua"), dir.join("line.lua")).unwrap();
     std::fs::write(
         dir.join("factory.toml"),
-        format!("name = \"test\"\n\n{models}"),
+        format!("name = \"test\"\n\n{models}\n[models.K7]\ncertificate = false\n"),
     )
     .unwrap();
     dir

@@ -103,3 +103,91 @@ fn editing_line_lua_while_the_line_runs() {
     drop(keyboard);
     line.kill();
 }
+
+/// Issue 18: the operator sees an edit of line.lua the moment it lands,
+/// accepted or refused, without scanning anything; `line status` says which
+/// version serves; a QC fail is refused with its own advice; a field of the
+/// factory's own reaches the device's result; the log on a pipe has no
+/// colour codes.
+#[test]
+fn the_operator_sees_every_edit_at_once() {
+    let rig = Rig::new(&["3012"], &["3012,000001,2"], &[IMAGING]);
+    let scripts = rig.tmp().join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example");
+    for f in ["line.lua", "factory.toml"] {
+        std::fs::copy(example.join(f), scripts.join(f)).unwrap();
+    }
+    let script = scripts.join("line.lua");
+    let original = std::fs::read_to_string(&script).unwrap();
+    let cable = free_addr();
+    let config = rig.config(
+        "line.toml",
+        "source = \"stdin\"\ndebounce_ms = 0",
+        &cable,
+        &format!("[scripts]\ndir = \"{}\"", common::path(&scripts)),
+    );
+    let mut line = Line::start_with(&config, Stdio::piped());
+    let mut keyboard = line.child.stdin.take().unwrap();
+    let serving = status(&config)["serving"].clone();
+    assert_eq!(serving["running"], true, "{serving}");
+    assert_eq!(serving["script"]["version"], 1, "{serving}");
+    assert_eq!(serving["plugins"][0]["name"], "acme-imaging", "{serving}");
+
+    // An accepted edit: announced with its version, no scan needed.
+    save(&script, &format!("{original}\n-- edited on the floor\n"));
+    let accepted = line.event("script_reloaded");
+    assert_eq!(accepted["version"], 2, "{accepted}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("line.lua version 2 now serving"),
+        "{accepted}"
+    );
+    assert_eq!(status(&config)["serving"]["script"]["version"], 2);
+
+    // A refused edit: announced at once with its error; version 2 serves on.
+    save(&script, &original[..original.len() / 2]);
+    let refused = line.event("script_refused");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("line.lua edit refused, version 2 keeps serving")
+            && message.contains("line.lua:"),
+        "{refused}"
+    );
+    let serving = status(&config)["serving"].clone();
+    assert_eq!(serving["script"]["version"], 2, "{serving}");
+    assert!(!serving["script"]["refused"].is_null(), "{serving}");
+    let logged = line
+        .child
+        .stderr_line(WAIT, |l| l.contains("script refused"))
+        .unwrap();
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour codes in a log file: {logged:?}"
+    );
+
+    // A QC fail: its own code and advice, nothing taken from the station.
+    writeln!(keyboard, "CS;M=3012;S=000001;QC=NG").unwrap();
+    let qc = line.device();
+    assert_eq!(qc["code"], "qc_failed", "{qc}");
+    assert!(
+        qc["next"]
+            .as_str()
+            .unwrap()
+            .contains("take the device off the line"),
+        "{qc}"
+    );
+    assert_eq!(rig.states("3012-000001"), vec!["stocked".to_string()]);
+
+    // The lot on the check sheet comes back with the device's result.
+    let device = rig.device("3012-000001", Some(&cable), &[]);
+    writeln!(keyboard, "CS;M=3012;S=000001;QC=OK;LOT=L42").unwrap();
+    let written = line.device();
+    assert_line(&written, "3012-000001", "ok", "written", &[]);
+    assert_eq!(written["fields"]["lot"], "L42", "{written}");
+    drop(device);
+    drop(keyboard);
+    line.kill();
+}

@@ -150,6 +150,14 @@ fn misbehaving_plugins_fail_one_write_and_the_next_write_succeeds() {
         let message = err.to_string();
         assert!(message.starts_with("plugin misbehave:"), "{message}");
         assert!(message.contains(says), "{id}: {message}");
+        if id == "BAD1-TRAP1" {
+            // The SDK's panic hook: the trap says what panicked and where.
+            assert!(
+                message.contains("misbehave: deliberate trap for BAD1-TRAP1")
+                    && message.contains("misbehave/src/lib.rs:"),
+                "{message}"
+            );
+        }
         assert!(!err.received, "{id}: nothing was received");
         assert!(snapshot(&sim.flash()).is_empty(), "{id}: flash written");
 

@@ -28,6 +28,9 @@ fn line_script_parses_every_format() {
     let id = |scan: &str| match line.on_scan(scan).unwrap() {
         (ParseOutcome::Device(p), steps) => (p.id.to_string(), p.format, p.symbology, steps),
         (ParseOutcome::NotADevice(why), _) => (format!("refused: {why}"), None, None, vec![]),
+        (ParseOutcome::Refused { code, why }, _) => {
+            (format!("refused ({code}): {why}"), None, None, vec![])
+        }
     };
     // Plain plate, with and without a symbology prefix.
     let (i, format, sym, steps) = id("3012-123456");

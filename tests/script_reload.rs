@@ -33,6 +33,7 @@ fn id_of(file: &ScriptFile<LineScript>, scan: &str) -> String {
     match file.current().parse(scan).unwrap() {
         ParseOutcome::Device(p) => p.id.to_string(),
         ParseOutcome::NotADevice(why) => format!("refused: {why}"),
+        ParseOutcome::Refused { code, why } => format!("refused ({code}): {why}"),
     }
 }
 

@@ -53,18 +53,22 @@ local function check_sheet(text)
     return nil, "check sheet without M= (model) or S= (serial)"
   end
   if fields.QC ~= "OK" then
-    return nil, "check sheet says QC=" .. tostring(fields.QC) .. "; the device has not passed its quality check"
+    -- The third value is the refusal code: the line advises per code
+    -- (a QC fail: take the device off the line, not "rescan the plate").
+    return nil, "check sheet says QC=" .. tostring(fields.QC) .. "; the device has not passed its quality check", "qc_failed"
   end
-  return { model = fields.M, serial = fields.S, format = "check-sheet" }
+  -- Fields beyond model, serial, format and symbology (the lot) reach the
+  -- line's result for the audit.
+  return { model = fields.M, serial = fields.S, format = "check-sheet", lot = fields.LOT }
 end
 
 function parse(raw)
   local symbology, text = strip_aim(raw)
   text = text:upper():gsub("^%s+", ""):gsub("%s+$", "")
-  local scan, why = check_sheet(text)
+  local scan, why, code = check_sheet(text)
   if not scan and not why then scan, why = plate(text) end
   if not scan then
-    return nil, why or ("not a rating plate or check sheet: " .. text)
+    return nil, why or ("not a rating plate or check sheet: " .. text), code
   end
   scan.symbology = symbology
   return scan
@@ -99,7 +103,7 @@ checks = {
   { scan = "]C13012-123456-5", id = "3012-123456" },
   { scan = "3012-123456-4" },                                   -- wrong check digit
   { scan = "CS;M=A123;S=654321;QC=OK", id = "A123-654321", steps = "message,confirm,provision" },
-  { scan = "CS;M=A123;S=654321;QC=NG" },
+  { scan = "CS;M=A123;S=654321;QC=NG", code = "qc_failed" },
   { scan = "K7-1001", id = "K7-1001", steps = "refuse" },
   { scan = "hello" },
 }

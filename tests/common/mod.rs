@@ -18,10 +18,15 @@ pub fn bin() -> &'static str {
 }
 
 /// A `certline` command with the test passphrase in its environment (and no
-/// other certline secret or log filter inherited).
+/// other certline secret or log filter inherited). Under
+/// `CERTLINE_TEST_KEYSTORE=pkcs11` it also gets the SoftHSM2 configuration
+/// and the PIN of the test tokens (see [`hsm`]).
 pub fn certline() -> Command {
     let mut cmd = certline::child::certline(bin());
     cmd.env("CERTLINE_PASSPHRASE", PASSPHRASE);
+    if let Some(hsm) = hsm::shared() {
+        hsm.environment(&mut cmd);
+    }
     cmd
 }
 
@@ -82,10 +87,17 @@ pub struct Ca {
 }
 
 impl Ca {
+    /// `ca init`; under `CERTLINE_TEST_KEYSTORE=pkcs11` the keys go into a
+    /// fresh SoftHSM2 token of this CA's own.
     pub fn init(extra: &[&str]) -> Ca {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
         let mut args = vec!["ca", "init", "--dir", path(&dir)];
+        let token;
+        if let Some(hsm) = hsm::shared() {
+            token = hsm.new_token();
+            args.extend_from_slice(&["--pkcs11-module", hsm::MODULE, "--token", &token]);
+        }
         args.extend_from_slice(extra);
         ok(&args);
         Ca { tmp, dir }
@@ -146,6 +158,123 @@ impl Ca {
         ];
         args.extend_from_slice(extra);
         Server::start(&args, "CA listening on ")
+    }
+}
+
+/// SoftHSM2 for the tests: a configuration whose token folder is a
+/// temporary one, tokens made with `softhsm2-util`.
+pub mod hsm {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+    pub const PIN: &str = "1234-test-pin";
+    pub const SO_PIN: &str = "so-test-pin-5678";
+
+    pub struct SoftHsm {
+        pub tmp: tempfile::TempDir,
+        pub conf: PathBuf,
+        pub tokens: PathBuf,
+        count: AtomicUsize,
+    }
+
+    /// Whether the CA tests run on tokens (`CERTLINE_TEST_KEYSTORE=pkcs11`).
+    pub fn wanted() -> bool {
+        std::env::var("CERTLINE_TEST_KEYSTORE").is_ok_and(|v| v == "pkcs11")
+    }
+
+    /// The process's SoftHSM2 when every CA test runs on a token: one
+    /// configuration, one fresh token per CA.
+    pub fn shared() -> Option<&'static SoftHsm> {
+        static SHARED: OnceLock<Option<SoftHsm>> = OnceLock::new();
+        SHARED.get_or_init(|| wanted().then(SoftHsm::new)).as_ref()
+    }
+
+    impl SoftHsm {
+        /// A SoftHSM2 configuration of its own (a test's temporary SOFTHSM2_CONF).
+        pub fn new() -> SoftHsm {
+            assert!(
+                Path::new(MODULE).exists(),
+                "SoftHSM2 is not installed ({MODULE}); run tests/prerequisites.sh"
+            );
+            let tmp = tempfile::tempdir().unwrap();
+            let tokens = tmp.path().join("tokens");
+            std::fs::create_dir(&tokens).unwrap();
+            let conf = tmp.path().join("softhsm2.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+                    tokens.display()
+                ),
+            )
+            .unwrap();
+            SoftHsm {
+                tmp,
+                conf,
+                tokens,
+                count: AtomicUsize::new(0),
+            }
+        }
+
+        /// SOFTHSM2_CONF and the PIN for a certline or tool command.
+        pub fn environment(&self, cmd: &mut Command) {
+            cmd.env("SOFTHSM2_CONF", &self.conf);
+            cmd.env("CERTLINE_PKCS11_PIN", PIN);
+        }
+
+        /// Makes a new token with the test PINs; returns its label.
+        pub fn new_token(&self) -> String {
+            let label = format!(
+                "t{}-{}",
+                std::process::id(),
+                self.count.fetch_add(1, Ordering::Relaxed)
+            );
+            self.make_token(&label);
+            label
+        }
+
+        pub fn make_token(&self, label: &str) {
+            let out = Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &self.conf)
+                .args([
+                    "--init-token",
+                    "--free",
+                    "--label",
+                    label,
+                    "--pin",
+                    PIN,
+                    "--so-pin",
+                    SO_PIN,
+                ])
+                .output()
+                .expect("softhsm2-util is needed (tests/prerequisites.sh installs softhsm2)");
+            assert!(
+                out.status.success(),
+                "softhsm2-util --init-token failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        /// `pkcs11-tool` on this SoftHSM2 (logged in with the test PIN).
+        pub fn tool(&self, token: &str, args: &[&str]) -> std::process::Output {
+            Command::new("pkcs11-tool")
+                .env("SOFTHSM2_CONF", &self.conf)
+                .args([
+                    "--module",
+                    MODULE,
+                    "--token-label",
+                    token,
+                    "--login",
+                    "--pin",
+                    PIN,
+                ])
+                .args(args)
+                .output()
+                .expect("pkcs11-tool is needed (tests/prerequisites.sh installs opensc)")
+        }
     }
 }
 

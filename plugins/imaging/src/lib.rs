@@ -6,8 +6,7 @@
 //! that generates its own).
 
 use certline_device_protocol::xml::XmlEndpoint;
-use certline_plugin_sdk::LinkTransport;
 
 certline_plugin_sdk::protocol_plugin!(Imaging, "acme-imaging", ["3012", "3013", "3014"], |link| {
-    XmlEndpoint::new(LinkTransport(link))
+    XmlEndpoint::new(link)
 });

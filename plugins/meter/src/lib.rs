@@ -4,8 +4,7 @@
 //! `certline_device_protocol::tlv`, shared with the reference device.
 
 use certline_device_protocol::tlv::TlvEndpoint;
-use certline_plugin_sdk::LinkTransport;
 
 certline_plugin_sdk::protocol_plugin!(Meter, "acme-meter", ["A123"], |link| {
-    TlvEndpoint::new(LinkTransport(link))
+    TlvEndpoint::new(link)
 });

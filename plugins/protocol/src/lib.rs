@@ -245,6 +245,17 @@ pub trait ClientSide {
     fn recv_answer(&mut self, timeout_ms: u32) -> Result<Answer, Error>;
 }
 
+/// An endpoint lent for a while (the SDK keeps one per session and lends it
+/// to each call).
+impl<C: ClientSide + ?Sized> ClientSide for &mut C {
+    fn send_request(&mut self, req: &Request) -> Result<(), Error> {
+        (**self).send_request(req)
+    }
+    fn recv_answer(&mut self, timeout_ms: u32) -> Result<Answer, Error> {
+        (**self).recv_answer(timeout_ms)
+    }
+}
+
 /// The device's end of a protocol.
 pub trait DeviceSide {
     /// Waits up to `timeout_ms` for the next request. A request that does not

@@ -5,6 +5,7 @@
 //! `ca serve` processes would be), beside the SQLite figure, and the ledger's
 //! own write rate (reserve + commit of one id) on both stores, which is what
 //! serializing every writer on the audit chain's head costs.
+//! With `--revoked N`: revocation at scale instead (`revocation_bench.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ use super::issuance::{CertAuthority, Clock, Requester};
 use super::serve::{router, CaState};
 use crate::pki::authority::Authority;
 use crate::pki::keys::raw_keygen_and_sign;
+use crate::pki::keystore::pkcs11::Token;
+use crate::pki::keystore::{self, CaKeyAlgorithm};
 use crate::pki::role::Role;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
@@ -38,6 +41,27 @@ pub struct BenchArgs {
     /// dropped at the end.
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Also measure issuance with the issuing key in a PKCS#11 token through
+    /// this module, beside the token's own raw signing rate (throw-away keys,
+    /// deleted afterwards); needs --token and the PIN (CERTLINE_PKCS11_PIN or --pin-file).
+    #[arg(long, requires = "token")]
+    pub pkcs11_module: Option<std::path::PathBuf>,
+    /// The PKCS#11 token's label.
+    #[arg(long, requires = "pkcs11_module")]
+    pub token: Option<String>,
+    /// File holding the token's user PIN (else CERTLINE_PKCS11_PIN).
+    #[arg(long)]
+    pub pin_file: Option<std::path::PathBuf>,
+    /// Measure revocation instead: a CA and a center with no revoked
+    /// certificate, then with this many on the CRL, in one run.
+    #[arg(long, value_name = "N")]
+    pub revoked: Option<usize>,
+    /// With --revoked: revokes and replacements per storm.
+    #[arg(long, default_value_t = 300)]
+    pub storm: usize,
+    /// With --revoked: center connections per device kind.
+    #[arg(long, default_value_t = 200)]
+    pub connections: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -56,7 +80,7 @@ fn rate(count: usize, elapsed: Duration) -> f64 {
 
 fn fresh_ca(dir: &std::path::Path, name: &str, count: usize) -> anyhow::Result<CertAuthority> {
     let clock = Clock::system();
-    let (authority, _) = Authority::create("certline Bench", DEFAULT_PEN, clock.now())?;
+    let authority = sealed_authority(clock.now())?;
     let ledger = Ledger::open(&Location::Sqlite(dir.join(format!("{name}.db"))), true)?;
     Ok(CertAuthority::new(
         authority,
@@ -74,11 +98,28 @@ fn bench_config(count: usize) -> CaConfig {
     }
 }
 
+/// A throw-away CA with software keys.
+fn sealed_authority(now: time::OffsetDateTime) -> anyhow::Result<Authority> {
+    let (root, _) = keystore::file::generate(CaKeyAlgorithm::P384)?;
+    let (issuing, _) = keystore::file::generate(CaKeyAlgorithm::P256)?;
+    Authority::create(
+        "certline Bench",
+        DEFAULT_PEN,
+        &Default::default(),
+        root,
+        issuing,
+        now,
+    )
+}
+
 fn batch(prefix: &str, count: usize) -> BatchRequest {
     BatchRequest::for_ids((0..count).map(|n| format!("{prefix}-{n:08}")))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(revoked) = args.revoked {
+        return super::revocation_bench::run(revoked, args.storm, args.connections, args.json);
+    }
     let count = args.count.max(1);
     let tmp = tempfile::tempdir()?;
     let cores = std::thread::available_parallelism()
@@ -104,7 +145,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The certificate work alone: key, profile, DER, signature, PEM; no ledger.
     let now = time::OffsetDateTime::now_utc();
-    let (pki, _) = Authority::create("certline Bench", DEFAULT_PEN, now)?;
+    let pki = sealed_authority(now)?;
     let profile = crate::pki::profile::CertProfile::default()
         .resolve()
         .map_err(anyhow::Error::msg)?;
@@ -160,8 +201,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    if let (Some(module), Some(token)) = (&args.pkcs11_module, &args.token) {
+        let pin = keystore::pkcs11::read_pin(args.pin_file.as_deref())?;
+        figures.extend(pkcs11_figures(
+            tmp.path(),
+            module,
+            token,
+            &pin,
+            count,
+            cores,
+        )?);
+    }
+
     crate::command::emit(args.json, &figures, || {
         println!("batch issuance, {count} packs per batch, P-256");
+        println!("  (the PKCS#11 rows compare with the token's raw rate, the others with the software one)");
         for f in &figures {
             println!(
                 "  {:<52} {:>2} thread(s) {:>9.0}/s  {:>5.1}% of raw",
@@ -172,6 +226,68 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
         }
     })
+}
+
+/// The PKCS#11 path: the token's raw P-256 signing rate on every core (the
+/// yardstick), then packs in process with the issuing key in the token, in
+/// one run through the same module. The keys are throw-away and deleted.
+fn pkcs11_figures(
+    dir: &std::path::Path,
+    module: &std::path::Path,
+    token: &str,
+    pin: &str,
+    count: usize,
+    cores: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let token = Token::open(module, token, pin)?;
+    let tag = crate::pki::serial::Serial::random().to_hex();
+    let labels = [
+        format!("certline-bench-root-{}", &tag[..8]),
+        format!("certline-bench-issuing-{}", &tag[..8]),
+    ];
+    let result = (|| -> anyhow::Result<Vec<Figure>> {
+        let root = token.generate(&labels[0], CaKeyAlgorithm::P384, 1)?;
+        let issuing = token.generate(&labels[1], CaKeyAlgorithm::P256, cores.max(2))?;
+        let raw = keystore::pkcs11::raw_sign_rate(&issuing, count, cores)?;
+        let clock = Clock::system();
+        let authority = Authority::create(
+            "certline Bench",
+            DEFAULT_PEN,
+            &Default::default(),
+            root,
+            issuing,
+            clock.now(),
+        )?;
+        let ledger = Ledger::open(&Location::Sqlite(dir.join("pkcs11.db")), true)?;
+        let config = CaConfig {
+            crl_validity_hours: 24,
+            ..CaConfig::new("certline Bench", DEFAULT_PEN, count)
+        };
+        let mut ca = CertAuthority::new(authority, ledger, config, clock);
+        let start = Instant::now();
+        let issued = ca.issue_batch(&batch("HSM", count), &Requester::operator("bench"), cores)?;
+        let packs = rate(issued.packs.len(), start.elapsed());
+        Ok(vec![
+            Figure {
+                what: format!("PKCS#11 raw P-256 signatures ({})", module.display()),
+                threads: cores,
+                per_second: raw,
+                of_raw: 1.0,
+            },
+            Figure {
+                what: "packs in process, issuing key in the token".into(),
+                threads: cores,
+                per_second: packs,
+                of_raw: packs / raw,
+            },
+        ])
+    })();
+    for label in &labels {
+        if let Err(e) = token.destroy(label) {
+            tracing::warn!("could not delete the bench key {label}: {e:#}");
+        }
+    }
+    result
 }
 
 fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow::Result<f64> {
@@ -185,7 +301,7 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
     crate::command::runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
-        let state = CaState::new(ca, threads);
+        let state = CaState::new(ca, threads)?;
         let server = tokio::spawn(crate::service::server::serve(
             listener,
             tls,
@@ -257,7 +373,16 @@ fn on_postgres(
     let schema = BenchSchema::create(url)?;
     let location = schema.location();
     let clock = Clock::system();
-    let (authority, keys) = Authority::create("certline Bench", DEFAULT_PEN, clock.now())?;
+    let (root, root_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P384)?;
+    let (issuing, issuing_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P256)?;
+    let authority = Authority::create(
+        "certline Bench",
+        DEFAULT_PEN,
+        &Default::default(),
+        root,
+        issuing,
+        clock.now(),
+    )?;
     let instance = |authority: Authority| -> anyhow::Result<CertAuthority> {
         let mut ledger = Ledger::open(&location, true)?;
         ledger.bind_root(&crate::pki::fingerprint(authority.root_der()))?;
@@ -274,7 +399,8 @@ fn on_postgres(
             DEFAULT_PEN,
             authority.root_der().to_vec(),
             authority.issuing_der().to_vec(),
-            &keys,
+            keystore::file::from_pkcs8(&root_pkcs8)?,
+            keystore::file::from_pkcs8(&issuing_pkcs8)?,
         )
     };
     let mut first = instance(twin()?)?;

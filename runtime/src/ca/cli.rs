@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::config::{LedgerConfig, DEFAULT_PEN};
 use super::dir::{self, InitOptions};
 use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
-use super::serve::{revoke_target, router, CaState};
+use super::serve::{public_router, revoke_target, router, CaState};
 use crate::command::StateDir;
 use crate::command::{emit, runtime};
 use crate::pki::credential::Credential;
@@ -42,6 +42,10 @@ pub enum CaCommand {
     Audit(AuditCommand),
     /// Ledger counts, or the certificate history of one id.
     Status(StatusArgs),
+    /// One certificate from the ledger: PEM, or with `--json` its record and state history.
+    Show(ShowArgs),
+    /// Every certificate issued or revoked since a date, for auditors (CSV or JSON lines).
+    Export(ExportArgs),
     /// Measure issuance: raw crypto rate, pack rate in process, pack rate over mTLS.
     Bench(super::bench::BenchArgs),
     /// Copy this CA's SQLite ledger into an empty PostgreSQL database and
@@ -50,18 +54,44 @@ pub enum CaCommand {
     MigrateLedger(MigrateLedgerArgs),
 }
 
+/// A CA directory and where its secrets come from: the passphrase (as for
+/// every state folder) and, when its keys are in a PKCS#11 token, the PIN
+/// (`--pin-file` or `CERTLINE_PKCS11_PIN`, never the command line).
+#[derive(Args, Debug, Clone)]
+pub struct CaDir {
+    #[command(flatten)]
+    pub state: StateDir,
+    /// File holding the PKCS#11 token's user PIN (else CERTLINE_PKCS11_PIN);
+    /// used only when the CA's keys are in a token.
+    #[arg(long)]
+    pub pin_file: Option<PathBuf>,
+}
+
+impl std::ops::Deref for CaDir {
+    type Target = StateDir;
+
+    fn deref(&self) -> &StateDir {
+        &self.state
+    }
+}
+
 /// Opens the CA a command names.
-pub fn open(dir: &StateDir) -> anyhow::Result<dir::OpenCa> {
+pub fn open(dir: &CaDir) -> anyhow::Result<dir::OpenCa> {
     // Say "not a CA" before asking for a passphrase it would not need.
     dir::read_config(&dir.dir, &Clock::system())?;
     let passphrase = dir.passphrase()?;
-    dir::open(&dir.dir, &passphrase, Clock::system())
+    dir::open(
+        &dir.dir,
+        &passphrase,
+        dir.pin_file.as_deref(),
+        Clock::system(),
+    )
 }
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     /// Organisation (the vendor) named in every certificate.
     #[arg(long, default_value = "certline Example Vendor")]
     pub org: String,
@@ -74,6 +104,21 @@ pub struct InitArgs {
     /// Most ids one batch request may ask for.
     #[arg(long, default_value_t = 10_000)]
     pub max_batch: usize,
+    /// Generate the root and issuing keys inside a PKCS#11 token, through
+    /// this module (e.g. /usr/lib/softhsm/libsofthsm2.so); needs --token.
+    #[arg(long, requires = "token")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The label of the PKCS#11 token to generate the keys in.
+    #[arg(long, requires = "pkcs11_module")]
+    pub token: Option<String>,
+    /// Public URL of the issuing CA's CRL (http or https), put into every
+    /// certificate as its CRL Distribution Point (ca.toml's `crl_url`).
+    #[arg(long)]
+    pub crl_url: Option<String>,
+    /// Public URL of the issuing CA's certificate, put into every certificate
+    /// as its Authority Information Access caIssuers (ca.toml's `ca_issuers_url`).
+    #[arg(long)]
+    pub ca_issuers_url: Option<String>,
     /// Keep the ledger in this PostgreSQL database (postgres://user@host:port/db,
     /// no password in it) instead of DIR/ledger.db: for several CA processes.
     #[arg(long, value_name = "URL")]
@@ -104,19 +149,23 @@ pub struct MigrateLedgerArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     /// Address to listen on (port 0 picks a free port; the URL is printed).
     #[arg(long)]
     pub listen: Option<String>,
     /// Signing threads per batch (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also serve the CRLs and CA certificates, and only those, over plain
+    /// HTTP on this address, at the paths of ca.toml's crl_url and ca_issuers_url.
+    #[arg(long)]
+    pub public_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct EnrollArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     #[arg(long, value_enum)]
     pub role: Role,
     /// The service's name (letters, digits, '-', '_', '.').
@@ -135,7 +184,7 @@ pub struct EnrollArgs {
 #[derive(Args, Debug)]
 pub struct IssueArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     /// File with one device id a line.
     #[arg(long)]
     pub ids: PathBuf,
@@ -170,7 +219,7 @@ pub struct RequestArgs {
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     /// Certificate serial number (hex).
     #[arg(long, conflicts_with = "id", required_unless_present = "id")]
     pub serial: Option<String>,
@@ -186,7 +235,7 @@ pub struct RevokeArgs {
 #[derive(Args, Debug)]
 pub struct CrlArgs {
     #[command(flatten)]
-    pub dir: StateDir,
+    pub dir: CaDir,
     /// Write here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -194,6 +243,10 @@ pub struct CrlArgs {
     /// the current CRLs, re-published once half their validity is gone).
     #[arg(long, value_name = "SECONDS")]
     pub valid_for: Option<u32>,
+    /// Publish fresh CRLs now, whatever the publisher's delay (a CA serving
+    /// this directory serves them from its next CRL request on).
+    #[arg(long, conflicts_with = "valid_for")]
+    pub now: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +287,42 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// The CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The device id (or role:name) whose certificate to show: its valid one, else its newest.
+    #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+    pub id: Option<String>,
+    /// The certificate's serial (hex).
+    #[arg(long)]
+    pub serial: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The CA directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// List certificates issued or revoked at or after this date (YYYY-MM-DD, UTC) or instant (RFC 3339).
+    #[arg(long)]
+    pub since: String,
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Write here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
 pub fn run(command: CaCommand) -> anyhow::Result<()> {
     match command {
         CaCommand::Init(args) => init(args),
@@ -245,6 +334,8 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Crl(args) => crl(args),
         CaCommand::Audit(cmd) => audit(cmd),
         CaCommand::Status(args) => status(args),
+        CaCommand::Show(args) => show(args),
+        CaCommand::Export(args) => export(args),
         CaCommand::Bench(args) => super::bench::run(args),
         CaCommand::MigrateLedger(args) => migrate_ledger(args),
     }
@@ -252,6 +343,15 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
     let passphrase = args.dir.passphrase()?;
+    let keys = match (&args.pkcs11_module, &args.token) {
+        (Some(module), Some(token)) => dir::NewKeys::Pkcs11 {
+            module: module.clone(),
+            token: token.clone(),
+            pin: crate::pki::keystore::pkcs11::read_pin(args.dir.pin_file.as_deref())?,
+        },
+        _ => dir::NewKeys::Sealed,
+    };
+    let in_token = args.token.clone();
     let report = dir::init(
         &args.dir.dir,
         &InitOptions {
@@ -263,6 +363,9 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
                 .ledger
                 .as_deref()
                 .map(|url| LedgerConfig::new(url, args.ledger_password_file.clone())),
+            crl_url: args.crl_url,
+            ca_issuers_url: args.ca_issuers_url,
+            keys,
         },
         &passphrase,
         Clock::system(),
@@ -274,8 +377,21 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
         println!("  root CA           sha256 {}", report.root_fingerprint);
         println!("  issuing CA        sha256 {}", report.issuing_fingerprint);
         println!();
+        if let Some(token) = &in_token {
+            println!(
+                "The root and issuing keys were generated inside PKCS#11 token {token:?} (labels {} and {});",
+                dir::ROOT_KEY_LABEL,
+                dir::ISSUING_KEY_LABEL
+            );
+            println!("they never leave it. Every start needs the token and its PIN.");
+        }
         println!(
-            "The root, issuing and TLS keys are sealed in {} under a key derived",
+            "The {} sealed in {} under a key derived",
+            if in_token.is_some() {
+                "CA server's TLS key is"
+            } else {
+                "root, issuing and TLS keys are"
+            },
             report.dir.join(dir::KEYS_FILE).display()
         );
         println!(
@@ -318,10 +434,28 @@ fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
         .ledger
         .as_ref()
         .map(|l| Duration::from_secs(u64::from(l.lease_seconds.max(3) / 2)));
-    let state = CaState::new(opened.ca, threads);
+    let state = CaState::new(opened.ca, threads)?;
+    let public = match &args.public_listen {
+        Some(addr) => Some((addr.clone(), public_router(state.clone())?)),
+        None => None,
+    };
     runtime()?.block_on(async move {
         if let Some(every) = sweep {
             tokio::spawn(state.clone().sweep_orphans(every));
+        }
+        if let Some((addr, router)) = public {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("--public-listen: cannot listen on {addr}: {e}"))?;
+            println!(
+                "CA public listener (CRLs and CA certificates only) on http://{}",
+                listener.local_addr()?
+            );
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("the public listener stopped: {e}");
+                }
+            });
         }
         let listener = bind(&listen, "CA").await?;
         serve(listener, tls, router(state), shutdown_signal()).await
@@ -377,7 +511,10 @@ fn issue(args: IssueArgs) -> anyhow::Result<()> {
         .unwrap_or(1);
     let batch = opened
         .ca
-        .issue_batch(&request, &Requester::operator("ca issue"), threads)?;
+        .issue_batch(&request, &Requester::operator("ca issue"), threads);
+    // Whatever a failed batch abandoned is listed now, not at the next start.
+    opened.ca.publish_if_behind()?;
+    let batch = batch?;
     let written = super::request::write_batch(&batch, &args.out)?;
     emit(args.json, &written, || {
         for pack in &written {
@@ -428,6 +565,9 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
     let revoked = opened
         .ca
         .revoke(&target, args.reason, &Requester::operator("ca revoke"))?;
+    // No publisher runs in this process: publish now (a CA serving the same
+    // directory serves the stored CRL at its next read).
+    opened.ca.publish_if_behind()?;
     emit(args.json, &revoked, || {
         println!(
             "revoked {} ({}) at {}: {}",
@@ -439,6 +579,9 @@ fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
 fn crl(args: CrlArgs) -> anyhow::Result<()> {
     let mut opened = open(&args.dir)?;
     let mut pem = String::new();
+    if args.now {
+        opened.ca.publish_crls()?;
+    }
     for scope in [SCOPE_ISSUING, SCOPE_ROOT] {
         let der = match args.valid_for {
             // Exactly the CRLs just published, not a re-publication of them.
@@ -558,6 +701,123 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
                     );
                 }
             })
+        }
+    }
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let ledger = open_ledger_read_only(&args.dir)?;
+    let record = match (&args.id, &args.serial) {
+        (Some(id), _) => ledger
+            .latest(id)?
+            .with_context(|| format!("the ledger has no certificate for {id}"))?,
+        (None, Some(serial)) => {
+            let serial = crate::pki::serial::Serial::from_hex(serial)
+                .map_err(|e| anyhow::anyhow!("--serial: {e}"))?
+                .to_hex();
+            ledger
+                .by_serial(&serial)?
+                .with_context(|| format!("the ledger has no certificate with serial {serial}"))?
+        }
+        (None, None) => anyhow::bail!("name --id or --serial"),
+    };
+    let der = ledger.der(&record.serial)?;
+    let note = match (&der, &record.issued_at) {
+        (Some(_), _) => None,
+        (None, Some(_)) => Some(crate::store::ledger::NO_DER_NOTE.to_string()),
+        (None, None) => Some("never issued: its reservation was abandoned before signing".into()),
+    };
+    let shown = crate::wire::ca::CertShow {
+        history: crate::store::ledger::states(&record),
+        pem: der.as_deref().map(|der| to_pem("CERTIFICATE", der)),
+        note,
+        record,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    match (&shown.pem, &shown.note) {
+        (Some(pem), _) => {
+            print!("{pem}");
+            Ok(())
+        }
+        (None, note) => anyhow::bail!(
+            "certificate {} of {}: no DER in the ledger: {}",
+            shown.record.serial,
+            shown.record.subject,
+            note.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
+/// `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant.
+fn parse_since(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(at) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(at.to_offset(time::UtcOffset::UTC));
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &format)
+        .map(|day| day.midnight().assume_utc())
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "--since {text:?} is not a date (YYYY-MM-DD) or an RFC 3339 instant (2026-01-31T12:00:00Z)"
+            )
+        })
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let since = parse_since(&args.since)?;
+    let ledger = open_ledger_read_only(&args.dir)?;
+    let rows: Vec<crate::wire::ca::ExportRow> = ledger
+        .changed_since(since)?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    let mut out: Vec<u8> = Vec::new();
+    match args.format {
+        ExportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(&mut out);
+            if rows.is_empty() {
+                // The header alone still says what the columns would be.
+                writer.write_record([
+                    "id",
+                    "kind",
+                    "serial",
+                    "fingerprint",
+                    "status",
+                    "requested_at",
+                    "issued_at",
+                    "revoked_at",
+                    "requester",
+                    "reason",
+                    "revoked_by",
+                ])?;
+            }
+            for row in &rows {
+                writer.serialize(row)?;
+            }
+            writer.flush()?;
+        }
+        ExportFormat::Jsonl => {
+            for row in &rows {
+                serde_json::to_writer(&mut out, row)?;
+                out.push(b'\n');
+            }
+        }
+    }
+    for note in ledger.notes()? {
+        eprintln!("note: {note}");
+    }
+    match args.out {
+        Some(path) => {
+            std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            Ok(())
         }
     }
 }

@@ -5,7 +5,10 @@
 //! DIR/root.pem     root CA certificate
 //! DIR/issuing.pem  issuing CA certificate
 //! DIR/tls.pem      the CA server's own certificate chain (its key is sealed)
-//! DIR/keys.json    the root, issuing and TLS keys, sealed under the KEK (0600)
+//! DIR/keys.json    the TLS key and (sealed key store) the root and issuing
+//!                  keys, sealed under the KEK (0600); with a PKCS#11 key
+//!                  store the root and issuing keys are in the token, and
+//!                  ca.toml's [keystore] names it and their labels
 //! DIR/ledger.db    issuance ledger and audit log (SQLite; or `[ledger] url` in
 //!                  ca.toml names a PostgreSQL database shared by several CAs)
 //! ```
@@ -18,8 +21,10 @@ use zeroize::Zeroizing;
 
 use super::config::{CaConfig, LedgerConfig};
 use super::issuance::{CertAuthority, Clock, Requester};
-use crate::pki::authority::{Authority, CaKeys};
+use crate::pki::authority::Authority;
 use crate::pki::credential::Credential;
+use crate::pki::keystore::pkcs11::Token;
+use crate::pki::keystore::{self, CaKey, CaKeyAlgorithm, KeyStoreConfig};
 use crate::pki::pack::write_private_file;
 use crate::pki::role::Role;
 use crate::pki::seal::{self, KdfParams, Kek};
@@ -51,9 +56,36 @@ fn keep_private(dir: &Path) -> anyhow::Result<()> {
 #[derive(Serialize, Deserialize)]
 struct SealedKeys {
     kdf: KdfParams,
-    root: String,
-    issuing: String,
+    /// The root and issuing keys, with the sealed key store only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuing: Option<String>,
     tls: String,
+}
+
+/// The labels `ca init --pkcs11-module` gives the CA's keys in the token.
+pub const ROOT_KEY_LABEL: &str = "certline-root";
+pub const ISSUING_KEY_LABEL: &str = "certline-issuing";
+
+/// Signing sessions per token key: one per core, so a batch signs on every core.
+pub fn signing_sessions() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(2)
+}
+
+/// Where `ca init` makes the CA's keys.
+pub enum NewKeys {
+    /// In software, sealed into keys.json.
+    Sealed,
+    /// In a PKCS#11 token, logged in with the PIN.
+    Pkcs11 {
+        module: std::path::PathBuf,
+        token: String,
+        pin: Zeroizing<String>,
+    },
 }
 
 pub struct InitOptions {
@@ -63,6 +95,10 @@ pub struct InitOptions {
     pub max_batch: usize,
     /// A PostgreSQL ledger instead of `DIR/ledger.db`.
     pub ledger: Option<LedgerConfig>,
+    /// `crl_url` and `ca_issuers_url` of ca.toml (checked here).
+    pub crl_url: Option<String>,
+    pub ca_issuers_url: Option<String>,
+    pub keys: NewKeys,
 }
 
 /// Creates a CA in `dir` (which must be missing or empty).
@@ -94,6 +130,16 @@ pub fn init(
     if options.max_batch == 0 {
         anyhow::bail!("--max-batch must be at least 1");
     }
+    let mut config = CaConfig::new(&options.organization, options.pen, options.max_batch);
+    config.crl_url = options.crl_url.clone();
+    config.ca_issuers_url = options.ca_issuers_url.clone();
+    config.ledger = options.ledger.clone();
+    config.check(clock.now()).map_err(anyhow::Error::msg)?;
+    // A token that is missing or refuses the PIN stops init before anything is written.
+    let token = match &options.keys {
+        NewKeys::Sealed => None,
+        NewKeys::Pkcs11 { module, token, pin } => Some(Token::open(module, token, pin)?),
+    };
     {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -106,11 +152,37 @@ pub fn init(
     keep_private(dir)?;
 
     let (kek, kdf) = Kek::create(passphrase)?;
-    let (authority, keys) = Authority::create(&options.organization, options.pen, clock.now())?;
-    let config = CaConfig {
-        ledger: options.ledger.clone(),
-        ..CaConfig::new(&options.organization, options.pen, options.max_batch)
+    let (root_key, issuing_key, sealed_ca_keys) = match (&options.keys, token) {
+        (NewKeys::Sealed, _) | (_, None) => {
+            let (root, root_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P384)?;
+            let (issuing, issuing_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P256)?;
+            let sealed = (
+                seal::encode(&kek.seal(&root_pkcs8, b"root")),
+                seal::encode(&kek.seal(&issuing_pkcs8, b"issuing")),
+            );
+            (root, issuing, Some(sealed))
+        }
+        (NewKeys::Pkcs11 { module, .. }, Some(token)) => {
+            let root = token.generate(ROOT_KEY_LABEL, CaKeyAlgorithm::P384, 1)?;
+            let issuing =
+                token.generate(ISSUING_KEY_LABEL, CaKeyAlgorithm::P256, signing_sessions())?;
+            config.keystore = KeyStoreConfig::Pkcs11 {
+                module: module.clone(),
+                token: token.label().to_string(),
+                root_label: ROOT_KEY_LABEL.into(),
+                issuing_label: ISSUING_KEY_LABEL.into(),
+            };
+            (root, issuing, None)
+        }
     };
+    let authority = Authority::create(
+        &options.organization,
+        options.pen,
+        &config.root_urls(),
+        root_key,
+        issuing_key,
+        clock.now(),
+    )?;
     let mut ledger = Ledger::open(&config.ledger_location(dir)?, true)?;
     ledger.bind_root(&crate::pki::fingerprint(authority.root_der()))?;
     std::fs::write(dir.join(ROOT_FILE), authority.root_pem())?;
@@ -131,9 +203,10 @@ pub fn init(
     }
     std::fs::write(dir.join(TLS_FILE), tls_pem)?;
     let tls_key = credential_key(&tls)?;
+    let (root, issuing) = sealed_ca_keys.unzip();
     let sealed = SealedKeys {
-        root: seal::encode(&kek.seal(&keys.root, b"root")),
-        issuing: seal::encode(&kek.seal(&keys.issuing, b"issuing")),
+        root,
+        issuing,
         tls: seal::encode(&kek.seal(&tls_key, b"tls")),
         kdf,
     };
@@ -193,10 +266,16 @@ pub fn check_initialised(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens a CA directory: unseals the keys, revokes reservations a crash left
+/// Opens a CA directory: unseals the keys (or opens the token, with the PIN
+/// from `pin_file` or the environment), revokes reservations a crash left
 /// (reserve without commit) and republishes the CRLs if they miss any
 /// committed revocation (a crash before publishing).
-pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa> {
+pub fn open(
+    dir: &Path,
+    passphrase: &str,
+    pin_file: Option<&Path>,
+    clock: Clock,
+) -> anyhow::Result<OpenCa> {
     let config = read_config(dir, &clock)?;
     keep_private(dir)?;
     let keys_text = std::fs::read_to_string(dir.join(KEYS_FILE))
@@ -206,9 +285,32 @@ pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa
     let open = |text: &str, name: &str| -> anyhow::Result<Zeroizing<Vec<u8>>> {
         Ok(kek.open(&seal::decode(text, name)?, name.as_bytes(), name)?)
     };
-    let keys = CaKeys {
-        root: open(&sealed.root, "root")?,
-        issuing: open(&sealed.issuing, "issuing")?,
+    let (root_key, issuing_key) = match &config.keystore {
+        KeyStoreConfig::Sealed => {
+            let sealed_key = |text: &Option<String>, name: &str| -> anyhow::Result<CaKey> {
+                let text = text.as_deref().with_context(|| {
+                    format!("keys.json holds no {name} key, and ca.toml names no other key store")
+                })?;
+                keystore::file::from_pkcs8(&open(text, name)?)
+            };
+            (
+                sealed_key(&sealed.root, "root")?,
+                sealed_key(&sealed.issuing, "issuing")?,
+            )
+        }
+        KeyStoreConfig::Pkcs11 {
+            module,
+            token,
+            root_label,
+            issuing_label,
+        } => {
+            let pin = keystore::pkcs11::read_pin(pin_file)?;
+            let token = Token::open(module, token, &pin)?;
+            (
+                token.key(root_label, CaKeyAlgorithm::P384, 1)?,
+                token.key(issuing_label, CaKeyAlgorithm::P256, signing_sessions())?,
+            )
+        }
     };
     let read_cert = |file: &str| -> anyhow::Result<Vec<u8>> {
         let text = std::fs::read_to_string(dir.join(file))
@@ -226,7 +328,8 @@ pub fn open(dir: &Path, passphrase: &str, clock: Clock) -> anyhow::Result<OpenCa
         config.pen,
         root_der.clone(),
         issuing_der,
-        &keys,
+        root_key,
+        issuing_key,
     )?;
     let tls_chain = pem_blocks(&std::fs::read_to_string(dir.join(TLS_FILE))?, "CERTIFICATE")?;
     let tls = Credential::new(tls_chain, root_der, open(&sealed.tls, "tls")?)?;

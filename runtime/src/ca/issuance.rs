@@ -1,8 +1,10 @@
 //! Issuance: what a request may ask for, who may revoke what, and the order
 //! in which the ledger and the signer are used so that no device id ever has
 //! two valid certificates and no signed certificate is unknown to the ledger
-//! (reserve → sign → commit → publish; see `ISSUANCE-CYCLE.md` beside this file
-//! for what a crash between any two steps leaves and who cleans it up).
+//! (reserve → sign → commit; see `ISSUANCE-CYCLE.md` beside this file for
+//! what a crash between any two steps leaves and who cleans it up). A
+//! revocation commits its row and the ledger's revocation count and returns:
+//! CRLs are signed off the request path (`publish.rs`).
 //!
 //! No transport here: refusals are a [`CaError`] with a kind and a stable
 //! code from [`crate::wire::ca::codes`]; `serve.rs` maps them onto HTTP. The
@@ -13,7 +15,7 @@
 //! checks before them and the refusals they raise are read together, since
 //! the order of the checks and of the ledger and signer calls is the guarantee.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -22,14 +24,13 @@ use zeroize::Zeroizing;
 use super::config::CaConfig;
 use crate::pki::authority::Authority;
 use crate::pki::credential::Credential;
-use crate::pki::crl::{listed_serials, Reason};
+use crate::pki::crl::Reason;
 use crate::pki::id::{check_model, DeviceId};
 use crate::pki::keys::DeviceKey;
 use crate::pki::profile::ResolvedProfile;
 use crate::pki::role::{check_name, Role};
 use crate::pki::serial::Serial;
 use crate::pki::{fingerprint, to_pem};
-use crate::store::db::time_text;
 use crate::store::ledger::{
     CertKind, CertRecord, CertStatus, Ledger, LedgerError, Reservation, RevokeTarget,
 };
@@ -153,6 +154,9 @@ pub enum Requester {
     Operator(String),
     /// A station, by the name in its credential.
     Station(String),
+    /// A device renewing its own identity over EST, by the id its current
+    /// identity certificate names (`simplereenroll`).
+    Device(String),
 }
 
 impl Requester {
@@ -165,15 +169,30 @@ impl Requester {
         match self {
             Requester::Operator(command) => command.clone(),
             Requester::Station(name) => format!("station:{name}"),
+            Requester::Device(id) => format!("device:{id}"),
         }
     }
 
     /// Refuses what a station may not touch: a service credential, or a
     /// device certificate another requester asked for.
     fn may_touch(&self, cert: &CertRecord, doing: &str) -> Result<(), CaError> {
-        let Requester::Station(_) = self else {
-            return Ok(());
-        };
+        match self {
+            Requester::Operator(_) => return Ok(()),
+            Requester::Station(_) => {}
+            Requester::Device(id) => {
+                if cert.kind == CertKind::Device && &cert.subject == id {
+                    return Ok(());
+                }
+                return Err(CaError::refused(
+                    CaErrorKind::Forbidden,
+                    codes::NOT_YOUR_CERTIFICATE,
+                    format!(
+                        "certificate {} of {} is not the identity of device {id}; a device may {doing} only its own",
+                        cert.serial, cert.subject
+                    ),
+                ));
+            }
+        }
         if cert.kind != CertKind::Device {
             return Err(CaError::refused(
                 CaErrorKind::Forbidden,
@@ -213,7 +232,8 @@ fn crash_point(name: &'static str) {
 }
 
 pub struct CertAuthority {
-    pki: Authority,
+    /// Shared with the CRL publisher thread, which signs with it too.
+    pki: Arc<Authority>,
     ledger: Ledger,
     config: CaConfig,
     clock: Clock,
@@ -232,9 +252,15 @@ pub(super) struct Signed<K> {
 pub(super) type Item = (DeviceId, Option<Serial>, ResolvedProfile);
 
 impl CertAuthority {
-    pub fn new(pki: Authority, ledger: Ledger, config: CaConfig, clock: Clock) -> CertAuthority {
+    pub fn new(
+        mut pki: Authority,
+        ledger: Ledger,
+        config: CaConfig,
+        clock: Clock,
+    ) -> CertAuthority {
+        pki.set_issued_urls(config.issued_urls());
         CertAuthority {
-            pki,
+            pki: Arc::new(pki),
             ledger,
             config,
             clock,
@@ -243,6 +269,11 @@ impl CertAuthority {
 
     pub fn pki(&self) -> &Authority {
         &self.pki
+    }
+
+    /// The signer, for a thread that signs beside this one (the CRL publisher).
+    pub fn shared_pki(&self) -> Arc<Authority> {
+        self.pki.clone()
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -411,17 +442,16 @@ impl CertAuthority {
                     &format!("signing failed: {err:#}"),
                     self.clock.now(),
                 )?;
-                // Should this fail, the next start publishes (`publish_if_behind`).
-                let _ = self.publish_crls();
+                // The publisher (or the next start) lists what was abandoned.
                 return Err(CaError::Internal(err));
             }
         };
         crash_point("ca-after-sign");
 
         // 3. commit
-        let committed: Vec<(Serial, String)> = signed
+        let committed: Vec<(Serial, Vec<u8>)> = signed
             .iter()
-            .map(|s| (s.serial.clone(), fingerprint(&s.der)))
+            .map(|s| (s.serial.clone(), s.der.clone()))
             .collect();
         if let Err(err) = self
             .ledger
@@ -432,20 +462,18 @@ impl CertAuthority {
                 &format!("commit failed: {err:#}"),
                 self.clock.now(),
             );
-            let _ = self.publish_crls();
             return Err(CaError::Internal(err));
         }
         crash_point("ca-after-commit");
 
-        // 4. publish: a replacement revoked the certificate it replaces (in
-        // `reserve`): the CRL must say so now, not when the cached one is half expired.
-        if reservations.iter().any(|r| r.replaces.is_some()) {
-            self.publish_crls()?;
-        }
+        // A replacement revoked the certificate it replaces (in `reserve`,
+        // which counted it): the publisher lists it within `crl_max_delay`.
         Ok(signed
             .into_iter()
-            .zip(committed)
-            .map(|(s, (_, fp))| (s, fp))
+            .map(|s| {
+                let fp = fingerprint(&s.der);
+                (s, fp)
+            })
             .collect())
     }
 
@@ -476,7 +504,7 @@ impl CertAuthority {
             .pki
             .sign_service(role, name, hosts, &serial, &key, now)?;
         self.ledger
-            .commit_issued(&[(serial, fingerprint(&der))], &who, now)?;
+            .commit_issued(&[(serial, der.clone())], &who, now)?;
         Credential::new(
             vec![der, self.pki.issuing_der().to_vec()],
             self.pki.root_der().to_vec(),
@@ -484,8 +512,9 @@ impl CertAuthority {
         )
     }
 
-    /// Revokes one certificate (commit), then publishes CRLs that list it
-    /// (publish). A station may revoke only device certificates it asked for.
+    /// Revokes one certificate (commit, with the ledger's revocation count);
+    /// the CRL that lists it is signed off the request path (`publish.rs`).
+    /// A station may revoke only device certificates it asked for.
     pub fn revoke(
         &mut self,
         target: &RevokeTarget,
@@ -502,7 +531,6 @@ impl CertAuthority {
             .revoke(&found, reason, &requester.name(), self.clock.now())
             .map_err(CaError::from_ledger)?;
         crash_point("ca-revoke-before-crl");
-        self.publish_crls()?;
         Ok(Revoked {
             serial: record.serial,
             subject: record.subject,
@@ -513,18 +541,7 @@ impl CertAuthority {
 
     /// The live certificate of each id that has one.
     pub fn lookup(&self, ids: &[String]) -> Result<Vec<LiveCert>, CaError> {
-        let mut live = Vec::new();
-        for (index, id) in ids.iter().enumerate() {
-            DeviceId::parse(id).map_err(|e| CaError::invalid(format!("id {}: {e}", index + 1)))?;
-            if let Some(record) = self.ledger.live_device_cert(id)? {
-                live.push(LiveCert {
-                    id: id.clone(),
-                    serial: record.serial,
-                    fingerprint: record.fingerprint,
-                });
-            }
-        }
-        Ok(live)
+        lookup(&self.ledger, ids)
     }
 
     /// Signs and stores fresh CRLs for both scopes, each with the next number.
@@ -534,42 +551,15 @@ impl CertAuthority {
 
     /// As [`Self::publish_crls`], with a nextUpdate `validity` from now.
     pub fn publish_crls_valid_for(&mut self, validity: time::Duration) -> anyhow::Result<()> {
-        let now = self.clock.now();
-        let next_update = time_text(now + validity);
-        let number = self.ledger.next_crl_number(SCOPE_ISSUING)?;
-        // Read after the number is taken: on a ledger shared by several CA
-        // processes, a higher number then always lists at least as much.
-        let revoked = self.ledger.revoked_entries()?;
-        let der = self.pki.issuing_crl(number, &revoked, now, validity)?;
-        self.ledger
-            .store_crl(SCOPE_ISSUING, number, &der, &next_update)?;
-        // Nothing revokes the issuing CA yet, so the root's list stays empty.
-        let number = self.ledger.next_crl_number(SCOPE_ROOT)?;
-        let der = self.pki.root_crl(number, &[], now, validity)?;
-        self.ledger
-            .store_crl(SCOPE_ROOT, number, &der, &next_update)?;
-        Ok(())
+        super::publish::publish(&self.pki, &mut self.ledger, self.clock.now(), validity)
     }
 
     /// Publishes fresh CRLs if the current ones miss a revocation the ledger
     /// has committed (a crash between a revocation's commit and its CRL, or
     /// abandoned reservations), or if there are none. Returns whether it did.
+    /// Two single-row reads when nothing is missing, whatever the CRL's size.
     pub fn publish_if_behind(&mut self) -> anyhow::Result<bool> {
-        let listed: HashSet<String> = match (
-            self.ledger.current_crl(SCOPE_ISSUING)?,
-            self.ledger.current_crl(SCOPE_ROOT)?,
-        ) {
-            (Some((_, der, _)), Some(_)) => listed_serials(&der)?,
-            _ => {
-                self.publish_crls()?;
-                return Ok(true);
-            }
-        };
-        let behind = self
-            .ledger
-            .revoked_entries()?
-            .iter()
-            .any(|entry| !listed.contains(&entry.serial.to_hex()));
+        let behind = super::publish::is_behind(&self.ledger)?;
         if behind {
             self.publish_crls()?;
         }
@@ -612,12 +602,22 @@ impl CertAuthority {
         Ok(der)
     }
 
+    /// Writes an audit entry for a request the CA refused (nothing else
+    /// changes): who asked, what, and why it was refused.
+    pub fn record_refusal(
+        &mut self,
+        requester: &Requester,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.ledger
+            .audit_only(&requester.name(), action, detail)
+            .map(|_| ())
+    }
+
     /// Whether a serial (hex) is revoked in this CA's ledger.
     pub fn is_revoked(&self, serial: &str) -> anyhow::Result<bool> {
-        Ok(self
-            .ledger
-            .by_serial(serial)?
-            .is_some_and(|r| r.status == CertStatus::Revoked))
+        is_revoked(&self.ledger, serial)
     }
 }
 
@@ -670,4 +670,28 @@ fn sign_all(
         }
         Ok(all)
     })
+}
+
+/// The live certificate of each id that has one (any ledger connection: the
+/// server answers lookups on a reader of its own, beside the issuance lock).
+pub fn lookup(ledger: &Ledger, ids: &[String]) -> Result<Vec<LiveCert>, CaError> {
+    let mut live = Vec::new();
+    for (index, id) in ids.iter().enumerate() {
+        DeviceId::parse(id).map_err(|e| CaError::invalid(format!("id {}: {e}", index + 1)))?;
+        if let Some(record) = ledger.live_device_cert(id)? {
+            live.push(LiveCert {
+                id: id.clone(),
+                serial: record.serial,
+                fingerprint: record.fingerprint,
+            });
+        }
+    }
+    Ok(live)
+}
+
+/// Whether a serial (hex) is revoked in a ledger (any connection).
+pub fn is_revoked(ledger: &Ledger, serial: &str) -> anyhow::Result<bool> {
+    Ok(ledger
+        .by_serial(serial)?
+        .is_some_and(|r| r.status == CertStatus::Revoked))
 }

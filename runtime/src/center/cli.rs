@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use super::crl::{refresh_loop, CrlSource, CrlState};
+use super::crl::{refresh, refresh_loop, CrlIssuers, CrlSource, CrlState};
 use super::decide::Policy;
 use super::serve::{router, CenterState, ContractBook};
 use crate::pki::credential::Credential;
@@ -17,7 +17,7 @@ use crate::service::server::{bind, serve, shutdown_signal};
 use crate::service::tls::{server_config, ClientAuth};
 
 #[derive(Args, Debug)]
-#[command(group = clap::ArgGroup::new("crl_source").required(true).args(["ca", "crl_file"]))]
+#[command(group = clap::ArgGroup::new("crl_source").required(true).args(["ca", "crl_file", "crl_from_cdp"]))]
 pub struct CenterArgs {
     /// The center's folder: its credential (credential.pem) and event log (events.jsonl).
     #[arg(long)]
@@ -37,6 +37,10 @@ pub struct CenterArgs {
     /// Read the CRLs from this PEM file instead (as `certline ca crl --out` writes it).
     #[arg(long)]
     pub crl_file: Option<PathBuf>,
+    /// Fetch the CRLs from the CRL Distribution Points in the center's own
+    /// credential and its issuing CA's certificate (plain HTTP, signed data).
+    #[arg(long)]
+    pub crl_from_cdp: bool,
     /// Seconds between CRL refreshes.
     #[arg(long, default_value_t = 60)]
     pub crl_refresh: u64,
@@ -85,6 +89,7 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
     )?;
 
     let source = match (&args.ca, &args.crl_file) {
+        _ if args.crl_from_cdp => CrlSource::from_cdp(&cred)?,
         (Some(url), _) => CrlSource::Ca(ServiceClient::anonymous(
             url,
             &cred.root,
@@ -95,6 +100,15 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let crl = Arc::new(RwLock::new(CrlState::default()));
+    // CRLs are verified with the CA certificates of the center's own credential.
+    let issuers = CrlIssuers {
+        root: cred.root.to_vec(),
+        issuing: cred
+            .chain
+            .get(1)
+            .with_context(|| format!("{} holds no issuing CA certificate", cred_path.display()))?
+            .to_vec(),
+    };
     let state = Arc::new(CenterState {
         root: cred.root.to_vec(),
         crl: crl.clone(),
@@ -107,13 +121,10 @@ pub fn run(args: CenterArgs) -> anyhow::Result<()> {
     let tls = server_config(&cred, ClientAuth::Optional)?;
     crate::command::runtime()?.block_on(async move {
         // The first CRL before the first answer, so a fresh center does not fail closed needlessly.
-        if let Ok(crls) = source.fetch().await {
-            if let Ok(fresh) = super::crl::state_from(crls) {
-                *crl.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-            }
-        }
+        refresh(&source, &issuers, &crl).await;
         tokio::spawn(refresh_loop(
             source,
+            issuers,
             crl,
             Duration::from_secs(args.crl_refresh.max(1)),
         ));

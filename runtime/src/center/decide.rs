@@ -3,9 +3,9 @@
 use time::OffsetDateTime;
 
 use super::contracts::Contracts;
-use super::crl::CrlState;
+use super::crl::{CrlState, Status};
 use crate::pki::identity::device_identity;
-use crate::pki::verify::{verify_client_chain_at, ChainError, Revocation};
+use crate::pki::verify::verify_client_chain;
 use crate::wire::center::{Decision, Verdict};
 
 pub struct Policy {
@@ -24,7 +24,9 @@ fn decision(verdict: Verdict, reason: impl Into<String>) -> Decision {
 }
 
 /// `chain` is what the device presented (leaf first; the TLS layer verified it
-/// chains to `root`), empty when it presented nothing.
+/// chains to `root`), empty when it presented nothing. The chain is verified
+/// without CRLs; each of its certificates is then looked up in the
+/// revocation set (one hash probe each, no CRL decoded here).
 pub fn decide(
     chain: &[Vec<u8>],
     root: &[u8],
@@ -48,39 +50,59 @@ pub fn decide(
         d.serial = Some(identity.serial_hex.clone());
         d
     };
-    if crl.crls.is_empty() {
+    if crl.is_empty() {
         let why = crl.error.as_deref().unwrap_or("not fetched yet");
         return named(decision(
             Verdict::Unverifiable,
             format!("no CRL from the CA ({why}); failing closed"),
         ));
     }
-    let revocation = Revocation {
-        crls: &crl.crls,
-        enforce_next_update: !policy.allow_stale_crl,
-    };
-    match verify_client_chain_at(leaf, intermediates, root, Some(revocation)) {
-        Ok(()) => {}
-        Err(ChainError::Revoked) => {
-            let reason = crl
-                .reason_for(&identity.serial_hex)
-                .unwrap_or_else(|| "unspecified".into());
+    if let Err(e) = verify_client_chain(leaf, intermediates, root) {
+        return named(decision(Verdict::Unknown, format!("{e:#}")));
+    }
+    if !policy.allow_stale_crl && crl.is_stale(now) {
+        let when = crl
+            .next_update
+            .map(crate::store::db::time_text)
+            .unwrap_or_default();
+        return named(decision(
+            Verdict::Unverifiable,
+            format!(
+                "the CRL expired at {when} and no fresh one could be fetched ({}); failing closed",
+                crl.error.as_deref().unwrap_or("no error recorded")
+            ),
+        ));
+    }
+    // Every certificate below the root, leaf first (as webpki's chain depth).
+    for cert in std::iter::once(leaf).chain(intermediates) {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
             return named(decision(
-                Verdict::Revoked,
-                format!("certificate {} was revoked ({reason})", identity.serial_hex),
+                Verdict::Unknown,
+                "a certificate of the chain does not parse",
             ));
+        };
+        if parsed.subject() == parsed.issuer() {
+            continue;
         }
-        Err(ChainError::CrlExpired) => {
-            let when = crl
-                .next_update
-                .map(crate::store::db::time_text)
-                .unwrap_or_default();
-            return named(decision(
-                Verdict::Unverifiable,
-                format!("the CRL expired at {when} and no fresh one could be fetched ({}); failing closed", crl.error.as_deref().unwrap_or("no error recorded")),
-            ));
+        match crl.status(parsed.issuer().as_raw(), parsed.raw_serial()) {
+            Status::Good => {}
+            Status::Revoked { serial_hex, reason } => {
+                return named(decision(
+                    Verdict::Revoked,
+                    format!("certificate {serial_hex} was revoked ({reason})"),
+                ));
+            }
+            Status::NoCrl => {
+                return named(decision(
+                    Verdict::Unverifiable,
+                    format!(
+                        "no CRL of {} is held, so the status of certificate {} is unknown; failing closed",
+                        parsed.issuer(),
+                        hex::encode(parsed.raw_serial())
+                    ),
+                ));
+            }
         }
-        Err(ChainError::Invalid(e)) => return named(decision(Verdict::Unknown, e)),
     }
     match contracts.find(&identity.id, now.date()) {
         Some(contract) => {

@@ -41,6 +41,10 @@ pub struct DemoArgs {
     pub scripts: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// After the summary, keep the CA and the station serving (the station's
+    /// console in a browser at the printed address) until Ctrl-C.
+    #[arg(long)]
+    pub keep_serving: bool,
 }
 
 /// One model in the day's production plan.
@@ -429,6 +433,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "station listening on ",
         "station",
     )?;
+    progress(&format!(
+        "     console: {}/console/ (user admin, password in {}; the browser must trust {})",
+        station.url,
+        dir.join("admin-password").display(),
+        st.join("root.pem").display()
+    ));
 
     step(
         6,
@@ -545,6 +555,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     progress(&format!("     {}", compact(&rework)?));
     wait_queue(&certline, &st)?;
     wait_revoked(&certline, &ca_dir, REWORKED, &rework.revoked_serial)?;
+    // The serving CA publishes a revocation within its `crl_max_delay`; the
+    // center below reads the CRL once at start, so publish it now.
+    certline.run(&[
+        "ca",
+        "crl",
+        "--now",
+        "--dir",
+        path(&ca_dir),
+        "--out",
+        path(&center_dir.join("crl.pem")),
+    ])?;
     let stock: StockReport = admin(&certline, &admin_url, &root, &["stock"])?;
 
     step(
@@ -586,8 +607,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "--out",
         path(&crl_file),
     ])?;
-    drop(station);
-    drop(ca);
+    // Kept serving after the summary with --keep-serving; stopped here otherwise.
+    let mut serving = Some((station, ca));
+    if !args.keep_serving {
+        serving = None;
+    }
     let summary = report::Summary::build(
         &dir,
         &day,
@@ -607,6 +631,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&value)?,
     )?;
     crate::command::emit(args.json, &value, || summary.print())?;
+    if let Some((station, _ca)) = &serving {
+        progress(&format!(
+            "station and CA keep serving until Ctrl-C; the console: {}/console/ (user admin, password in {})",
+            station.url,
+            dir.join("admin-password").display()
+        ));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(crate::service::server::shutdown_signal());
+    }
+    drop(serving);
     if !summary.ok {
         let failed: Vec<&str> = summary
             .checks

@@ -42,8 +42,17 @@ pub struct DeviceSimArgs {
     #[arg(long)]
     pub credential: Option<PathBuf>,
     /// Wire protocol [default: xml with --listen, tlv with --pty].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "exec")]
     pub protocol: Option<Protocol>,
+    /// Speak a protocol of your own: run CMD (with `sh -c`) for every link
+    /// session, its stdin and stdout being the link's plain bytes (after
+    /// TLS); the simulator keeps NVRAM, flash and the secure element and
+    /// serves them on the Unix socket `$CERTLINE_DEVICE_SOCKET` (JSON lines:
+    /// id, identity, check, store, sign, log; see plugins/README.md).
+    /// Fault knobs that work here: --fail-write, --corrupt-readback,
+    /// --report-id, --delay-ms.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["bad_crc", "garble", "drop_after_received", "drop_after_keygen"])]
+    pub exec: Option<String>,
     /// Serve one link session, then exit.
     #[arg(long)]
     pub once: bool,
@@ -120,6 +129,9 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     } else {
         Protocol::Xml
     });
+    if args.exec.is_some() && args.bad_crc > 0 {
+        anyhow::bail!("--bad-crc is a knob of the built-in tlv protocol, not of an --exec program");
+    }
     if args.bad_crc > 0 && protocol != Protocol::Tlv {
         anyhow::bail!("--bad-crc needs the tlv protocol (frames with a CRC)");
     }
@@ -136,7 +148,8 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
     };
     let device = device.with_keygen(args.keygen, &faults);
     let mut bad_crc = faults.bad_crc;
-    let mut events = |e: &str| eprintln!("device-sim {id}: {}", crate::text::printable(e));
+    let say = |e: &str| eprintln!("device-sim {id}: {}", crate::text::printable(e));
+    let mut events = say;
 
     let announce = |key: &str, value: &str| -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
@@ -173,7 +186,11 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
                     }
                 };
             events(&format!("link from {}", link.describe()));
-            match device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events) {
+            let end = match &args.exec {
+                Some(cmd) => super::exec::serve(&device, &mut link, cmd, &faults, &say),
+                None => device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events),
+            };
+            match end {
                 SessionEnd::Closed => link.close(),
                 // Dropping the socket without close_notify: a pulled cable.
                 SessionEnd::Dropped => link.abort(),
@@ -222,7 +239,11 @@ pub fn run(args: DeviceSimArgs) -> anyhow::Result<()> {
             }
         };
         events(&format!("link from {}", link.describe()));
-        match device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events) {
+        let end = match &args.exec {
+            Some(cmd) => super::exec::serve(&device, &mut link, cmd, &faults, &say),
+            None => device.serve(&mut link, protocol, &faults, &mut bad_crc, &mut events),
+        };
+        match end {
             SessionEnd::Closed => link.close(),
             SessionEnd::Dropped => {
                 // A serial line cannot be hung up from this side and reopened

@@ -24,8 +24,13 @@
 //! own id and hangs together before writing, writes flash atomically (never half
 //! an identity), answers read-back and signs challenges with its flash key. The
 //! fault knobs ([`Faults`]) make it misbehave the ways real devices do.
+//!
+//! What the hardware does (NVRAM id, flash, signing with the flash key) is
+//! one [`exec::Chip`]: the built-in protocols call it directly, a vendor's
+//! own protocol program (`--exec CMD`) calls it over a socket (see [`exec`]).
 
 pub mod cli;
+pub mod exec;
 pub mod report;
 
 use std::io::Write;
@@ -442,8 +447,12 @@ impl Device {
                 let _ = ep.raw_write(b"\xde\xad\xbe\xef garbled\r\n\r\n");
                 continue;
             }
+            let chip = exec::Chip {
+                device: self,
+                faults,
+            };
             let answers = match request {
-                Request::ReadIdentity => match self.identity(faults) {
+                Request::ReadIdentity => match chip.identity() {
                     Ok(id) => {
                         events(&format!(
                             "read-identity: {} {}",
@@ -454,7 +463,7 @@ impl Device {
                     }
                     Err(e) => vec![Answer::Fault(e)],
                 },
-                Request::Sign(challenge) => match self.sign(&challenge) {
+                Request::Sign(challenge) => match chip.sign(&challenge) {
                     Ok(sig) => vec![Answer::Signature(sig)],
                     Err(e) => vec![Answer::Fault(e)],
                 },
@@ -476,13 +485,12 @@ impl Device {
                     }
                 },
                 Request::Write(pack) => {
-                    let device_key = pack.key_pem.is_none();
-                    match self.check_pack(&pack) {
+                    match chip.check(&pack) {
                         Err(reason) => {
                             events(&format!("write refused: {reason}"));
                             vec![Answer::Failed(reason)]
                         }
-                        Ok(pack) => {
+                        Ok(()) => {
                             if ep.send_answer(&Answer::Received).is_err() {
                                 return SessionEnd::Closed;
                             }
@@ -491,21 +499,16 @@ impl Device {
                                 events("dropping the link after received (fault knob); flash untouched");
                                 return SessionEnd::Dropped;
                             }
-                            if let Some(reason) = &faults.fail_write {
-                                events(&format!("write failed (fault knob): {reason}"));
-                                vec![Answer::Failed(reason.clone())]
-                            } else {
-                                match self.write_flash(&pack, device_key) {
-                                    Ok(()) => {
-                                        events(&format!(
-                                            "written: {}",
-                                            pack.fingerprint().unwrap_or_default()
-                                        ));
-                                        vec![Answer::Written]
+                            match chip.store(&pack) {
+                                Ok(fingerprint) => {
+                                    events(&format!("written: {fingerprint}"));
+                                    vec![Answer::Written]
+                                }
+                                Err(reason) => {
+                                    if faults.fail_write.as_deref() == Some(reason.as_str()) {
+                                        events(&format!("write failed (fault knob): {reason}"));
                                     }
-                                    Err(e) => {
-                                        vec![Answer::Failed(format!("flash write failed: {e:#}"))]
-                                    }
+                                    vec![Answer::Failed(reason)]
                                 }
                             }
                         }

@@ -18,14 +18,20 @@ use std::time::Duration;
 use anyhow::Context;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
+use serde::Serialize;
 use serde_json::json;
 
 use super::config::LineConfig;
 use super::outbox::{Flushed, Outcome};
 use super::terminal::{self, Delivery, Setup, Shift, Terminal};
 use super::workflow::Report;
+use crate::plugin::folder::PluginStatus;
 use crate::scanner::{Debounce, ScanEvent, Scanner};
+use crate::script::{Reload, ScriptStatus};
 use crate::text::{printable, printable_json};
+
+/// How often the main loop looks whether the plugin folder reloaded.
+const PLUGIN_POLL: Duration = Duration::from_millis(250);
 
 /// How long the config file must be quiet before a reload.
 pub const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
@@ -34,6 +40,102 @@ enum Event {
     Scan(crate::scanner::Scan),
     ScannerEnded(String),
     ConfigChanged,
+    /// The workflow's script was reloaded (or an edit refused).
+    Script(ScriptStatus, Reload),
+}
+
+/// What the running line serves (its script and plugins), kept in the state
+/// folder for `certline line status`; rewritten at start and at every reload.
+pub const SERVING_FILE: &str = "serving.json";
+
+/// The content of [`SERVING_FILE`].
+#[derive(Debug, Serialize)]
+pub struct Serving {
+    pub line: String,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// Unix seconds.
+    pub at: i64,
+    /// The workflow: "built-in ..." or the script.
+    pub workflow: String,
+    pub script: Option<ScriptStatus>,
+    pub plugins: Vec<PluginStatus>,
+    /// Plugin files not served (or not in their newest version), and why.
+    pub refused_plugins: std::collections::BTreeMap<PathBuf, String>,
+}
+
+fn write_serving(terminal: &Terminal) {
+    let setup = &terminal.setup;
+    let serving = Serving {
+        line: setup.config.name.clone(),
+        pid: std::process::id(),
+        at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        workflow: terminal.workflow.name(),
+        script: terminal.workflow.script(),
+        plugins: setup.plugins.status(),
+        refused_plugins: setup.plugins.refused(),
+    };
+    let path = setup.config.state_dir.join(SERVING_FILE);
+    let tmp = path.with_extension("json.tmp");
+    let written = serde_json::to_vec_pretty(&serving)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(std::fs::write(&tmp, bytes)?))
+        .and_then(|()| Ok(std::fs::rename(&tmp, &path)?));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), "cannot record what the line serves: {e:#}");
+    }
+}
+
+/// Sends the workflow's script reloads to the main loop, to be announced at once.
+fn listen(workflow: &dyn super::workflow::Workflow, tx: &Sender<Event>) {
+    let tx = std::sync::Mutex::new(tx.clone());
+    workflow.on_reload(Box::new(move |status, what| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send(Event::Script(status.clone(), what.clone()));
+    }));
+}
+
+/// A script reload in the operator's words: `line.lua version N now serving`.
+fn script_reload_line(status: &ScriptStatus, what: &Reload) -> (&'static str, String) {
+    let name = status
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| status.file.display().to_string());
+    let v = status.version;
+    match what {
+        Reload::Loaded { .. } => ("script_reloaded", format!("{name} version {v} now serving")),
+        Reload::Refused(why) => (
+            "script_refused",
+            format!("{name} edit refused, version {v} keeps serving: {why}"),
+        ),
+        Reload::Unchanged => (
+            "script_reloaded",
+            format!("{name} is back to version {v}, which serves (the refused edit was undone)"),
+        ),
+    }
+}
+
+/// The plugins served, in one line.
+fn plugins_line(plugins: &[PluginStatus]) -> String {
+    if plugins.is_empty() {
+        return "no plugins serving".into();
+    }
+    let list: Vec<String> = plugins
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {} ({}, models {})",
+                p.name,
+                p.version,
+                p.file.display(),
+                p.models.join(" ")
+            )
+        })
+        .collect();
+    format!("plugins now serving: {}", list.join("; "))
 }
 
 /// Where operator lines go: stdout, as text or one JSON object a line. Every
@@ -76,6 +178,7 @@ impl Console {
                 id = who,
                 status = report.status.word(),
                 code = %report.code,
+                fields = %serde_json::to_string(&report.fields).unwrap_or_default(),
                 serial = report.serial.as_deref().unwrap_or(""),
                 result = report.result.as_deref().unwrap_or(""),
                 ms = report.ms,
@@ -87,6 +190,7 @@ impl Console {
                 id = who,
                 status = report.status.word(),
                 code = %report.code,
+                fields = %serde_json::to_string(&report.fields).unwrap_or_default(),
                 serial = report.serial.as_deref().unwrap_or(""),
                 result = report.result.as_deref().unwrap_or(""),
                 ms = report.ms,
@@ -170,6 +274,7 @@ fn printable_report(report: &Report) -> Report {
         result: po(&report.result),
         steps: report.steps.iter().map(|(n, ms)| (p(n), *ms)).collect(),
         ms: report.ms,
+        fields: report.fields.iter().map(|(k, v)| (p(k), p(v))).collect(),
     }
 }
 
@@ -258,6 +363,9 @@ pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
     let mut last_text = std::fs::read(file).unwrap_or_default();
 
     let (text, extra) = ready_line(&terminal.setup, &terminal.workflow.name());
+    listen(terminal.workflow.as_ref(), &tx);
+    write_serving(&terminal);
+    let mut plugin_generation = terminal.setup.plugins.generation();
     console.say("ready", &text, extra);
 
     // Writes an earlier run started and never recorded (it was stopped
@@ -314,10 +422,40 @@ pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
 
     let mut debounce = Debounce::new(terminal.setup.config.debounce);
     let end = loop {
-        let Ok(event) = rx.recv() else {
-            break "all inputs closed".to_string();
+        let event = match rx.recv_timeout(PLUGIN_POLL) {
+            Ok(event) => event,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // The plugin folder reloads on its own thread; say what
+                // serves now once it changed.
+                let generation = terminal.setup.plugins.generation();
+                if generation != plugin_generation {
+                    plugin_generation = generation;
+                    write_serving(&terminal);
+                    let status = terminal.setup.plugins.status();
+                    let refused = terminal.setup.plugins.refused();
+                    console.say(
+                        "plugins_reloaded",
+                        &plugins_line(&status),
+                        json!({ "plugins": status, "refused": refused }),
+                    );
+                }
+                continue;
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                break "all inputs closed".to_string();
+            }
         };
         match event {
+            Event::Script(status, what) => {
+                let (event, text) = script_reload_line(&status, &what);
+                write_serving(&terminal);
+                console.say(
+                    event,
+                    &text,
+                    json!({ "script": status.file, "version": status.version, "sha256": status.sha256,
+                            "refused": status.refused.as_ref().map(|r| &r.message) }),
+                );
+            }
             Event::Scan(scan) => {
                 if !debounce.accept(&scan) {
                     tracing::info!(target: "certline::line", code = %printable(&scan.code), "double trigger ignored (same code within the debounce time)");
@@ -341,7 +479,10 @@ pub fn run(file: &Path, json_out: bool) -> anyhow::Result<()> {
                         debounce.set_window(setup.config.debounce);
                         retry_ms.store(setup.config.retry.as_millis() as u64, Ordering::SeqCst);
                         let (text, extra) = ready_line(&setup, &workflow.name());
+                        listen(workflow.as_ref(), &tx);
                         terminal.replace(setup, workflow);
+                        write_serving(&terminal);
+                        plugin_generation = terminal.setup.plugins.generation();
                         console.say("reloaded", &format!("configuration reloaded; {text}"), extra);
                     }
                     Err(e) => console.say(
@@ -446,11 +587,13 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
     let outbox = super::outbox::Outbox::open(&state)?;
     let pending = outbox.pending()?;
     let delivered = outbox.delivered(last)?;
+    let serving = read_serving(&state);
     let value = json!({
         "line": config.name,
         "outbox": state.join(super::outbox::FILE),
         "waiting": pending,
         "delivered": delivered,
+        "serving": serving,
     });
     crate::command::emit(json_out, &value, || {
         println!(
@@ -458,6 +601,7 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
             config.name,
             pending.len()
         );
+        print_serving(&serving);
         for i in &pending {
             println!(
                 "  #{} {} {} certificate {} (queued {}, {} attempt(s){})",
@@ -485,4 +629,75 @@ pub fn status(file: &Path, json_out: bool, last: usize) -> anyhow::Result<()> {
             );
         }
     })
+}
+
+/// [`SERVING_FILE`] as the last run wrote it, with whether that run is still
+/// going (`running`); null if the line never wrote one.
+fn read_serving(state: &Path) -> serde_json::Value {
+    let Ok(bytes) = std::fs::read(state.join(SERVING_FILE)) else {
+        return serde_json::Value::Null;
+    };
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return serde_json::Value::Null;
+    };
+    let running = v["pid"]
+        .as_u64()
+        .and_then(|p| i32::try_from(p).ok())
+        // Signal 0 only asks whether the process exists.
+        .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+    v["running"] = running.into();
+    v
+}
+
+fn print_serving(serving: &serde_json::Value) {
+    if serving.is_null() {
+        println!("serving: unknown (this line has not run since it learnt to say)");
+        return;
+    }
+    let when = if serving["running"] == true {
+        "serving now"
+    } else {
+        "served when the line last ran"
+    };
+    println!(
+        "{when}: workflow {}",
+        printable(serving["workflow"].as_str().unwrap_or("?"))
+    );
+    if let Some(script) = serving["script"].as_object() {
+        println!(
+            "  script {} version {} (sha256 {})",
+            printable(script.get("file").and_then(|f| f.as_str()).unwrap_or("?")),
+            script.get("version").cloned().unwrap_or_default(),
+            script.get("sha256").and_then(|f| f.as_str()).unwrap_or("?")
+        );
+        if let Some(why) = script.get("refused").and_then(|r| r["message"].as_str()) {
+            println!("  its newest edit was refused: {}", printable(why));
+        }
+    }
+    for p in serving["plugins"].as_array().into_iter().flatten() {
+        println!(
+            "  plugin {} version {} ({}, interface {}, models {})",
+            printable(p["name"].as_str().unwrap_or("?")),
+            printable(p["version"].as_str().unwrap_or("?")),
+            printable(p["file"].as_str().unwrap_or("?")),
+            p["interface"].as_str().unwrap_or("?"),
+            p["models"]
+                .as_array()
+                .map(|m| m
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(refused) = serving["refused_plugins"].as_object() {
+        for (file, why) in refused {
+            println!(
+                "  plugin file {} not served: {}",
+                printable(file),
+                printable(why.as_str().unwrap_or("?"))
+            );
+        }
+    }
 }

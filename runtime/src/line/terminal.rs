@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use super::config::LineConfig;
 use super::outbox::{Flushed, Interrupted, Outbox, Outcome};

@@ -8,10 +8,13 @@
 //! A workflow never touches keys, the station or the device link itself: it
 //! asks the [`LineHost`] to provision a device id, or to refuse a scan.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::config::LineConfig;
 use crate::pki::id::DeviceId;
+use crate::wire::line::{advice, codes};
 
 /// How a scan ended, for the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +67,10 @@ pub struct Report {
     pub steps: Vec<(String, f64)>,
     /// Milliseconds from the scan to the result committed (and delivered).
     pub ms: f64,
+    /// Fields the line script's `parse` returned beyond the device id (a lot
+    /// number...), reported with the result for the factory's audit.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -80,6 +87,7 @@ impl Report {
             result: None,
             steps: Vec::new(),
             ms: 0.0,
+            fields: BTreeMap::new(),
         }
     }
 }
@@ -103,6 +111,14 @@ pub trait Workflow: Send {
     /// Handles one scan (already cleaned by the scanner: AIM prefix stripped,
     /// trimmed, debounced).
     fn on_scan(&mut self, scan: &str, host: &mut dyn LineHost) -> Report;
+    /// The script that serves (file, version, hash, a refused edit), if
+    /// the workflow is a script.
+    fn script(&self) -> Option<crate::script::ScriptStatus> {
+        None
+    }
+    /// Asks to be told of every reload of the workflow's script, at once
+    /// (the line announces accepted and refused edits to the operator).
+    fn on_reload(&self, _listener: crate::script::file::Listener) {}
 }
 
 /// The built-in workflow: the scan is the rating plate's `<model>-<serial>`.
@@ -119,7 +135,7 @@ impl Workflow for PlateWorkflow {
             Ok(id) => host.provision(scan, &id),
             Err(e) => host.refuse(
                 scan,
-                "malformed_barcode",
+                codes::MALFORMED_BARCODE,
                 format!("this barcode is not a device id: {e}"),
                 "scan the barcode on the device's rating plate (MODEL-SERIAL) again",
             ),
@@ -172,6 +188,14 @@ impl Workflow for LuaWorkflow {
         )
     }
 
+    fn script(&self) -> Option<crate::script::ScriptStatus> {
+        Some(self.file.status())
+    }
+
+    fn on_reload(&self, listener: crate::script::file::Listener) {
+        self.file.on_reload(listener);
+    }
+
     fn on_scan(&mut self, scan: &str, host: &mut dyn LineHost) -> Report {
         use crate::script::line::{ParseOutcome, Step};
         // A refused edit is shown once, with the next scan.
@@ -189,26 +213,36 @@ impl Workflow for LuaWorkflow {
             report.message.push_str(&note);
             report
         };
-        let (outcome, steps) =
-            match self.file.current().on_scan(scan) {
-                Ok(v) => v,
-                Err(e) => return with_note(host.refuse(
+        let (outcome, steps) = match self.file.current().on_scan(scan) {
+            Ok(v) => v,
+            Err(e) => {
+                return with_note(host.refuse(
                     scan,
-                    "script_error",
+                    codes::SCRIPT_ERROR,
                     format!("the line script failed on this scan: {}", e.message),
-                    "set the device aside and tell the line engineer; the next scan runs normally",
-                )),
-            };
+                    advice(codes::SCRIPT_ERROR),
+                ))
+            }
+        };
         let parsed = match outcome {
             ParseOutcome::Device(p) => p,
             ParseOutcome::NotADevice(why) => {
                 return with_note(host.refuse(
                     scan,
-                    "malformed_barcode",
+                    codes::MALFORMED_BARCODE,
                     why,
-                    "scan the barcode on the device's rating plate again",
+                    advice(codes::MALFORMED_BARCODE),
                 ))
             }
+            ParseOutcome::Refused { code, why } => {
+                return with_note(host.refuse(scan, &code, why, advice(&code)))
+            }
+        };
+        let fields = parsed.fields.clone();
+        let with_note = |report: Report| {
+            let mut report = with_note(report);
+            report.fields = fields.clone();
+            report
         };
         let confirmed = self
             .pending
@@ -222,7 +256,7 @@ impl Workflow for LuaWorkflow {
                     self.pending = Some((scan.to_string(), std::time::Instant::now()));
                     return with_note(host.refuse(
                         scan,
-                        "confirm",
+                        codes::CONFIRM,
                         format!(
                                 "{prompt}{}",
                                 messages
@@ -230,7 +264,7 @@ impl Workflow for LuaWorkflow {
                                     .map(|m| format!(" ({m})"))
                                     .collect::<String>()
                             ),
-                        "scan the same code again to confirm",
+                        advice(codes::CONFIRM),
                     ));
                 }
                 Step::Confirm { .. } => {}
@@ -250,7 +284,7 @@ impl Workflow for LuaWorkflow {
         }
         with_note(host.refuse(
             scan,
-            "script_error",
+            codes::SCRIPT_ERROR,
             "the line script gave no provision or refuse step".into(),
             "tell the line engineer",
         ))

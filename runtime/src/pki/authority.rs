@@ -6,45 +6,43 @@
 //! restart chain exactly as before.
 //!
 //! Nothing here reads the clock: every signing call takes the time it signs at.
+//! Nothing here holds a private key either: every signature is made by a
+//! [`CaKey`] of the key store (sealed files or a PKCS#11 token).
 
 use std::net::IpAddr;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SanType,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, RevokedCertParams,
+    SanType,
 };
 use x509_parser::prelude::*;
-use zeroize::Zeroizing;
 
 use super::crl::RevokedEntry;
 use super::device_cert::device_params;
 use super::id::DeviceId;
-use super::keys::{signing_key_from_pkcs8, DeviceKey};
+use super::keys::DeviceKey;
+use super::keystore::{explain, CaKey};
 use super::profile::{ResolvedProfile, FOREVER};
 use super::role::Role;
 use super::serial::Serial;
 use super::to_pem;
+use super::urls::IssuerUrls;
 
 /// How long service credentials (station, line, center, device link) live.
 pub const SERVICE_VALIDITY: ::time::Duration = ::time::Duration::days(5 * 365);
 
-/// The private keys of a CA, as PKCS#8 DER (wiped on drop). The caller seals
-/// them before they touch a disk.
-pub struct CaKeys {
-    pub root: Zeroizing<Vec<u8>>,
-    pub issuing: Zeroizing<Vec<u8>>,
-}
-
 pub struct Authority {
     org: String,
     pen: u32,
-    root: Issuer<'static, KeyPair>,
-    issuing: Issuer<'static, KeyPair>,
+    root: Issuer<'static, CaKey>,
+    issuing: Issuer<'static, CaKey>,
     root_der: Vec<u8>,
     issuing_der: Vec<u8>,
     root_pem: String,
     issuing_pem: String,
+    /// CDP and AIA of what the issuing CA signs.
+    issued_urls: IssuerUrls,
 }
 
 fn ca_name(org: &str, which: &str) -> DistinguishedName {
@@ -67,7 +65,7 @@ fn ca_params(org: &str, which: &str, path_len: u8) -> CertificateParams {
 
 /// An issuer whose key identifier is computed once: rcgen would otherwise
 /// rebuild and hash the issuer's public key for the AKI of every certificate.
-fn issuer(mut params: CertificateParams, key: KeyPair) -> Issuer<'static, KeyPair> {
+fn issuer(mut params: CertificateParams, key: CaKey) -> Issuer<'static, CaKey> {
     params.key_identifier_method = KeyIdMethod::PreSpecified(params.key_identifier(&key));
     Issuer::new(params, key)
 }
@@ -78,52 +76,52 @@ fn seconds(at: ::time::OffsetDateTime) -> ::time::OffsetDateTime {
 }
 
 impl Authority {
-    /// A new root (P-384) and issuing CA (P-256, the one that signs on the hot path).
+    /// A new root (P-384) and issuing CA (P-256, the one that signs on the
+    /// hot path) for keys the key store just made. `root_urls` go into the
+    /// issuing CA's certificate (where the root's CRL and certificate are published).
     pub fn create(
         org: &str,
         pen: u32,
+        root_urls: &IssuerUrls,
+        root_key: CaKey,
+        issuing_key: CaKey,
         now: ::time::OffsetDateTime,
-    ) -> anyhow::Result<(Authority, CaKeys)> {
-        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?;
-        let issuing_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let keys = CaKeys {
-            root: Zeroizing::new(root_key.serialize_der()),
-            issuing: Zeroizing::new(issuing_key.serialize_der()),
-        };
-
+    ) -> anyhow::Result<Authority> {
         let mut root_params = ca_params(org, "Root CA", 1);
         root_params.not_before = seconds(now);
         root_params.serial_number = Some(Serial::random().to_rcgen());
-        let root_cert = root_params.self_signed(&root_key)?;
+        let root_cert = root_params.self_signed(&root_key).map_err(explain)?;
         let root = issuer(root_params, root_key);
 
         let mut issuing_params = ca_params(org, "Issuing CA", 0);
         issuing_params.not_before = seconds(now);
         issuing_params.serial_number = Some(Serial::random().to_rcgen());
-        let issuing_cert = issuing_params.signed_by(&issuing_key, &root)?;
+        root_urls.apply(&mut issuing_params);
+        let issuing_cert = issuing_params
+            .signed_by(&issuing_key, &root)
+            .map_err(explain)?;
         let issuing = issuer(issuing_params, issuing_key);
 
-        let authority = Authority::assemble(
+        Ok(Authority::assemble(
             org,
             pen,
             root,
             issuing,
             root_cert.der().to_vec(),
             issuing_cert.der().to_vec(),
-        );
-        Ok((authority, keys))
+        ))
     }
 
-    /// The CA as it was created, from its stored certificates and unsealed keys.
+    /// The CA as it was created, from its stored certificates and the key
+    /// store's keys (each checked against its certificate, with one signature).
     pub fn load(
         org: &str,
         pen: u32,
         root_der: Vec<u8>,
         issuing_der: Vec<u8>,
-        keys: &CaKeys,
+        root_key: CaKey,
+        issuing_key: CaKey,
     ) -> anyhow::Result<Authority> {
-        let root_key = signing_key_from_pkcs8(&keys.root)?;
-        let issuing_key = signing_key_from_pkcs8(&keys.issuing)?;
         check_matches(&root_der, &ca_name(org, "Root CA"), &root_key, "root")?;
         check_matches(
             &issuing_der,
@@ -146,8 +144,8 @@ impl Authority {
     fn assemble(
         org: &str,
         pen: u32,
-        root: Issuer<'static, KeyPair>,
-        issuing: Issuer<'static, KeyPair>,
+        root: Issuer<'static, CaKey>,
+        issuing: Issuer<'static, CaKey>,
         root_der: Vec<u8>,
         issuing_der: Vec<u8>,
     ) -> Authority {
@@ -160,7 +158,13 @@ impl Authority {
             issuing_pem: to_pem("CERTIFICATE", &issuing_der),
             root_der,
             issuing_der,
+            issued_urls: IssuerUrls::default(),
         }
+    }
+
+    /// The CDP and AIA that certificates signed from now on carry.
+    pub fn set_issued_urls(&mut self, urls: IssuerUrls) {
+        self.issued_urls = urls;
     }
 
     pub fn org(&self) -> &str {
@@ -201,8 +205,9 @@ impl Authority {
         profile
             .check_lifetime(not_before)
             .map_err(|e| anyhow::anyhow!("refusing to sign {id}: {e}"))?;
-        let params = device_params(&self.org, self.pen, id, profile, serial, not_before);
-        let cert = params.signed_by(key, &self.issuing)?;
+        let mut params = device_params(&self.org, self.pen, id, profile, serial, not_before);
+        self.issued_urls.apply(&mut params);
+        let cert = params.signed_by(key, &self.issuing).map_err(explain)?;
         Ok(cert.der().to_vec())
     }
 
@@ -250,7 +255,12 @@ impl Authority {
             });
         }
         params.subject_alt_names = sans;
-        Ok(params.signed_by(key, &self.issuing)?.der().to_vec())
+        self.issued_urls.apply(&mut params);
+        Ok(params
+            .signed_by(key, &self.issuing)
+            .map_err(explain)?
+            .der()
+            .to_vec())
     }
 
     /// The issuing CA's CRL: every revoked device and service certificate,
@@ -278,7 +288,7 @@ impl Authority {
 }
 
 fn sign_crl(
-    issuer: &Issuer<'static, KeyPair>,
+    issuer: &Issuer<'static, CaKey>,
     number: u64,
     revoked: &[RevokedEntry],
     now: ::time::OffsetDateTime,
@@ -301,7 +311,7 @@ fn sign_crl(
             .collect(),
         key_identifier_method: KeyIdMethod::Sha256,
     };
-    Ok(params.signed_by(issuer)?.der().to_vec())
+    Ok(params.signed_by(issuer).map_err(explain)?.der().to_vec())
 }
 
 /// Refuses a stored CA certificate whose subject or key differs from what this
@@ -309,7 +319,7 @@ fn sign_crl(
 fn check_matches(
     der: &[u8],
     expected: &DistinguishedName,
-    key: &KeyPair,
+    key: &CaKey,
     which: &str,
 ) -> anyhow::Result<()> {
     use rcgen::PublicKeyData;
@@ -317,7 +327,9 @@ fn check_matches(
         .map_err(|e| anyhow::anyhow!("the stored {which} CA certificate is unreadable: {e}"))?;
     let mut probe = CertificateParams::default();
     probe.distinguished_name = expected.clone();
-    let probe_cert = probe.self_signed(key)?;
+    let probe_cert = probe
+        .self_signed(key)
+        .map_err(|e| anyhow::anyhow!("the {which} CA key does not sign: {:#}", explain(e)))?;
     let (_, probe_parsed) = X509Certificate::from_der(probe_cert.der())
         .map_err(|e| anyhow::anyhow!("internal: {e}"))?;
     if cert.subject().as_raw() != probe_parsed.subject().as_raw() {
@@ -327,7 +339,9 @@ fn check_matches(
         );
     }
     if cert.public_key().raw != key.subject_public_key_info().as_slice() {
-        anyhow::bail!("the stored {which} CA certificate does not belong to its sealed key");
+        anyhow::bail!(
+            "the stored {which} CA certificate does not belong to its key in the key store (another key under that name?)"
+        );
     }
     Ok(())
 }

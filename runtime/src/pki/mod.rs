@@ -12,11 +12,13 @@ pub mod device_cert;
 pub mod id;
 pub mod identity;
 pub mod keys;
+pub mod keystore;
 pub mod pack;
 pub mod profile;
 pub mod role;
 pub mod seal;
 pub mod serial;
+pub mod urls;
 pub mod verify;
 
 use aws_lc_rs::digest;

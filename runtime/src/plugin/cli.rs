@@ -17,12 +17,35 @@ use crate::pki::pack::Pack;
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
+    /// Start a plugin for a new model: a crate that builds, a device stub for
+    /// `device-sim --exec`, and try.sh that builds, checks and tries both.
+    New(NewArgs),
     /// Check a plugin: interface version, name, models, exports and imports.
     Check(CheckArgs),
     /// Write a pack into a device through a plugin and read it back.
     Try(TryArgs),
     /// Measure the plugin host's per-write overhead and full writes per second.
     Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NewArgs {
+    /// The plugin's name, also its crate's (a-z 0-9 and '-').
+    pub name: String,
+    /// The model code it serves (as on the rating plate).
+    #[arg(long)]
+    pub model: String,
+    /// The plugin's language. Python plugins are built with componentize-py
+    /// (see plugins/README.md); `plugin new` makes Rust ones only so far.
+    #[arg(long, default_value = "rust", value_parser = ["rust", "python"])]
+    pub lang: String,
+    /// Where to make it [default: ./NAME].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The certline source tree whose plugins/sdk and plugins/protocol the
+    /// crate depends on [default: the one this binary was built from].
+    #[arg(long)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -67,9 +90,59 @@ pub struct TryArgs {
     /// device's own check).
     #[arg(long)]
     pub no_precheck: bool,
+    /// Print every byte the plugin sends and receives on the link (after
+    /// TLS), on stderr: `>` to the device, `<` from it.
+    #[arg(long)]
+    pub trace: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A link that prints what passes through it (`plugin try --trace`).
+struct Traced {
+    inner: Box<dyn DeviceLink>,
+}
+
+/// Bytes as a person reads them: text where they are text, hex otherwise.
+fn show_bytes(data: &[u8]) -> String {
+    let text = data
+        .iter()
+        .all(|b| b.is_ascii_graphic() || matches!(b, b' ' | b'\n' | b'\r' | b'\t'));
+    if text {
+        format!("{:?}", String::from_utf8_lossy(data))
+    } else {
+        hex::encode(data)
+    }
+}
+
+impl DeviceLink for Traced {
+    fn read(&mut self, max: usize, timeout: Duration) -> Result<Vec<u8>, link::LinkFailure> {
+        let got = self.inner.read(max, timeout);
+        match &got {
+            Ok(bytes) => eprintln!("< {} bytes: {}", bytes.len(), show_bytes(bytes)),
+            Err(e) => eprintln!("< read failed: {e}"),
+        }
+        got
+    }
+
+    fn write_within(&mut self, data: &[u8], timeout: Duration) -> Result<(), link::LinkFailure> {
+        eprintln!("> {} bytes: {}", data.len(), show_bytes(data));
+        let sent = self.inner.write_within(data, timeout);
+        if let Err(e) = &sent {
+            eprintln!("> write failed: {e}");
+        }
+        sent
+    }
+
+    fn close(&mut self) {
+        eprintln!("- link closed by the host");
+        self.inner.close()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
 
 #[derive(Args, Debug)]
@@ -86,10 +159,48 @@ pub struct BenchArgs {
 
 pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
+        PluginCommand::New(args) => new(args),
         PluginCommand::Check(args) => check(args),
         PluginCommand::Try(args) => try_write(args),
         PluginCommand::Bench(args) => bench(args),
     }
+}
+
+fn new(args: NewArgs) -> anyhow::Result<()> {
+    if args.lang == "python" {
+        anyhow::bail!(
+            "plugin new makes Rust plugins only so far; a Python plugin is built with \
+             componentize-py from wit/ with --stub-wasi (see \"Plugins in other languages\" in plugins/README.md)"
+        );
+    }
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    let files = super::template::create(&super::template::NewPlugin {
+        name: &args.name,
+        model: &args.model,
+        dir: &dir,
+        source: &source,
+    })?;
+    println!(
+        "made plugin {} for model {} in {}:",
+        args.name,
+        args.model,
+        dir.display()
+    );
+    for f in &files {
+        println!("  {}", f.display());
+    }
+    println!(
+        "next: rustup target add wasm32-wasip2 (once), then {}/try.sh",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {
@@ -181,6 +292,10 @@ impl Setup {
 fn try_write(args: TryArgs) -> anyhow::Result<()> {
     let s = setup(&args.link)?;
     let mut device = s.connect()?;
+    if args.trace {
+        eprintln!("- tracing the link to {} (after TLS)", device.describe());
+        device = Box::new(Traced { inner: device });
+    }
     let described = device.describe();
     let precheck = if args.no_precheck {
         Precheck::Skip

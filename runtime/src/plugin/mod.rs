@@ -22,6 +22,7 @@ pub mod folder;
 mod load;
 pub mod sandbox;
 mod session;
+pub mod template;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,6 +160,28 @@ impl Plugin {
     }
 }
 
+impl Fault {
+    /// The plugin call the fault happened in, when it happened in one.
+    pub fn call(&self) -> Option<&'static str> {
+        match self {
+            Fault::Trap { call, .. }
+            | Fault::OutOfFuel { call, .. }
+            | Fault::Deadline { call, .. }
+            | Fault::Rule { call, .. }
+            | Fault::Memory { call, .. }
+            | Fault::Malformed { call, .. }
+            | Fault::Link { call, .. }
+            | Fault::Protocol { call, .. }
+            | Fault::Device { call, .. } => Some(call),
+            Fault::WrongDevice { .. } => Some("read-identity"),
+            Fault::ReadBack { .. } => Some("read-identity"),
+            Fault::Possession { .. } => Some("prove-possession"),
+            Fault::Csr { .. } => Some("generate-key"),
+            Fault::Host(_) => None,
+        }
+    }
+}
+
 /// Why a device operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Fault {
@@ -202,11 +225,26 @@ pub enum Fault {
 /// A failed device operation: which plugin, what went wrong, and whether the
 /// device had confirmed it received the pack (the station needs to know).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("plugin {plugin}: {fault}{}", if *received { " (after the device reported \"received\")" } else { "" })]
+#[error("plugin {plugin}: {fault}{}", when(*received, fault))]
 pub struct OpError {
     pub plugin: String,
     pub fault: Fault,
     pub received: bool,
+}
+
+/// Where in the write the failure came, when the device had the pack:
+/// "after received" only for write-pack itself; a failure in the checks
+/// that follow a completed write-pack says so instead.
+fn when(received: bool, fault: &Fault) -> &'static str {
+    if !received {
+        return "";
+    }
+    match fault.call() {
+        Some("write-pack") => " (after the device reported \"received\")",
+        Some(_) | None => {
+            " (write-pack had completed: the device received and stored the pack; this failed in the checks after it)"
+        }
+    }
 }
 
 /// What a device holds, as its plugin reported it (checked).
@@ -288,4 +326,60 @@ pub enum Precheck {
     CheckId,
     /// Send the pack regardless (to test the device's own id check).
     Skip,
+}
+
+#[cfg(test)]
+mod wording_tests {
+    use super::*;
+
+    fn said(fault: Fault, received: bool) -> String {
+        OpError {
+            plugin: "p".into(),
+            fault,
+            received,
+        }
+        .to_string()
+    }
+
+    /// "after received" only where it is true: inside write-pack. A trap in
+    /// prove-possession (after a complete write) says that instead.
+    #[test]
+    fn a_failure_names_its_call_and_says_after_received_only_there() {
+        let in_write = said(
+            Fault::Link {
+                call: "write-pack",
+                failure: LinkFailure::Closed,
+            },
+            true,
+        );
+        assert!(in_write.contains("write-pack"), "{in_write}");
+        assert!(
+            in_write.contains("after the device reported \"received\""),
+            "{in_write}"
+        );
+        let in_proof = said(
+            Fault::Trap {
+                call: "prove-possession",
+                detail: "unreachable".into(),
+            },
+            true,
+        );
+        assert!(
+            in_proof.contains("trapped in prove-possession"),
+            "{in_proof}"
+        );
+        assert!(
+            !in_proof.contains("after the device reported"),
+            "{in_proof}"
+        );
+        assert!(in_proof.contains("write-pack had completed"), "{in_proof}");
+        let before = said(
+            Fault::Trap {
+                call: "read-identity",
+                detail: "unreachable".into(),
+            },
+            false,
+        );
+        assert!(!before.contains("write-pack"), "{before}");
+    }
 }

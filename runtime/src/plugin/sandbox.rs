@@ -101,6 +101,9 @@ pub struct HostState {
     /// Set when the host trapped the plugin for breaking a rule.
     pub violation: Option<Violation>,
     pub limiter: Limiter,
+    /// The last error the plugin logged (its panic hook's message, say), so
+    /// a trap can say more than "unreachable instruction executed".
+    pub last_error: Option<String>,
     written: usize,
     log_lines: u32,
     table: ResourceTable,
@@ -151,6 +154,7 @@ impl HostState {
                 memory_cap,
                 memory_hit: None,
             },
+            last_error: None,
             written: 0,
             log_lines: 0,
             table: ResourceTable::new(),
@@ -269,6 +273,10 @@ impl HostState {
     pub fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
         self.left()?;
         self.log_lines += 1;
+        if level == tracing::Level::ERROR {
+            // Kept even past the log budget: the last words before a trap.
+            self.last_error = Some(plugin_text(message));
+        }
         if self.log_lines > MAX_LOG_LINES {
             return Ok(());
         }

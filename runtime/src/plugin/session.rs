@@ -185,6 +185,7 @@ impl Session<'_> {
         let secs = self.plugin.engine.limits.deadline.as_secs();
         let data = self.store.data_mut();
         data.limiter.memory_hit = None;
+        data.last_error = None;
         data.call = call;
         data.call_seq += 1;
         let left = data.deadline.saturating_duration_since(Instant::now());
@@ -222,10 +223,11 @@ impl Session<'_> {
                         ),
                     }
                 } else {
-                    Fault::Trap {
-                        call,
-                        detail: e.root_cause().to_string(),
+                    let mut detail = e.root_cause().to_string();
+                    if let Some(said) = &self.store.data().last_error {
+                        detail.push_str(&format!("; the plugin logged before it stopped: {said}"));
                     }
+                    Fault::Trap { call, detail }
                 };
                 Err(self.fail(fault))
             }

@@ -16,6 +16,9 @@ pub const SCRIPT_DEBOUNCE: Duration = Duration::from_millis(150);
 
 type Loader<T> = dyn Fn(&Path, &[u8]) -> Result<T, ScriptError> + Send + Sync;
 
+/// Told of every reload that changed something, on the thread that reloaded.
+pub type Listener = Box<dyn Fn(&ScriptStatus, &Reload) + Send + Sync>;
+
 /// Why the newest content of the file is not the one serving.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Refusal {
@@ -62,6 +65,7 @@ pub struct ScriptFile<T> {
     changed: (Mutex<u64>, Condvar),
     reloading: Mutex<()>,
     watcher: Mutex<Option<crate::watch::FolderWatch>>,
+    listeners: Mutex<Vec<Listener>>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ScriptError> {
@@ -105,6 +109,7 @@ impl<T: Send + Sync + 'static> ScriptFile<T> {
             changed: (Mutex::new(0), Condvar::new()),
             reloading: Mutex::new(()),
             watcher: Mutex::new(None),
+            listeners: Mutex::new(Vec::new()),
         }))
     }
 
@@ -133,6 +138,20 @@ impl<T: Send + Sync + 'static> ScriptFile<T> {
             version: slot.version,
             sha256: slot.sha256.clone(),
             refused: slot.refused.clone(),
+        }
+    }
+
+    /// Calls `listener` after every reload that changed something (a new
+    /// version serves, an edit was refused): how a role announces an edit at
+    /// once instead of with its next call.
+    pub fn on_reload(&self, listener: Listener) {
+        self.listeners.lock().unwrap().push(listener);
+    }
+
+    fn tell(&self, what: &Reload) {
+        let status = self.status();
+        for l in self.listeners.lock().unwrap().iter() {
+            l(&status, what);
         }
     }
 
@@ -190,6 +209,9 @@ impl<T: Send + Sync + 'static> ScriptFile<T> {
                 let generation = slot.generation;
                 drop(slot);
                 self.bump(generation);
+                // Listeners see "unchanged" with no refusal: the version
+                // that serves is the file's content again.
+                self.tell(&Reload::Unchanged);
                 return Reload::Unchanged;
             }
         }
@@ -206,7 +228,9 @@ impl<T: Send + Sync + 'static> ScriptFile<T> {
                 drop(slot);
                 tracing::info!(script = %self.path.display(), version, "script reloaded");
                 self.bump(generation);
-                Reload::Loaded { version }
+                let what = Reload::Loaded { version };
+                self.tell(&what);
+                what
             }
             Err(e) => self.refuse(hash, e),
         }
@@ -228,7 +252,9 @@ impl<T: Send + Sync + 'static> ScriptFile<T> {
         let generation = slot.generation;
         drop(slot);
         self.bump(generation);
-        Reload::Refused(e.message)
+        let what = Reload::Refused(e.message);
+        self.tell(&what);
+        what
     }
 
     fn bump(&self, generation: u64) {

@@ -4,19 +4,25 @@
 //!
 //! The script defines:
 //! - `parse(raw)`: the scanned text in, a table `{ model = ..., serial = ... }`
-//!   (or `{ id = "MODEL-SERIAL" }`, plus optional `format` and `symbology`)
-//!   out, or `nil, "why not"` for a code that is not a device;
+//!   (or `{ id = "MODEL-SERIAL" }`, plus optional `format` and `symbology`,
+//!   plus any fields of the factory's own, such as `lot = "L42"`, which reach
+//!   the host as [`Parsed::fields`] for the audit) out, or `nil, "why not"`
+//!   for a code that is not a device, or `nil, "why not", "code"` to refuse
+//!   with a refusal code of the line (`qc_failed`, see
+//!   [`crate::wire::line::codes`]) and its advice;
 //! - optionally `workflow(scan)`: the parsed scan (with `raw`, `line` and
 //!   `model_info`) in, a list of steps out: `"provision"`, `{ step =
 //!   "confirm", prompt = ... }`, `{ step = "message", text = ... }`, `{ step
 //!   = "refuse", code = ..., message = ..., next = ... }`. Without it every
 //!   parsed scan is provisioned;
 //! - optionally `checks`: `{ { scan = ..., id = ... }, { scan = ...,
-//!   refused = true } }`, run at load (the self-check).
+//!   refused = true } }`, run at load (the self-check); a check may also
+//!   name the `steps` ("message,provision") and the refusal `code` it expects.
 //!
 //! The host checks what comes back: the id must be a well-formed device id
 //! whatever the script says, and the steps must make sense.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use mlua::{MultiValue, Table, Value};
@@ -32,13 +38,30 @@ pub struct Parsed {
     pub format: Option<String>,
     /// The AIM symbology identifier, if the scan carried one ("]C1", ...).
     pub symbology: Option<String>,
+    /// Fields the script returned beyond the ones above (a lot number, a
+    /// test station...), as text: the line reports them with the device's
+    /// result and hands them to `workflow(scan)`.
+    pub fields: BTreeMap<String, String>,
 }
+
+/// The fields of `parse`'s table the host reads itself; every other field is
+/// one of [`Parsed::fields`].
+const KNOWN_FIELDS: [&str; 5] = ["id", "model", "serial", "format", "symbology"];
+/// At most this many extra fields, each name and value at most [`MAX_FIELD_TEXT`] bytes.
+pub const MAX_FIELDS: usize = 16;
+pub const MAX_FIELD_TEXT: usize = 200;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseOutcome {
     Device(Parsed),
     /// Not a device id; the script's reason.
     NotADevice(String),
+    /// The script refused the scan with a refusal code of its own
+    /// (`nil, why, code`), e.g. a check sheet whose QC says the device failed.
+    Refused {
+        code: String,
+        why: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -74,10 +97,57 @@ fn text_field(t: &Table, k: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// The fields of `parse`'s table beyond [`KNOWN_FIELDS`], as text.
+fn extra_fields(t: &Table) -> Result<BTreeMap<String, String>, String> {
+    let mut fields = BTreeMap::new();
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair.map_err(|e| format!("returned a table that cannot be read: {e}"))?;
+        let key = match k {
+            Value::String(s) => s.to_string_lossy(),
+            other => {
+                return Err(format!(
+                    "returned a table with a {} key; fields are named (lot = ...)",
+                    other.type_name()
+                ))
+            }
+        };
+        if KNOWN_FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        let text = match v {
+            Value::String(s) => s.to_string_lossy(),
+            Value::Integer(i) => i.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "gave field {key} as a {}; extra fields are text, numbers or booleans",
+                    other.type_name()
+                ))
+            }
+        };
+        if key.len() > MAX_FIELD_TEXT || text.len() > MAX_FIELD_TEXT {
+            return Err(format!(
+                "gave field {} longer than {MAX_FIELD_TEXT} bytes",
+                crate::text::excerpt(&key, 40)
+            ));
+        }
+        fields.insert(key, text);
+    }
+    if fields.len() > MAX_FIELDS {
+        return Err(format!(
+            "returned {} extra fields; at most {MAX_FIELDS}",
+            fields.len()
+        ));
+    }
+    Ok(fields)
+}
+
 fn read_parse(results: MultiValue) -> Result<ParseOutcome, String> {
     let mut it = results.into_iter();
     let first = it.next().unwrap_or(Value::Nil);
     let second = it.next().unwrap_or(Value::Nil);
+    let third = it.next().unwrap_or(Value::Nil);
     let t = match first {
         Value::Table(t) => t,
         Value::Nil | Value::Boolean(false) => {
@@ -85,7 +155,22 @@ fn read_parse(results: MultiValue) -> Result<ParseOutcome, String> {
                 Value::String(s) => s.to_string_lossy(),
                 _ => "the script did not recognise this code".to_string(),
             };
-            return Ok(ParseOutcome::NotADevice(why));
+            return match third {
+                Value::Nil => Ok(ParseOutcome::NotADevice(why)),
+                Value::String(code) => {
+                    let code = code.to_string_lossy();
+                    if !code_ok(&code) {
+                        return Err(format!(
+                            "returned nil, a reason and the code {code:?}; a code is 1-40 of a-z 0-9 _"
+                        ));
+                    }
+                    Ok(ParseOutcome::Refused { code, why })
+                }
+                other => Err(format!(
+                    "returned nil, a reason and a {}; the third value is a refusal code (a string)",
+                    other.type_name()
+                )),
+            };
         }
         other => {
             return Err(format!(
@@ -108,6 +193,7 @@ fn read_parse(results: MultiValue) -> Result<ParseOutcome, String> {
             id,
             format: text_field(&t, "format")?,
             symbology: text_field(&t, "symbology")?,
+            fields: extra_fields(&t)?,
         })),
         // The script parsed something that is not a device id: the scan is
         // refused, with the host's reason.
@@ -174,9 +260,9 @@ fn read_steps(results: MultiValue) -> Result<Vec<Step>, String> {
                     ));
                 }
                 Step::Refuse {
-                    code,
                     message: get("message")?,
-                    next: get("next").unwrap_or_else(|_| "scan the next device".into()),
+                    next: get("next").unwrap_or_else(|_| crate::wire::line::advice(&code).into()),
+                    code,
                 }
             }
             other => {
@@ -259,6 +345,12 @@ impl LineScript {
                 t.raw_set("raw", raw)?;
                 t.raw_set("format", parsed.format.clone())?;
                 t.raw_set("symbology", parsed.symbology.clone())?;
+                for (k, v) in &parsed.fields {
+                    // The host's own fields win over a script's same-named one.
+                    if t.raw_get::<Value>(k.as_str())?.is_nil() {
+                        t.raw_set(k.as_str(), v.as_str())?;
+                    }
+                }
                 Ok(MultiValue::from_iter([Value::Table(t)]))
             },
             read_steps,
@@ -305,6 +397,24 @@ impl LineScript {
                 .ok_or_else(|| bad("has no scan".into()))?;
             let want_id = text_field(&check, "id").map_err(&bad)?;
             let (outcome, steps) = self.on_scan(&scan)?;
+            if let Some(want) = text_field(&check, "code").map_err(&bad)? {
+                let got = match &outcome {
+                    ParseOutcome::Refused { code, .. } => code.as_str(),
+                    ParseOutcome::NotADevice(_) => crate::wire::line::codes::MALFORMED_BARCODE,
+                    ParseOutcome::Device(_) => steps
+                        .iter()
+                        .find_map(|s| match s {
+                            Step::Refuse { code, .. } => Some(code.as_str()),
+                            _ => None,
+                        })
+                        .unwrap_or("(none: provisioned)"),
+                };
+                if got != want {
+                    return Err(bad(format!(
+                        "failed: {scan:?} was refused with code {got}, expected {want}"
+                    )));
+                }
+            }
             match (outcome, want_id) {
                 (ParseOutcome::Device(p), Some(want)) if p.id.to_string() == want => {}
                 (ParseOutcome::Device(p), Some(want)) => {
@@ -325,6 +435,12 @@ impl LineScript {
                     )))
                 }
                 (ParseOutcome::NotADevice(_), None) => {}
+                (ParseOutcome::Refused { code, why }, Some(want)) => {
+                    return Err(bad(format!(
+                        "failed: {scan:?} was refused ({code}: {why}), expected {want}"
+                    )))
+                }
+                (ParseOutcome::Refused { .. }, None) => {}
             }
             if let Ok(Some(want)) = text_field(&check, "steps") {
                 let got: Vec<String> = steps

@@ -151,7 +151,7 @@ impl AdminApi for LocalAdmin {
 
     fn queue(&mut self, retry: bool) -> anyhow::Result<QueueReport> {
         if retry {
-            self.station.stock.queue_retry_now()?;
+            self.station.stock.queue_retry_by(&self.actor)?;
         }
         self.station.queue_report()
     }

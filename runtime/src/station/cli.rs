@@ -149,6 +149,35 @@ pub struct ServeArgs {
     /// lists are refused).
     #[arg(long, default_value_t = 60)]
     pub crl_refresh: u64,
+    /// Run the retention clock this far ahead (e.g. 30d, 12h, 90m, 45s), so
+    /// a retention policy by age can be watched without waiting days. For
+    /// tests only: refused unless --testing is given too.
+    #[arg(long, value_name = "DURATION")]
+    pub clock_ahead: Option<String>,
+    /// Allow the test-only settings (--clock-ahead). Never on a production station.
+    #[arg(long)]
+    pub testing: bool,
+}
+
+/// A duration as `--clock-ahead` takes it: a number and d, h, m or s.
+fn parse_ahead(text: &str) -> anyhow::Result<i64> {
+    let bad =
+        || anyhow::anyhow!("--clock-ahead {text:?}: expected a number and d, h, m or s (30d, 12h)");
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let per = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return Err(bad()),
+    };
+    let n: i64 = text[..text.len() - unit.len_utf8()]
+        .parse()
+        .map_err(|_| bad())?;
+    // At most a hundred years ahead, never behind.
+    n.checked_mul(per)
+        .filter(|secs| (0..=36_500 * 86_400).contains(secs))
+        .ok_or_else(bad)
 }
 
 pub fn run(command: StationCommand) -> anyhow::Result<()> {
@@ -374,11 +403,30 @@ fn fetch(args: FetchArgs) -> anyhow::Result<()> {
 }
 
 fn serve_station(args: ServeArgs) -> anyhow::Result<()> {
+    // Checked before anything is opened: a production station never starts
+    // with a moved clock.
+    let clock_ahead = match &args.clock_ahead {
+        Some(ahead) => {
+            if !args.testing {
+                anyhow::bail!(
+                    "--clock-ahead moves the station's retention clock and is for tests only; \
+                     refused without --testing (never use it on a production station)"
+                );
+            }
+            let secs = parse_ahead(ahead)?;
+            eprintln!("warning: testing: the retention clock runs {ahead} ahead of the real one");
+            Some(secs)
+        }
+        None => None,
+    };
     let opened = open(&args.dir)?;
     let credential = opened.credential.expect("opened with a passphrase");
     let mut station = opened.station;
     if let Some(day) = &args.today {
         station.set_today(Some(parse_day(day).map_err(anyhow::Error::msg)?));
+    }
+    if let Some(secs) = clock_ahead {
+        station.set_clock_ahead(secs);
     }
     // A crash may have left deleted key bytes in the WAL, hand-outs past
     // their time, rows that do not decrypt. (Packs written but not yet

@@ -296,6 +296,17 @@ pub fn authenticate(stock: &Stock, token: &str) -> Result<String, StationError> 
     Ok(user)
 }
 
+/// Replaces a user's password (already checked and hashed); the user's
+/// other sessions end, the one of `keep_token` stays.
+pub fn change_password(
+    stock: &mut Stock,
+    user: &str,
+    phc: &str,
+    keep_token: &str,
+) -> anyhow::Result<()> {
+    stock.set_password(user, phc, &format!("admin:{user}"), &token_hash(keep_token))
+}
+
 pub fn logout(stock: &mut Stock, token: &str) -> anyhow::Result<()> {
     stock.end_session(&token_hash(token))
 }

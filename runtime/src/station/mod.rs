@@ -9,19 +9,23 @@
 //!   ([`reports`]), production plans and the drop folder ([`plan`]),
 //!   retention ([`retention`]);
 //! - what it asks of the CA ([`fetch`]) and the CA's CRL ([`crl`]);
-//! - transport: the HTTPS API ([`serve`], the only place with HTTP statuses)
-//!   and the work beside it ([`background`]);
+//! - transport: the HTTPS API ([`serve`], the only place with HTTP statuses),
+//!   the admin's console in a browser ([`console`], mounted by `serve`), what
+//!   the serving station saw of each line ([`activity`]) and the work beside
+//!   it ([`background`]);
 //! - configuration and directory ([`config`], [`dir`]), the command line
 //!   ([`cli`], [`admin_cli`]), crash-test points ([`failpoint`]).
 //!
 //! Storage is `store::stock`, which holds the pack lifecycle.
 
+pub mod activity;
 pub mod admin;
 pub mod admin_cli;
 pub mod background;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod crl;
 pub mod csr;
 pub mod dir;

@@ -1,6 +1,7 @@
 //! The reports an administrator reads (stock per model, the CA queue, one
-//! device's story, the audit log), built from the stock as the wire types of
-//! [`crate::wire::station`].
+//! device's story, the audit log, the day's progress per hour, what each line
+//! did), built from the stock as the wire types of [`crate::wire::station`].
+//! The CLI, the API and the console all answer from these.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +11,15 @@ use super::Station;
 use crate::pki::id::DeviceId;
 use crate::store::stock::{unix_text, PackState, QueueRow};
 use crate::wire::station::{
-    codes, AuditEntry, AuditReport, DeviceReport, ModelStock, PackInfo, PlanEntry, QueueItem,
-    QueueReport, StockReport,
+    codes, AuditEntry, AuditPage, AuditPageQuery, AuditReport, DeviceReport, LineActivity,
+    LineFailure, LinesReport, ModelStock, PackInfo, PlanEntry, ProgressReport, ProgressSeries,
+    QueueItem, QueueReport, StockReport,
 };
+
+/// Entries on one page of the audit log.
+pub const AUDIT_PAGE: i64 = 50;
+/// Failures kept per line in the lines report.
+const FAILURES_PER_LINE: usize = 5;
 
 impl Station {
     pub fn stock_report(&self) -> anyhow::Result<StockReport> {
@@ -131,21 +138,19 @@ impl Station {
         })
     }
 
-    pub fn audit_report(&self, last: i64) -> anyhow::Result<AuditReport> {
-        let (intact, entries, problem) = match crate::store::audit::verify(self.stock.connection())
-        {
+    /// Whether the audit chain verifies: (intact, entries, where it breaks).
+    fn audit_integrity(&self) -> (bool, i64, Option<String>) {
+        match crate::store::audit::verify(self.stock.connection()) {
             Ok(v) => (true, v.entries, None),
             Err(e) => (false, 0, Some(format!("{e:#}"))),
-        };
+        }
+    }
+
+    pub fn audit_report(&self, last: i64) -> anyhow::Result<AuditReport> {
+        let (intact, entries, problem) = self.audit_integrity();
         let last = crate::store::audit::tail(self.stock.connection(), last.clamp(1, 10_000))?
             .into_iter()
-            .map(|e| AuditEntry {
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                action: e.action,
-                detail: e.detail,
-            })
+            .map(audit_entry)
             .collect();
         Ok(AuditReport {
             intact,
@@ -153,6 +158,148 @@ impl Station {
             problem,
             last,
         })
+    }
+
+    /// One page of the audit log, newest first, filtered by action, user and id.
+    pub fn audit_page(&self, query: &AuditPageQuery) -> anyhow::Result<AuditPage> {
+        let (intact, entries, problem) = self.audit_integrity();
+        fn given(s: &Option<String>) -> Option<&str> {
+            s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        }
+        let filter = crate::store::audit::Filter {
+            action: given(&query.action),
+            actor: given(&query.user),
+            text: given(&query.id),
+            before: query.before,
+        };
+        let mut page = crate::store::audit::page(self.stock.connection(), &filter, AUDIT_PAGE + 1)?;
+        let next_before = if page.len() as i64 > AUDIT_PAGE {
+            page.truncate(AUDIT_PAGE as usize);
+            page.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(AuditPage {
+            intact,
+            entries,
+            problem,
+            page: page.into_iter().map(audit_entry).collect(),
+            next_before,
+        })
+    }
+
+    /// Devices written per hour today, per model (with today's plan) and per line.
+    pub fn progress_report(&self) -> anyhow::Result<ProgressReport> {
+        let today = self.today();
+        let (from, to) = self.config.day_bounds(today);
+        let hours = ((to - from) / 3600) as usize;
+        let now = crate::store::stock::now_unix();
+        let hour_now = (from..to)
+            .contains(&now)
+            .then(|| ((now - from) / 3600) as usize);
+        let series = |name: &str| ProgressSeries {
+            name: name.to_string(),
+            per_hour: vec![0; hours],
+            ..Default::default()
+        };
+        let mut models: BTreeMap<String, ProgressSeries> = BTreeMap::new();
+        let mut lines: BTreeMap<String, ProgressSeries> = BTreeMap::new();
+        for (model, n) in self.stock.plan_counts(&day_text(today))? {
+            if self.config.carries_certificate(&model) {
+                models
+                    .entry(model.clone())
+                    .or_insert_with(|| series(&model))
+                    .planned = n;
+            }
+        }
+        for (model, line, hour, n) in self.stock.written_per_hour(from, to)? {
+            let hour = hour.min(hours - 1);
+            for s in [
+                models
+                    .entry(model.clone())
+                    .or_insert_with(|| series(&model)),
+                lines.entry(line.clone()).or_insert_with(|| series(&line)),
+            ] {
+                s.per_hour[hour] += n;
+                s.written += n;
+            }
+        }
+        Ok(ProgressReport {
+            day: day_text(today),
+            hours,
+            hour_now,
+            models: models.into_values().collect(),
+            lines: lines.into_values().collect(),
+        })
+    }
+
+    /// Each line that talked to the station today: the stock's counts of its
+    /// packs and failures, with `seen` (what the serving station saw of it).
+    pub fn lines_report(
+        &self,
+        seen: &BTreeMap<String, super::activity::LineSeen>,
+    ) -> anyhow::Result<LinesReport> {
+        let today = self.today();
+        let (from, to) = self.config.day_bounds(today);
+        let mut lines: BTreeMap<String, (LineActivity, i64)> = BTreeMap::new();
+        let entry = |lines: &mut BTreeMap<String, (LineActivity, i64)>, name: &str| {
+            lines.entry(name.to_string()).or_insert_with(|| {
+                (
+                    LineActivity {
+                        line: name.to_string(),
+                        ..Default::default()
+                    },
+                    0,
+                )
+            });
+        };
+        for c in self.stock.line_counts(from, to)? {
+            entry(&mut lines, &c.line);
+            let (a, last) = lines.get_mut(&c.line).expect("inserted");
+            a.taken_today = c.taken;
+            a.written_today = c.written;
+            a.failed_today = c.failed;
+            a.holding = c.holding;
+            *last = (*last).max(c.last_at.unwrap_or(0));
+        }
+        for (name, s) in seen.iter().filter(|(_, s)| s.last >= from) {
+            entry(&mut lines, name);
+            let (a, last) = lines.get_mut(name).expect("inserted");
+            a.refusals = s.refusals.clone();
+            *last = (*last).max(s.last);
+        }
+        for f in self.stock.line_failures(from, to, 1000)? {
+            entry(&mut lines, &f.line);
+            let (a, _) = lines.get_mut(&f.line).expect("inserted");
+            if a.failures.len() < FAILURES_PER_LINE {
+                a.failures.push(LineFailure {
+                    at: unix_text(f.at),
+                    id: f.id,
+                    serial: f.serial,
+                    reason: f.reason,
+                });
+            }
+        }
+        Ok(LinesReport {
+            day: day_text(today),
+            lines: lines
+                .into_values()
+                .map(|(mut a, last)| {
+                    a.last_seen = (last > 0).then(|| unix_text(last));
+                    a
+                })
+                .collect(),
+        })
+    }
+}
+
+fn audit_entry(e: crate::store::audit::Entry) -> AuditEntry {
+    AuditEntry {
+        seq: e.seq,
+        at: e.at,
+        actor: e.actor,
+        action: e.action,
+        detail: e.detail,
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! Line endpoints take a line credential (mTLS) that the CA's CRL does not
 //! list, and only while a fresh CRL is known; admin endpoints take a session
-//! token from the admin login, with or without a client certificate.
+//! token from the admin login, with or without a client certificate. The
+//! admin's console in a browser ([`super::console`]) is mounted beside them
+//! and answers from the same station code.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +18,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 use super::crl::CrlCache;
 use super::error::{Kind, StationError};
@@ -73,6 +76,8 @@ pub struct ServeState {
     pub lines_seen: Arc<Mutex<HashMap<String, String>>>,
     /// The station directory (drop folder, fetch lock).
     pub dir: PathBuf,
+    /// When each line was last served and its newest refusals.
+    pub activity: Arc<super::activity::LineLog>,
     /// The CA, for forwarding devices' CSRs (`/v1/sign`); none in a state
     /// built without one (which then refuses to sign: CA unreachable).
     pub ca: Option<super::fetch::CaLink>,
@@ -92,6 +97,7 @@ impl ServeState {
             logins: Arc::new(logins),
             lines_seen: Arc::new(Mutex::new(HashMap::new())),
             dir,
+            activity: Arc::new(super::activity::LineLog::default()),
             ca: None,
         }
     }
@@ -126,7 +132,16 @@ impl ServeState {
         Ok(name)
     }
 
-    async fn run<T: Send + 'static>(
+    /// Notes what became of a line's request (for the lines report).
+    fn seen<T>(&self, line: &str, id: &str, result: &Result<T, ApiError>) {
+        let refusal = result
+            .as_ref()
+            .err()
+            .map(|e| (id, e.code, e.message.as_str()));
+        self.activity.record(line, refusal);
+    }
+
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Station) -> Result<T, StationError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -141,6 +156,59 @@ impl ServeState {
         let token = bearer(headers)?;
         self.run(move |s| super::login::authenticate(&s.stock, &token))
             .await
+    }
+
+    /// The admin login's password check, in three steps so that Argon2 runs
+    /// without the station held: a login flood slows no line. Past the
+    /// per-address limit of failed logins, an address is refused before
+    /// anything is hashed or written. Every outcome is audited (with lockout).
+    pub(super) async fn check_password(
+        &self,
+        peer: &Peer,
+        user: &str,
+        password: Zeroizing<String>,
+    ) -> Result<(), ApiError> {
+        let ip = peer.addr.ip();
+        self.logins.check(ip)?;
+        let from = peer.addr.to_string();
+        let name = user.to_string();
+        let attempt = self
+            .run(move |s| super::login::begin(&s.stock, &name, &from))
+            .await?;
+        let checked = tokio::task::spawn_blocking(move || attempt.check(&password))
+            .await
+            .map_err(|e| ApiError::internal(anyhow::anyhow!("the password check failed: {e}")))?;
+        let outcome = self
+            .run(move |s| {
+                let config = s.config.admin.clone();
+                super::login::finish(&mut s.stock, &config, checked)
+            })
+            .await;
+        if let Err(err) = &outcome {
+            if matches!(
+                err.status,
+                StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+            ) {
+                self.logins.failed(ip);
+            }
+        }
+        outcome
+    }
+
+    /// The admin login: the password checked, then a session opened
+    /// (its token and expiry).
+    pub(super) async fn login(
+        &self,
+        peer: &Peer,
+        user: String,
+        password: Zeroizing<String>,
+    ) -> Result<(Zeroizing<String>, i64), ApiError> {
+        self.check_password(peer, &user, password).await?;
+        self.run(move |s| {
+            let config = s.config.admin.clone();
+            super::login::open_session(&mut s.stock, &config, &user)
+        })
+        .await
     }
 }
 
@@ -188,7 +256,8 @@ pub fn router(state: ServeState) -> Router {
         .route(api::ADMIN_RETRY, post(retry))
         .route(api::ADMIN_DEVICE, get(device))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(super::console::router(state))
 }
 
 async fn take(
@@ -197,7 +266,14 @@ async fn take(
     JsonBody(request): JsonBody<TakeRequest>,
 ) -> Result<Json<TakeResponse>, ApiError> {
     let line = state.line_of(&peer)?;
-    let result = state.run(move |s| s.take(&line, &request.id)).await;
+    let id = request.id.clone();
+    let result = state
+        .run({
+            let line = line.clone();
+            move |s| s.take(&line, &request.id)
+        })
+        .await;
+    state.seen(&line, &id, &result);
     if matches!(&result, Err(e) if e.code == codes::QUARANTINED) {
         state.wake.notify_one();
     }
@@ -218,7 +294,11 @@ async fn sign(
         )
         .into());
     };
-    let signed = super::csr::sign(&state.shared, &ca, &line, request).await;
+    let id = request.id.clone();
+    let signed = super::csr::sign(&state.shared, &ca, &line, request)
+        .await
+        .map_err(ApiError::from);
+    state.seen(&line, &id, &signed);
     if signed.is_ok() {
         // A superseded certificate leaves a revocation in the queue.
         state.wake.notify_one();
@@ -232,11 +312,15 @@ async fn received(
     JsonBody(r): JsonBody<ReceivedRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
     let line = state.line_of(&peer)?;
-    Ok(Json(
-        state
-            .run(move |s| s.received(&line, &r.id, &r.serial))
-            .await?,
-    ))
+    let id = r.id.clone();
+    let result = state
+        .run({
+            let line = line.clone();
+            move |s| s.received(&line, &r.id, &r.serial)
+        })
+        .await;
+    state.seen(&line, &id, &result);
+    Ok(Json(result?))
 }
 
 async fn written(
@@ -245,11 +329,15 @@ async fn written(
     JsonBody(r): JsonBody<WrittenRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
     let line = state.line_of(&peer)?;
-    Ok(Json(
-        state
-            .run(move |s| s.written(&line, &r.id, &r.serial, &r.fingerprint))
-            .await?,
-    ))
+    let id = r.id.clone();
+    let result = state
+        .run({
+            let line = line.clone();
+            move |s| s.written(&line, &r.id, &r.serial, &r.fingerprint)
+        })
+        .await;
+    state.seen(&line, &id, &result);
+    Ok(Json(result?))
 }
 
 async fn failed(
@@ -258,9 +346,15 @@ async fn failed(
     JsonBody(r): JsonBody<FailedRequest>,
 ) -> Result<Json<ReportResponse>, ApiError> {
     let line = state.line_of(&peer)?;
-    let response = state
-        .run(move |s| s.failed(&line, &r.id, &r.serial, &r.reason))
-        .await?;
+    let id = r.id.clone();
+    let result = state
+        .run({
+            let line = line.clone();
+            move |s| s.failed(&line, &r.id, &r.serial, &r.reason)
+        })
+        .await;
+    state.seen(&line, &id, &result);
+    let response = result?;
     state.wake.notify_one();
     Ok(Json(response))
 }
@@ -279,50 +373,20 @@ async fn health(State(state): State<ServeState>) -> Result<Json<Health>, ApiErro
         .await
 }
 
-/// The admin login in three steps, so that Argon2 runs without the station
-/// held: a login flood slows no line. Past the per-address limit of failed
-/// logins, an address is refused before anything is hashed or written.
+/// The admin login ([`ServeState::login`]).
 async fn login(
     State(state): State<ServeState>,
     Extension(peer): Extension<Peer>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Json<LoginResponse>, ApiError> {
-    let ip = peer.addr.ip();
-    state.logins.check(ip)?;
-    let from = peer.addr.to_string();
-    let user = request.user.clone();
-    let attempt = state
-        .run(move |s| super::login::begin(&s.stock, &user, &from))
+    let (token, expires) = state
+        .login(&peer, request.user.clone(), request.password)
         .await?;
-    let password = request.password;
-    let checked = tokio::task::spawn_blocking(move || attempt.check(&password))
-        .await
-        .map_err(|e| ApiError::internal(anyhow::anyhow!("the password check failed: {e}")))?;
-    let user = request.user;
-    let outcome = state
-        .run(move |s| {
-            let config = s.config.admin.clone();
-            super::login::finish(&mut s.stock, &config, checked)?;
-            let (token, expires) = super::login::open_session(&mut s.stock, &config, &user)?;
-            Ok((user, token, expires))
-        })
-        .await;
-    match outcome {
-        Ok((user, token, expires)) => Ok(Json(LoginResponse {
-            user,
-            token,
-            expires_at: crate::store::stock::unix_text(expires),
-        })),
-        Err(err) => {
-            if matches!(
-                err.status,
-                StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
-            ) {
-                state.logins.failed(ip);
-            }
-            Err(err)
-        }
-    }
+    Ok(Json(LoginResponse {
+        user: request.user,
+        token,
+        expires_at: crate::store::stock::unix_text(expires),
+    }))
 }
 
 async fn logout(
@@ -399,10 +463,10 @@ async fn retry(
     State(state): State<ServeState>,
     headers: HeaderMap,
 ) -> Result<Json<QueueReport>, ApiError> {
-    state.admin(&headers).await?;
+    let user = state.admin(&headers).await?;
     let report = state
-        .run(|s| {
-            s.stock.queue_retry_now()?;
+        .run(move |s| {
+            s.stock.queue_retry_by(&format!("admin:{user}"))?;
             Ok(s.queue_report()?)
         })
         .await?;

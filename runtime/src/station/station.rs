@@ -29,6 +29,9 @@ pub struct Station {
     /// Shared, so that a sweep can ask it without holding the station.
     pub(crate) policy: Arc<dyn RetentionPolicy>,
     today_override: Option<Date>,
+    /// Seconds the retention clock runs ahead of the real one (tests only,
+    /// see `station serve --clock-ahead`).
+    clock_ahead: i64,
 }
 
 /// What an opened station directory gives.
@@ -65,6 +68,7 @@ impl Station {
                 kek,
                 policy,
                 today_override: None,
+                clock_ahead: 0,
             },
             credential,
         })
@@ -77,6 +81,19 @@ impl Station {
     /// Pretend today is `day` (demos and tests).
     pub fn set_today(&mut self, day: Option<Date>) {
         self.today_override = day;
+    }
+
+    /// Runs the retention clock `secs` ahead of the real one, so that a
+    /// retention test sees a pack's age in days without waiting them. Only
+    /// `station serve --clock-ahead ... --testing` sets it.
+    pub fn set_clock_ahead(&mut self, secs: i64) {
+        self.clock_ahead = secs;
+    }
+
+    /// Now for retention ages (Unix seconds): the real clock plus
+    /// [`Self::set_clock_ahead`].
+    pub fn retention_now(&self) -> i64 {
+        crate::store::stock::now_unix() + self.clock_ahead
     }
 
     pub fn today(&self) -> Date {

@@ -79,7 +79,7 @@ impl Station {
         Ok(RetentionSweep {
             policy: self.policy.clone(),
             packs,
-            now: now_unix(),
+            now: self.retention_now(),
         })
     }
 

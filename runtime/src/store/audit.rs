@@ -204,23 +204,73 @@ pub fn parse_detail(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
+/// What a page of the audit log is filtered by (each field optional).
+#[derive(Debug, Clone, Default)]
+pub struct Filter<'a> {
+    /// The action exactly (`discard`, `login_failed`, ...).
+    pub action: Option<&'a str>,
+    /// Part of the actor (`admin:alice`, `line-1`).
+    pub actor: Option<&'a str>,
+    /// Part of the detail's text (a device id, a serial).
+    pub text: Option<&'a str>,
+    /// Only entries before this sequence number (the next page).
+    pub before: Option<i64>,
+}
+
+/// Up to `limit` entries that match `filter`, newest first.
+pub fn page(conn: &Connection, filter: &Filter<'_>, limit: i64) -> anyhow::Result<Vec<Entry>> {
+    let like = |s: Option<&str>| {
+        s.map(|s| {
+            format!(
+                "%{}%",
+                s.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        })
+    };
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, detail, hash FROM audit
+         WHERE (?1 IS NULL OR action = ?1)
+           AND (?2 IS NULL OR actor LIKE ?2 ESCAPE '\\')
+           AND (?3 IS NULL OR detail LIKE ?3 ESCAPE '\\')
+           AND (?4 IS NULL OR seq < ?4)
+         ORDER BY seq DESC LIMIT ?5",
+    )?;
+    let entries = stmt
+        .query_map(
+            params![
+                filter.action,
+                like(filter.actor),
+                like(filter.text),
+                filter.before,
+                limit
+            ],
+            entry,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(entries)
+}
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let detail: String = r.get(4)?;
+    Ok(Entry {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+        hash: r.get(5)?,
+    })
+}
+
 /// The newest `limit` entries, oldest first.
 pub fn tail(conn: &Connection, limit: i64) -> anyhow::Result<Vec<Entry>> {
     let mut stmt = conn.prepare(
         "SELECT seq, at, actor, action, detail, hash FROM audit ORDER BY seq DESC LIMIT ?1",
     )?;
     let mut entries = stmt
-        .query_map([limit], |r| {
-            let detail: String = r.get(4)?;
-            Ok(Entry {
-                seq: r.get(0)?,
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                detail: parse_detail(detail),
-                hash: r.get(5)?,
-            })
-        })?
+        .query_map([limit], entry)?
         .collect::<Result<Vec<_>, _>>()?;
     entries.reverse();
     Ok(entries)

@@ -121,7 +121,16 @@ impl Target {
                 "the ledger database {shown} does not exist on that server: create it first (createdb -O {user} {})",
                 self.config.get_dbname().unwrap_or_default()
             ),
-            Some(_) => anyhow::anyhow!("the ledger database {shown}: {err}"),
+            Some(code) if is_connection_lost(err) => anyhow::anyhow!(
+                "the ledger database {shown} is not available ({}: {}); the CA reconnects by itself once it is back",
+                code.code(),
+                err.as_db_error().map(|d| d.message()).unwrap_or("connection lost")
+            ),
+            Some(code) => anyhow::anyhow!(
+                "the ledger database {shown}: {} ({})",
+                err.as_db_error().map(|d| d.message()).unwrap_or("database error"),
+                code.code()
+            ),
             None if err.to_string().contains("password missing") => anyhow::anyhow!(
                 "the ledger database {shown} asks for a password and none was given: set {PASSWORD_ENV} or [ledger] password_file"
             ),
@@ -134,6 +143,17 @@ impl Target {
                 )
             }
         }
+    }
+}
+
+/// Whether an error means the connection is gone or unusable (the server
+/// went away, is shutting down or starting up): such a connection is dropped
+/// and made again, and a statement that found it so wrote nothing.
+pub fn is_connection_lost(err: &postgres::Error) -> bool {
+    match err.code() {
+        None => !err.to_string().contains("password missing"),
+        // 08: connection exception; 57P: operator intervention (shutdown, starting up).
+        Some(code) => code.code().starts_with("08") || code.code().starts_with("57P"),
     }
 }
 

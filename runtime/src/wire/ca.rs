@@ -298,6 +298,51 @@ pub struct CertRecord {
     pub replaces: Option<String>,
     pub revoked_at: Option<String>,
     pub reason: Option<String>,
+    /// Who revoked it (none for rows from before the ledger kept it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+}
+
+/// One state a certificate entered, as `ca show --json` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub status: CertStatus,
+    pub at: String,
+    /// Who made the change, where the ledger knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// For a revocation: the RFC 5280 reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `ca show --json`: one certificate, its state history and its PEM (none
+/// for a certificate issued before the ledger kept certificates; `note` says so).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertShow {
+    #[serde(flatten)]
+    pub record: CertRecord,
+    pub history: Vec<StateChange>,
+    pub pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One row of `ca export` (CSV columns in this order, or one JSON object a line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRow {
+    /// The device id, or `<role>:<name>` for a service credential.
+    pub id: String,
+    pub kind: CertKind,
+    pub serial: String,
+    pub fingerprint: Option<String>,
+    pub status: CertStatus,
+    pub requested_at: String,
+    pub issued_at: Option<String>,
+    pub revoked_at: Option<String>,
+    pub requester: String,
+    pub reason: Option<String>,
+    pub revoked_by: Option<String>,
 }
 
 /// One line of `ca status --json` (an array of these): how many certificates
@@ -344,4 +389,10 @@ pub struct Health {
     pub organization: String,
     pub pen: u32,
     pub max_batch: usize,
+    /// Seconds a committed revocation may wait for the CRL that lists it (`crl_max_delay`).
+    #[serde(default)]
+    pub crl_max_delay: f64,
+    /// The number of the issuing CA's CRL being served.
+    #[serde(default)]
+    pub crl_number: u64,
 }

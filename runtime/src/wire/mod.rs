@@ -2,6 +2,8 @@
 
 pub mod ca;
 pub mod center;
+pub mod est;
+pub mod line;
 pub mod station;
 
 use serde::{Deserialize, Serialize};

@@ -622,3 +622,103 @@ impl AuditQuery {
 pub struct DeviceQuery {
     pub id: String,
 }
+
+// ---- the console's reports (built by the same station code as the API's) ----
+
+/// Devices written per hour of the station's day: the plan's progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressReport {
+    pub day: String,
+    /// Hours in the day (the length of every `per_hour`).
+    pub hours: usize,
+    /// The hour of the day now (0-based), or None when `day` is not today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hour_now: Option<usize>,
+    /// Per model code: planned today and written per hour.
+    pub models: Vec<ProgressSeries>,
+    /// Per line: written per hour (planned is 0: plans are per model).
+    pub lines: Vec<ProgressSeries>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProgressSeries {
+    pub name: String,
+    pub planned: usize,
+    pub written: usize,
+    pub per_hour: Vec<usize>,
+}
+
+/// Each line that talked to the station today.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinesReport {
+    pub day: String,
+    pub lines: Vec<LineActivity>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LineActivity {
+    pub line: String,
+    /// The last request of the line this station served (or the last pack
+    /// event, when it has not served the line since it started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    pub taken_today: usize,
+    pub written_today: usize,
+    pub failed_today: usize,
+    /// Packs it holds now with no result yet.
+    pub holding: usize,
+    /// Its newest refusals since the station started, newest first.
+    pub refusals: Vec<LineRefusal>,
+    /// Its newest failed packs today, newest first.
+    pub failures: Vec<LineFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LineRefusal {
+    pub at: String,
+    /// What the line asked about (a scanned id).
+    pub id: String,
+    /// One of [`codes`].
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LineFailure {
+    pub at: String,
+    pub id: String,
+    pub serial: String,
+    pub reason: String,
+}
+
+/// A page of the audit log, newest first, filtered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPageQuery {
+    /// The action exactly (`discard`, `login_failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Part of the actor (a user name, a line name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Part of the entry's detail (a device id, a serial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Entries before this sequence number (the next page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// The whole chain's integrity, as in [`AuditReport`].
+    pub intact: bool,
+    pub entries: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Newest first.
+    pub page: Vec<AuditEntry>,
+    /// `before` for the next (older) page, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}

@@ -25,7 +25,13 @@ wit_bindgen::generate!({
 
 use certline_device_protocol::{client, ClientSide, LinkFailure, Transport};
 
+// The same session state and panic hook as the 0.2.0 SDK (one file for both).
+#[path = "../../src/session.rs"]
+mod session;
+pub use session::{install_panic_hook, lend, SessionLink};
+
 pub use certline::device::host::{self, Level, Link, LinkError, Stage};
+pub use certline_device_protocol::ClientSide as ClientSideEndpoint;
 pub use exports::certline::device::device::{Error, Guest, Identity, Pack, PluginInfo};
 
 /// The host's link resource as a protocol transport.
@@ -96,11 +102,12 @@ pub fn prove_possession(mut c: impl ClientSide, challenge: &[u8]) -> Result<Vec<
 }
 
 /// Defines and exports a plugin whose whole behaviour is one protocol for some
-/// model codes:
+/// model codes; the endpoint lives for the session (over [`SessionLink`]) and
+/// a panic is logged with its location, as in the 0.2.0 SDK:
 ///
 /// ```ignore
-/// certline_plugin_sdk::protocol_plugin!(Imaging, "acme-imaging", ["3012"], |link| {
-///     XmlEndpoint::new(certline_plugin_sdk::LinkTransport(link))
+/// certline_plugin_sdk::protocol_plugin!(Meter, "acme-meter", ["A123"], |link| {
+///     TlvEndpoint::new(link)
 /// });
 /// ```
 #[macro_export]
@@ -108,24 +115,52 @@ macro_rules! protocol_plugin {
     ($ty:ident, $name:expr, [$($model:expr),+ $(,)?], |$link:ident| $endpoint:expr) => {
         struct $ty;
 
+        impl $ty {
+            /// Runs `f` on this session's endpoint (built on first use),
+            /// with `link` lent to it for this call.
+            fn with_endpoint<R>(
+                link: &$crate::Link,
+                f: impl FnOnce(&mut dyn $crate::ClientSideEndpoint) -> R,
+            ) -> R {
+                ::std::thread_local! {
+                    static ENDPOINT: ::std::cell::RefCell<
+                        Option<Box<dyn $crate::ClientSideEndpoint>>,
+                    > = const { ::std::cell::RefCell::new(None) };
+                }
+                $crate::install_panic_hook();
+                $crate::lend(link, || {
+                    ENDPOINT.with(|e| {
+                        let mut e = e.borrow_mut();
+                        let endpoint = e.get_or_insert_with(|| {
+                            #[allow(unused_variables)]
+                            let $link = $crate::SessionLink;
+                            Box::new($endpoint)
+                        });
+                        f(&mut **endpoint)
+                    })
+                })
+            }
+        }
+
         impl $crate::Guest for $ty {
             fn info() -> $crate::PluginInfo {
+                $crate::install_panic_hook();
                 $crate::info($name, env!("CARGO_PKG_VERSION"), &[$($model),+])
             }
 
-            fn read_identity($link: &$crate::Link) -> Result<$crate::Identity, $crate::Error> {
-                $crate::read_identity($endpoint)
+            fn read_identity(link: &$crate::Link) -> Result<$crate::Identity, $crate::Error> {
+                Self::with_endpoint(link, |c| $crate::read_identity(c))
             }
 
-            fn write_pack($link: &$crate::Link, pack: $crate::Pack) -> Result<(), $crate::Error> {
-                $crate::write_pack($endpoint, pack)
+            fn write_pack(link: &$crate::Link, pack: $crate::Pack) -> Result<(), $crate::Error> {
+                Self::with_endpoint(link, |c| $crate::write_pack(c, pack))
             }
 
             fn prove_possession(
-                $link: &$crate::Link,
+                link: &$crate::Link,
                 challenge: Vec<u8>,
             ) -> Result<Vec<u8>, $crate::Error> {
-                $crate::prove_possession($endpoint, &challenge)
+                Self::with_endpoint(link, |c| $crate::prove_possession(c, &challenge))
             }
         }
 

@@ -2,8 +2,7 @@
 //! folder holding both must be refused with an error naming both plugins.
 
 use certline_device_protocol::xml::XmlEndpoint;
-use certline_plugin_sdk::LinkTransport;
 
 certline_plugin_sdk::protocol_plugin!(DupModel, "dup-model", ["3012"], |link| {
-    XmlEndpoint::new(LinkTransport(link))
+    XmlEndpoint::new(link)
 });

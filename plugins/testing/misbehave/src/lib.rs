@@ -28,6 +28,8 @@ impl sdk::Guest for Misbehave {
     }
 
     fn write_pack(link: &Link, pack: Pack) -> Result<(), Error> {
+        // A panic says what and where through host.log before the trap.
+        sdk::install_panic_hook();
         let serial = pack.device_id.split_once('-').map_or("", |(_, s)| s);
         if serial.starts_with("TRAP") {
             panic!("misbehave: deliberate trap for {}", pack.device_id);

@@ -25,13 +25,25 @@ use time::OffsetDateTime;
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
 use crate::store::{audit, pg};
-pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
+pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, ExportRow, LedgerCount, StateChange};
 
 pub mod postgres;
 pub mod sqlite;
 
 pub use postgres::PgLedger;
 pub use sqlite::SqliteLedger;
+
+/// What `ca show` says of a certificate issued before the ledger kept DER.
+pub const NO_DER_NOTE: &str =
+    "issued before the ledger kept certificates (schema 3): only its serial, fingerprint and states are known";
+
+/// What the last CRL of a scope covers, without its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrlStatus {
+    pub number: u64,
+    /// The ledger's revocation count when it was signed (None: from before the count existed).
+    pub covers: Option<u64>,
+}
 
 pub struct Reservation {
     pub serial: Serial,
@@ -67,14 +79,37 @@ pub enum RevokeTarget {
     DeviceId(String),
 }
 
+/// One certificate row as `ca migrate-ledger` copies it.
+pub struct ExportedCert {
+    pub record: CertRecord,
+    /// The audit entry that reserved it.
+    pub audit_seq: i64,
+    /// Its DER (None for a certificate issued before the ledger kept it).
+    pub der: Option<Vec<u8>>,
+    /// The revoking transaction's number (see [`LedgerStore::revocations`]).
+    pub revoked_seq: Option<i64>,
+}
+
+/// One scope's CRL state as `ca migrate-ledger` copies it.
+pub struct ExportedCrl {
+    pub scope: String,
+    pub number: u64,
+    pub der: Option<Vec<u8>>,
+    pub next_update: Option<String>,
+    pub covers: Option<u64>,
+}
+
 /// A whole ledger as `ca migrate-ledger` copies it from one store to another.
 pub struct Export {
-    /// Every certificate row in the order it was recorded, with its audit sequence number.
-    pub certs: Vec<(CertRecord, i64)>,
+    /// Every certificate row in the order it was recorded.
+    pub certs: Vec<ExportedCert>,
     /// The audit log, in sequence order, exactly as stored (its hashes unchanged).
     pub audit: Vec<audit::StoredEntry>,
-    /// CRL state per scope: (scope, last number, DER, next update).
-    pub crls: Vec<(String, u64, Option<Vec<u8>>, Option<String>)>,
+    pub crls: Vec<ExportedCrl>,
+    /// How many revoking transactions the ledger had committed.
+    pub revocations: u64,
+    /// What migrations noted (see [`LedgerStore::notes`]).
+    pub notes: Vec<String>,
 }
 
 /// What a ledger store does; [`Ledger`] holds one.
@@ -102,6 +137,29 @@ pub trait LedgerStore: Send {
     /// Every certificate ever recorded for a subject, oldest first.
     fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>>;
 
+    /// The DER of a certificate, if the ledger kept it (see [`NO_DER_NOTE`]).
+    fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>>;
+
+    /// The newest certificate recorded for a subject: its live one if it has one.
+    fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>>;
+
+    /// Every certificate issued or revoked at or after `since` (either
+    /// counts), oldest event first: what an auditor's export lists.
+    fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>>;
+
+    /// What migrations noted about rows they could not fill in.
+    fn notes(&self) -> anyhow::Result<Vec<String>>;
+
+    /// A second handle on the same ledger: readers and the CRL publisher use
+    /// their own, so they never wait for the issuance lock.
+    fn reopen(&self) -> anyhow::Result<Ledger>;
+
+    /// A second handle for the CRL publisher, which writes only CRLs and
+    /// their audit entries (public data).
+    fn reopen_for_crls(&self) -> anyhow::Result<Ledger> {
+        self.reopen()
+    }
+
     /// Records serials and ids before signing, revoking (superseded) the
     /// certificates that the reservations replace, all in one transaction with
     /// its audit entry. Returns the audit entry's sequence number.
@@ -112,10 +170,11 @@ pub trait LedgerStore: Send {
         now: OffsetDateTime,
     ) -> anyhow::Result<i64>;
 
-    /// Marks reserved certificates as issued, with their fingerprints.
+    /// Marks reserved certificates as issued, keeping each one's DER (its
+    /// fingerprint is computed from that DER).
     fn commit_issued(
         &mut self,
-        issued: &[(Serial, String)],
+        issued: &[(Serial, Vec<u8>)],
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()>;
@@ -166,21 +225,57 @@ pub trait LedgerStore: Send {
 
     /// Every revoked certificate: a CRL never drops a serial once listed, since
     /// certline certificates do not expire.
-    fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>>;
+    fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
+        self.revoked_between(None, self.revocations()?)
+    }
+
+    /// The certificates revoked by the revoking transactions after number
+    /// `after` (None: from the first) up to number `upto` ([`Self::revocations`]),
+    /// oldest first: what a publisher that listed up to `after` adds.
+    fn revoked_between(&self, after: Option<u64>, upto: u64) -> anyhow::Result<Vec<RevokedEntry>>;
+
+    /// How many revoking transactions the ledger has committed, ever (see
+    /// [`CrlStatus::covers`]; each stamped the rows it revoked with its number).
+    fn revocations(&self) -> anyhow::Result<u64>;
+
+    /// Fills the ledger with `count` revoked device certificates that were
+    /// never signed (random serials, ids `<model>-<n>`), in one transaction
+    /// with one audit entry: how `ca bench --revoked N` gives a CA years of
+    /// revocations before it measures anything through the API.
+    fn fill_revoked_for_bench(
+        &mut self,
+        model: &str,
+        count: usize,
+        at: OffsetDateTime,
+    ) -> anyhow::Result<()>;
 
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
     fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64>;
 
+    /// The number and coverage of the last CRL stored for a scope (no bytes read).
+    fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>>;
+
+    /// Stores a signed CRL with the revocation count it was built from,
+    /// unless a CRL with a higher number is stored already.
     fn store_crl(
         &mut self,
         scope: &str,
         number: u64,
         der: &[u8],
         next_update: &str,
+        covers: u64,
     ) -> anyhow::Result<()>;
 
     /// The last CRL published for a scope: (number, DER, next update).
     fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>>;
+
+    /// An audit entry on its own, for a refusal that changes nothing else.
+    fn audit_only(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<i64>;
 
     /// The highest audit sequence number a ledger row points at.
     fn max_audit_seq(&self) -> anyhow::Result<i64>;
@@ -193,6 +288,52 @@ pub trait LedgerStore: Send {
 
     /// The newest `limit` audit entries, oldest first.
     fn audit_tail(&self, limit: i64) -> anyhow::Result<Vec<audit::Entry>>;
+}
+
+/// The states a certificate went through, from its row: reserved (by its
+/// requester), valid when issued, revoked (by whom, why) if it was.
+pub fn states(record: &CertRecord) -> Vec<StateChange> {
+    let mut out = vec![StateChange {
+        status: CertStatus::Reserved,
+        at: record.requested_at.clone(),
+        by: Some(record.requester.clone()),
+        reason: None,
+    }];
+    if let Some(at) = &record.issued_at {
+        out.push(StateChange {
+            status: CertStatus::Valid,
+            at: at.clone(),
+            by: Some(record.requester.clone()),
+            reason: None,
+        });
+    }
+    if let Some(at) = &record.revoked_at {
+        out.push(StateChange {
+            status: CertStatus::Revoked,
+            at: at.clone(),
+            by: record.revoked_by.clone(),
+            reason: record.reason.clone(),
+        });
+    }
+    out
+}
+
+impl From<CertRecord> for ExportRow {
+    fn from(r: CertRecord) -> ExportRow {
+        ExportRow {
+            id: r.subject,
+            kind: r.kind,
+            serial: r.serial,
+            fingerprint: r.fingerprint,
+            status: r.status,
+            requested_at: r.requested_at,
+            issued_at: r.issued_at,
+            revoked_at: r.revoked_at,
+            requester: r.requester,
+            reason: r.reason,
+            revoked_by: r.revoked_by,
+        }
+    }
 }
 
 /// Where a ledger lives.
@@ -218,6 +359,10 @@ impl std::fmt::Display for Location {
 pub struct Ledger(Box<dyn LedgerStore>);
 
 impl Ledger {
+    pub fn new(store: impl LedgerStore + 'static) -> Ledger {
+        Ledger(Box::new(store))
+    }
+
     /// Opens (creating if `create`, for SQLite) the ledger and brings its schema up to date.
     pub fn open(location: &Location, create: bool) -> anyhow::Result<Ledger> {
         Ok(match location {

@@ -32,7 +32,7 @@ use postgres::{Row, Transaction};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{LedgerError, LedgerStore, Reservation};
+use super::{CrlStatus, Export, Ledger, LedgerError, LedgerStore, Reservation};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
 use crate::store::audit;
@@ -77,19 +77,38 @@ CREATE TABLE certs (
     revoked_at TEXT,
     reason TEXT,
     audit_seq BIGINT NOT NULL,
-    owner TEXT NOT NULL
+    owner TEXT NOT NULL,
+    der BYTEA,
+    revoked_by TEXT,
+    revoked_seq BIGINT
 );
 CREATE UNIQUE INDEX one_live_cert_per_device ON certs(subject)
     WHERE kind = 'device' AND status IN ('reserved', 'valid');
 CREATE INDEX certs_by_subject ON certs(subject);
 CREATE INDEX certs_reserved ON certs(owner) WHERE status = 'reserved';
-CREATE INDEX certs_revoked ON certs(revoked_at, serial) WHERE status = 'revoked';
+-- What the CRL publisher reads: the revocations after the ones it listed, in order.
+CREATE INDEX certs_revoked ON certs(revoked_seq, serial) WHERE status = 'revoked';
+CREATE INDEX certs_by_issued_at ON certs(issued_at);
+CREATE INDEX certs_by_revoked_at ON certs(revoked_at);
 CREATE TABLE crl_state (
     scope TEXT PRIMARY KEY,
     number BIGINT NOT NULL,
     published BIGINT,
     der BYTEA,
-    next_update TEXT
+    next_update TEXT,
+    covers BIGINT
+);
+-- How many revoking transactions were committed: each stamps its rows with
+-- its number (certs.revoked_seq), each CRL records the count it covers.
+CREATE TABLE crl_pending (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    revocations BIGINT NOT NULL
+);
+INSERT INTO crl_pending (revocations) VALUES (0);
+-- What a migration noted about rows it could not fill in (copied by migrate-ledger).
+CREATE TABLE ledger_notes (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    note TEXT NOT NULL
 );
 CREATE TABLE ca_leases (
     owner TEXT PRIMARY KEY,
@@ -107,7 +126,7 @@ fn migrations() -> Vec<&'static str> {
     vec![SCHEMA_V1]
 }
 
-const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason";
+const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason, revoked_by";
 
 fn record(row: &Row) -> anyhow::Result<CertRecord> {
     let kind: String = row.get(2);
@@ -126,6 +145,7 @@ fn record(row: &Row) -> anyhow::Result<CertRecord> {
         replaces: row.get(8),
         revoked_at: row.get(9),
         reason: row.get(10),
+        revoked_by: row.get(11),
     })
 }
 
@@ -145,8 +165,9 @@ pub struct PgLedger {
     lease: Duration,
     /// Serials this process failed to abandon (the database was away): retried first.
     pending_abandon: Mutex<Vec<String>>,
-    /// Dropping it stops the lease heartbeat.
-    _heartbeat: mpsc::Sender<()>,
+    /// Dropping it stops the lease heartbeat (None: a second handle of the
+    /// same process, which renews nothing).
+    _heartbeat: Option<mpsc::Sender<()>>,
 }
 
 /// One write transaction, holding the audit chain's head row.
@@ -181,6 +202,37 @@ impl<'a> Write<'a> {
             .context("cannot write the audit log")?;
         self.head = (entry.seq, entry.hash);
         Ok(entry.seq)
+    }
+
+    /// The number the rows this transaction revokes are stamped with.
+    fn revocation_seq(&mut self) -> anyhow::Result<i64> {
+        Ok(self
+            .tx
+            .query_one("SELECT revocations + 1 FROM crl_pending WHERE one", &[])?
+            .get(0))
+    }
+
+    /// Counts this transaction as one revoking transaction if it revoked rows.
+    fn count_revocations(&mut self, rows: u64) -> anyhow::Result<()> {
+        if rows > 0 {
+            self.tx.execute(
+                "UPDATE crl_pending SET revocations = revocations + 1 WHERE one",
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Revokes reservations still reserved, as the CA (cessationOfOperation).
+    fn abandon(&mut self, serials: &[String], now: &str) -> anyhow::Result<usize> {
+        let seq = self.revocation_seq()?;
+        let count = self.tx.execute(
+            "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3, revoked_by = 'ca', revoked_seq = $4
+             WHERE serial = ANY($1) AND status = 'reserved'",
+            &[&serials, &now, &Reason::CessationOfOperation.name(), &seq],
+        )?;
+        self.count_revocations(count)?;
+        Ok(count as usize)
     }
 
     fn commit(mut self) -> Result<(), postgres::Error> {
@@ -243,7 +295,7 @@ impl PgLedger {
             owner,
             lease,
             pending_abandon: Mutex::new(Vec::new()),
-            _heartbeat: stop,
+            _heartbeat: Some(stop),
         })
     }
 
@@ -270,11 +322,21 @@ impl PgLedger {
     }
 
     /// Runs `work` in one write transaction (holding the audit head) and commits.
+    /// A connection found dead when the transaction begins (the database was
+    /// restarted since the last call) is made again once: nothing was written.
     fn write<T>(
         &self,
         work: impl FnOnce(&mut Write<'_>) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
         let mut guard = self.db()?;
+        if let Err(err) = guard.get().client().simple_query("") {
+            if !pg::is_connection_lost(&err) {
+                return Err(self.failed(&mut guard, err.into()));
+            }
+            drop(guard);
+            *self.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            guard = self.db()?;
+        }
         let result = (|| -> anyhow::Result<T> {
             let mut write = Write::begin(guard.get())?;
             let out = work(&mut write)?;
@@ -284,13 +346,23 @@ impl PgLedger {
         result.map_err(|err| self.failed(&mut guard, err))
     }
 
+    /// Runs a read; a read that found the connection lost is tried once more
+    /// on a new one (a read changes nothing, so trying again is safe).
     fn query(
         &self,
         sql: &str,
         params: &[&(dyn postgres::types::ToSql + Sync)],
     ) -> anyhow::Result<Vec<Row>> {
         let mut guard = self.db()?;
-        let result = guard.get().client().query(sql, params);
+        let result = match guard.get().client().query(sql, params) {
+            Err(err) if pg::is_connection_lost(&err) => {
+                drop(guard);
+                *self.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                guard = self.db()?;
+                guard.get().client().query(sql, params)
+            }
+            other => other,
+        };
         result.map_err(|err| self.failed(&mut guard, err.into()))
     }
 
@@ -300,11 +372,11 @@ impl PgLedger {
     fn failed(&self, guard: &mut DbGuard<'_>, err: anyhow::Error) -> anyhow::Error {
         match err.downcast::<postgres::Error>() {
             Ok(pg) if pg.code() == Some(&SqlState::UNIQUE_VIOLATION) => pg.into(),
-            Ok(pg) => {
-                if pg.code().is_none() {
+            Ok(err) => {
+                if pg::is_connection_lost(&err) {
                     *guard.0 = None;
                 }
-                self.explain(pg)
+                self.explain(err)
             }
             Err(other) => other,
         }
@@ -320,7 +392,7 @@ impl PgLedger {
     /// Copies a whole ledger into this one, which must be empty, in one
     /// transaction. Reservations keep no owner that could renew them, so the
     /// first CA to start on this ledger abandons them.
-    pub fn import(&mut self, export: &super::Export) -> anyhow::Result<()> {
+    pub fn import(&mut self, export: &Export) -> anyhow::Result<()> {
         if !self.is_empty()? {
             anyhow::bail!(
                 "the ledger database {} already holds a ledger; migrate into an empty database",
@@ -335,20 +407,30 @@ impl PgLedger {
                 )?;
                 w.head = (e.seq, e.hash.clone());
             }
-            for (c, seq) in &export.certs {
+            for c in &export.certs {
+                let r = &c.record;
                 w.tx.execute(
-                    &format!("INSERT INTO certs ({RECORD_COLUMNS}, audit_seq, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'migrated')"),
-                    &[&c.serial, &c.subject, &c.kind.as_str(), &c.status.as_str(), &c.requester, &c.requested_at,
-                      &c.issued_at, &c.fingerprint, &c.replaces, &c.revoked_at, &c.reason, seq],
+                    &format!("INSERT INTO certs ({RECORD_COLUMNS}, audit_seq, owner, der, revoked_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'migrated', $14, $15)"),
+                    &[&r.serial, &r.subject, &r.kind.as_str(), &r.status.as_str(), &r.requester, &r.requested_at,
+                      &r.issued_at, &r.fingerprint, &r.replaces, &r.revoked_at, &r.reason, &r.revoked_by,
+                      &c.audit_seq, &c.der, &c.revoked_seq],
                 )?;
             }
-            for (scope, number, der, next_update) in &export.crls {
-                let number = *number as i64;
-                let published = der.as_ref().map(|_| number);
+            for crl in &export.crls {
+                let number = crl.number as i64;
+                let published = crl.der.as_ref().map(|_| number);
+                let covers = crl.covers.map(|c| c as i64);
                 w.tx.execute(
-                    "INSERT INTO crl_state (scope, number, published, der, next_update) VALUES ($1, $2, $3, $4, $5)",
-                    &[scope, &number, &published, der, next_update],
+                    "INSERT INTO crl_state (scope, number, published, der, next_update, covers) VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[&crl.scope, &number, &published, &crl.der, &crl.next_update, &covers],
                 )?;
+            }
+            w.tx.execute(
+                "UPDATE crl_pending SET revocations = $1 WHERE one",
+                &[&(export.revocations as i64)],
+            )?;
+            for note in &export.notes {
+                w.tx.execute("INSERT INTO ledger_notes (note) VALUES ($1)", &[note])?;
             }
             Ok(())
         })
@@ -380,11 +462,7 @@ impl PgLedger {
                 "abandon",
                 &serde_json::json!({"why": why, "serials": serials}),
             )?;
-            Ok(w.tx.execute(
-                "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3
-                 WHERE serial = ANY($1) AND status = 'reserved'",
-                &[&serials, &now, &Reason::CessationOfOperation.name()],
-            )? as usize)
+            w.abandon(serials, &now)
         })
     }
 }
@@ -451,6 +529,60 @@ impl LedgerStore for PgLedger {
         .collect()
     }
 
+    fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .query("SELECT der FROM certs WHERE serial = $1", &[&serial])?
+            .first()
+            .and_then(|r| r.get(0)))
+    }
+
+    fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>> {
+        self.query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = $1
+                 ORDER BY status IN ('reserved', 'valid') DESC, requested_at DESC, row_id DESC LIMIT 1"
+            ),
+            &[&subject],
+        )?
+        .first()
+        .map(record)
+        .transpose()
+    }
+
+    fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>> {
+        self.query(
+            &format!(
+                "SELECT {RECORD_COLUMNS} FROM certs WHERE issued_at >= $1 OR revoked_at >= $1
+                 ORDER BY COALESCE(issued_at, revoked_at), row_id"
+            ),
+            &[&time_text(since)],
+        )?
+        .iter()
+        .map(record)
+        .collect()
+    }
+
+    fn notes(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .query("SELECT note FROM ledger_notes ORDER BY id", &[])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Another connection, owned by this same process (its reservations,
+    /// its lease): a handle for readers and the CRL publisher.
+    fn reopen(&self) -> anyhow::Result<Ledger> {
+        Ok(Ledger::new(PgLedger {
+            target: self.target.clone(),
+            db: Mutex::new(Some(self.target.connect()?)),
+            owner: self.owner.clone(),
+            lease: self.lease,
+            pending_abandon: Mutex::new(Vec::new()),
+            _heartbeat: None,
+        }))
+    }
+
     fn reserve(
         &mut self,
         items: &[Reservation],
@@ -467,6 +599,8 @@ impl LedgerStore for PgLedger {
         self.flush_pending()?;
         let now = time_text(now);
         let result = self.write(|w| {
+            let revoked_seq = w.revocation_seq()?;
+            let mut replaced = 0;
             for item in items {
                 let Some(named) = &item.replaces else {
                     continue;
@@ -488,11 +622,12 @@ impl LedgerStore for PgLedger {
                     }
                     .into());
                 }
-                w.tx.execute(
-                    "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3 WHERE serial = $1",
-                    &[&named.to_hex(), &now, &Reason::Superseded.name()],
+                replaced += w.tx.execute(
+                    "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3, revoked_by = $4, revoked_seq = $5 WHERE serial = $1",
+                    &[&named.to_hex(), &now, &Reason::Superseded.name(), &requester, &revoked_seq],
                 )?;
             }
+            w.count_revocations(replaced)?;
             let detail = serde_json::json!({
                 "count": items.len(),
                 "certs": items.iter().map(|i| Reserved {
@@ -547,7 +682,7 @@ impl LedgerStore for PgLedger {
 
     fn commit_issued(
         &mut self,
-        issued: &[(Serial, String)],
+        issued: &[(Serial, Vec<u8>)],
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
@@ -556,6 +691,10 @@ impl LedgerStore for PgLedger {
             serial: String,
             fingerprint: &'a str,
         }
+        let fingerprints: Vec<String> = issued
+            .iter()
+            .map(|(_, der)| crate::pki::fingerprint(der))
+            .collect();
         let now = time_text(now);
         self.write(|w| {
             w.audit(
@@ -563,16 +702,16 @@ impl LedgerStore for PgLedger {
                 "issue",
                 &serde_json::json!({
                     "count": issued.len(),
-                    "certs": issued.iter().map(|(s, fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
+                    "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
                 }),
             )?;
             let serials: Vec<String> = issued.iter().map(|(s, _)| s.to_hex()).collect();
-            let fingerprints: Vec<&str> = issued.iter().map(|(_, fp)| fp.as_str()).collect();
+            let ders: Vec<&[u8]> = issued.iter().map(|(_, der)| der.as_slice()).collect();
             let updated = w.tx.execute(
-                "UPDATE certs SET status = 'valid', issued_at = $3, fingerprint = t.fp
-                 FROM unnest($1::text[], $2::text[]) AS t(s, fp)
+                "UPDATE certs SET status = 'valid', issued_at = $4, fingerprint = t.fp, der = t.der
+                 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(s, fp, der)
                  WHERE certs.serial = t.s AND certs.status = 'reserved'",
-                &[&serials, &fingerprints, &now],
+                &[&serials, &fingerprints, &ders, &now],
             )?;
             if updated as usize != issued.len() {
                 anyhow::bail!(
@@ -654,11 +793,7 @@ impl LedgerStore for PgLedger {
                 "abandon",
                 &serde_json::json!({"why": why, "serials": gone}),
             )?;
-            Ok(w.tx.execute(
-                "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3
-                 WHERE serial = ANY($1) AND status = 'reserved'",
-                &[&gone, &now, &Reason::CessationOfOperation.name()],
-            )? as usize)
+            w.abandon(&gone, &now)
         })
     }
 
@@ -677,9 +812,10 @@ impl LedgerStore for PgLedger {
                 "revoke",
                 &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
             )?;
+            let seq = w.revocation_seq()?;
             let changed = w.tx.execute(
-                "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3 WHERE serial = $1 AND status <> 'revoked'",
-                &[&found.serial, &now, &reason.name()],
+                "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3, revoked_by = $4, revoked_seq = $5 WHERE serial = $1 AND status <> 'revoked'",
+                &[&found.serial, &now, &reason.name(), &actor, &seq],
             )?;
             if changed != 1 {
                 return Err(LedgerError::AlreadyRevoked {
@@ -688,15 +824,22 @@ impl LedgerStore for PgLedger {
                 }
                 .into());
             }
-            Ok(())
+            w.count_revocations(1)
         })?;
         Ok(self.by_serial(&found.serial)?.expect("just updated"))
     }
 
-    fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
+    /// Read through the partial index `certs_revoked`, in revoking order.
+    /// Every writer holds the audit head, so a transaction stamped with a
+    /// lower number committed before any with a higher one: a reader that saw
+    /// the count reach `upto` sees every row up to it.
+    fn revoked_between(&self, after: Option<u64>, upto: u64) -> anyhow::Result<Vec<RevokedEntry>> {
+        let after = after.map_or(-1, |a| a as i64);
         self.query(
-            "SELECT serial, revoked_at, reason FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial",
-            &[],
+            "SELECT serial, revoked_at, reason FROM certs
+             WHERE status = 'revoked' AND revoked_seq > $1 AND revoked_seq <= $2
+             ORDER BY revoked_seq, serial",
+            &[&after, &(upto as i64)],
         )?
         .iter()
         .map(|row| {
@@ -710,6 +853,39 @@ impl LedgerStore for PgLedger {
             })
         })
         .collect()
+    }
+
+    fn revocations(&self) -> anyhow::Result<u64> {
+        Ok(
+            self.query("SELECT revocations FROM crl_pending WHERE one", &[])?[0].get::<_, i64>(0)
+                as u64,
+        )
+    }
+
+    fn fill_revoked_for_bench(
+        &mut self,
+        model: &str,
+        count: usize,
+        at: OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        let at = time_text(at);
+        let serials: Vec<String> = (0..count).map(|_| Serial::random().to_hex()).collect();
+        let subjects: Vec<String> = (0..count).map(|n| format!("{model}-{n:08}")).collect();
+        self.write(|w| {
+            let revoked_seq = w.revocation_seq()?;
+            let seq = w.audit(
+                "ca bench",
+                "bench-fill",
+                &serde_json::json!({"revoked": count, "model": model}),
+            )?;
+            let rows = w.tx.execute(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, revoked_at, reason, audit_seq, revoked_seq, owner)
+                 SELECT s, sub, 'device', 'revoked', 'ca bench', $3, $3, $3, $4, $5, $6, 'ca bench'
+                 FROM unnest($1::text[], $2::text[]) AS t(s, sub)",
+                &[&serials, &subjects, &at, &Reason::Superseded.name(), &seq, &revoked_seq],
+            )?;
+            w.count_revocations(rows)
+        })
     }
 
     /// The next CRL number of a scope: one atomic statement, so numbers
@@ -732,8 +908,9 @@ impl LedgerStore for PgLedger {
         number: u64,
         der: &[u8],
         next_update: &str,
+        covers: u64,
     ) -> anyhow::Result<()> {
-        let number = number as i64;
+        let (number, covers) = (number as i64, covers as i64);
         self.write(|w| {
             w.audit(
                 "ca",
@@ -741,12 +918,25 @@ impl LedgerStore for PgLedger {
                 &serde_json::json!({"scope": scope, "number": number}),
             )?;
             w.tx.execute(
-                "UPDATE crl_state SET der = $2, next_update = $3, published = $4
+                "UPDATE crl_state SET der = $2, next_update = $3, published = $4, covers = $5
                  WHERE scope = $1 AND (published IS NULL OR published < $4)",
-                &[&scope, &der, &next_update, &number],
+                &[&scope, &der, &next_update, &number, &covers],
             )?;
             Ok(())
         })
+    }
+
+    fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>> {
+        Ok(self
+            .query(
+                "SELECT published, covers FROM crl_state WHERE scope = $1 AND der IS NOT NULL",
+                &[&scope],
+            )?
+            .first()
+            .map(|r| CrlStatus {
+                number: r.get::<_, i64>(0) as u64,
+                covers: r.get::<_, Option<i64>>(1).map(|c| c as u64),
+            }))
     }
 
     fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
@@ -757,6 +947,15 @@ impl LedgerStore for PgLedger {
             )?
             .first()
             .map(|r| (r.get::<_, i64>(0) as u64, r.get(1), r.get(2))))
+    }
+
+    fn audit_only(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        self.write(|w| w.audit(actor, action, detail))
     }
 
     fn max_audit_seq(&self) -> anyhow::Result<i64> {

@@ -1,6 +1,9 @@
 //! The ledger in a SQLite file beside the CA (`DIR/ledger.db`): the embedded
 //! default, for one CA process. Its mutex serializes every request, so the
-//! partial unique index and the single writer are all the guarantees need.
+//! partial unique index and the single writer are all the guarantees need;
+//! readers and the CRL publisher use connections of their own (WAL: readers
+//! never wait for the writer), and every write transaction takes the write
+//! lock first.
 //!
 //! The database and its `-wal`/`-shm` files are private to the CA's user (0600).
 
@@ -10,7 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{LedgerError, LedgerStore, Reservation};
+use super::{
+    CrlStatus, Export, ExportedCert, ExportedCrl, Ledger, LedgerError, LedgerStore, Reservation,
+};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
 use crate::store::{audit, db};
@@ -42,8 +47,63 @@ CREATE TABLE crl_state (
 );
 ";
 
+/// Revocation at fleet scale (issue 15). Every transaction that revokes
+/// counts up `crl_pending.revocations` by one and stamps the rows it revoked
+/// with the new count (`revoked_seq`); each stored CRL records the count it
+/// covers. So "is the CRL behind the ledger?" is two single-row reads, and
+/// the publisher reads only the revocations after the ones it already
+/// listed, through a partial index, in order (no scan of valid rows, no
+/// sort). Rows revoked before this migration get sequence 0.
+const SCHEMA_V2: &str = "
+ALTER TABLE certs ADD COLUMN revoked_seq INTEGER;
+UPDATE certs SET revoked_seq = 0 WHERE status = 'revoked';
+CREATE INDEX certs_revoked ON certs(revoked_seq, serial) WHERE status = 'revoked';
+CREATE TABLE crl_pending (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    revocations INTEGER NOT NULL
+);
+INSERT INTO crl_pending (one, revocations) VALUES (1, 0);
+ALTER TABLE crl_state ADD COLUMN covers INTEGER;
+";
+
+/// Schema 3: the ledger keeps the DER of every certificate it signs and who
+/// revoked it. Rows from before have neither: the migration fills nothing in
+/// (it cannot: the CA never kept them) and leaves a note saying how many rows
+/// that is, which `ca show` and `ca export` repeat for such a row.
+const SCHEMA_V3: &str = "
+ALTER TABLE certs ADD COLUMN der BLOB;
+ALTER TABLE certs ADD COLUMN revoked_by TEXT;
+CREATE INDEX certs_by_issued_at ON certs(issued_at);
+CREATE INDEX certs_by_revoked_at ON certs(revoked_at);
+CREATE TABLE ledger_notes (
+    id INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+INSERT INTO ledger_notes (note)
+    SELECT 'schema 3 (the ledger keeps each certificate''s DER) found ' || COUNT(*) ||
+           ' certificate(s) issued before it: their DER was never kept and stays missing; serial, fingerprint and states are kept'
+    FROM certs WHERE issued_at IS NOT NULL HAVING COUNT(*) > 0;
+";
+
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1]
+    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
+}
+
+/// The sequence number the rows a transaction revokes are stamped with.
+fn revocation_seq(tx: &rusqlite::Transaction<'_>) -> anyhow::Result<i64> {
+    Ok(tx
+        .prepare_cached("SELECT revocations + 1 FROM crl_pending")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Counts a transaction that revoked `rows` rows (stamped with
+/// [`revocation_seq`]), inside that transaction.
+fn count_revocations(tx: &rusqlite::Transaction<'_>, rows: usize) -> anyhow::Result<()> {
+    if rows > 0 {
+        tx.prepare_cached("UPDATE crl_pending SET revocations = revocations + 1")?
+            .execute([])?;
+    }
+    Ok(())
 }
 
 fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
@@ -60,7 +120,7 @@ pub struct SqliteLedger {
     conn: Connection,
 }
 
-const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason";
+const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason, revoked_by";
 
 /// A text column that must be one of an enum's names (the schema's CHECKs keep it so).
 fn column<T>(
@@ -91,6 +151,7 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         replaces: row.get(8)?,
         revoked_at: row.get(9)?,
         reason: row.get(10)?,
+        revoked_by: row.get(11)?,
     })
 }
 
@@ -136,17 +197,44 @@ impl SqliteLedger {
         Ok(SqliteLedger { conn })
     }
 
+    /// A second connection to the same database.
+    fn open_again(&self) -> anyhow::Result<SqliteLedger> {
+        let path = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("the ledger has no file to open again"))?;
+        SqliteLedger::open(Path::new(path), false)
+    }
+
+    /// A write transaction that takes the write lock at once (IMMEDIATE):
+    /// the CRL publisher writes through a connection of its own, and a
+    /// deferred transaction that read before writing would fail with "database
+    /// is locked" instead of waiting (the busy timeout) when the other wrote
+    /// in between.
+    fn write(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     pub fn connection(&self) -> &Connection {
         &self.conn
     }
 
     /// Everything in the ledger, for copying it into another store.
-    pub fn export(&self) -> anyhow::Result<super::Export> {
+    pub fn export(&self) -> anyhow::Result<Export> {
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {RECORD_COLUMNS}, audit_seq FROM certs ORDER BY rowid"
+            "SELECT {RECORD_COLUMNS}, audit_seq, der, revoked_seq FROM certs ORDER BY rowid"
         ))?;
         let certs = stmt
-            .query_map([], |r| Ok((record(r)?, r.get::<_, i64>(11)?)))?
+            .query_map([], |r| {
+                Ok(ExportedCert {
+                    record: record(r)?,
+                    audit_seq: r.get(12)?,
+                    der: r.get(13)?,
+                    revoked_seq: r.get(14)?,
+                })
+            })?
             .collect::<Result<_, _>>()?;
         let mut stmt = self.conn.prepare(
             "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
@@ -164,21 +252,47 @@ impl SqliteLedger {
                 })
             })?
             .collect::<Result<_, _>>()?;
-        let mut stmt = self
-            .conn
-            .prepare("SELECT scope, number, der, next_update FROM crl_state ORDER BY scope")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT scope, number, der, next_update, covers FROM crl_state ORDER BY scope",
+        )?;
         let crls = stmt
             .query_map([], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?, r.get(3)?))
+                Ok(ExportedCrl {
+                    scope: r.get(0)?,
+                    number: r.get::<_, i64>(1)? as u64,
+                    der: r.get(2)?,
+                    next_update: r.get(3)?,
+                    covers: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+                })
             })?
             .collect::<Result<_, _>>()?;
-        Ok(super::Export { certs, audit, crls })
+        Ok(Export {
+            certs,
+            audit,
+            crls,
+            revocations: self.revocations()?,
+            notes: self.notes()?,
+        })
     }
 }
 
 impl LedgerStore for SqliteLedger {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn reopen(&self) -> anyhow::Result<Ledger> {
+        Ok(Ledger::new(self.open_again()?))
+    }
+
+    /// The publisher's connection writes only CRLs and their audit entries,
+    /// public data, so a superseded CRL's pages are freed without being
+    /// overwritten (`secure_delete` off for this connection alone; every
+    /// other connection keeps it on).
+    fn reopen_for_crls(&self) -> anyhow::Result<Ledger> {
+        let ledger = self.open_again()?;
+        ledger.conn.execute_batch("PRAGMA secure_delete=OFF;")?;
+        Ok(Ledger::new(ledger))
     }
 
     fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
@@ -206,6 +320,53 @@ impl LedgerStore for SqliteLedger {
             .optional()?)
     }
 
+    /// The DER of a certificate, if the ledger kept it (see [`NO_DER_NOTE`]).
+    fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row("SELECT der FROM certs WHERE serial = ?1", [serial], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .flatten())
+    }
+
+    /// The newest certificate recorded for a subject: its live one if it has one.
+    fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1
+                     ORDER BY status IN ('reserved', 'valid') DESC, requested_at DESC, rowid DESC LIMIT 1"
+                ),
+                [subject],
+                record,
+            )
+            .optional()?)
+    }
+
+    /// Every certificate issued or revoked at or after `since` (either
+    /// counts), oldest event first: what an auditor's export lists.
+    fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>> {
+        let since = db::time_text(since);
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RECORD_COLUMNS} FROM certs WHERE issued_at >= ?1 OR revoked_at >= ?1
+             ORDER BY COALESCE(issued_at, revoked_at), rowid"
+        ))?;
+        let rows = stmt.query_map([since], record)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// What migrations noted about rows they could not fill in.
+    fn notes(&self) -> anyhow::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT note FROM ledger_notes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every certificate ever recorded for a subject, oldest first.
     fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
         let mut stmt = self.conn.prepare(&format!(
@@ -231,8 +392,9 @@ impl LedgerStore for SqliteLedger {
             #[serde(skip_serializing_if = "Option::is_none")]
             replaces: Option<String>,
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let now = db::time_text(now);
+        let seq = revocation_seq(&tx)?;
         // Only replacements need a look first; for the rest the partial unique
         // index refuses a second live certificate, and the error path below
         // names the certificate it collided with.
@@ -257,10 +419,11 @@ impl LedgerStore for SqliteLedger {
                 .into());
             }
             tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4, revoked_seq = ?5 WHERE serial = ?1",
             )?
-            .execute(params![named.to_hex(), now, Reason::Superseded.name()])?;
+            .execute(params![named.to_hex(), now, Reason::Superseded.name(), requester, seq])?;
         }
+        count_revocations(&tx, items.iter().filter(|i| i.replaces.is_some()).count())?;
         let detail = serde_json::json!({
             "count": items.len(),
             "certs": items.iter().map(|i| Reserved {
@@ -269,7 +432,7 @@ impl LedgerStore for SqliteLedger {
                 replaces: i.replaces.as_ref().map(Serial::to_hex),
             }).collect::<Vec<_>>(),
         });
-        let seq = audit::append(&tx, requester, "reserve", &detail)?;
+        let audit_seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, replaces, audit_seq)
@@ -283,7 +446,7 @@ impl LedgerStore for SqliteLedger {
                     requester,
                     now,
                     item.replaces.as_ref().map(Serial::to_hex),
-                    seq
+                    audit_seq
                 ]);
                 if let Err(err) = inserted {
                     let is_unique = matches!(
@@ -304,13 +467,14 @@ impl LedgerStore for SqliteLedger {
             }
         }
         tx.commit()?;
-        Ok(seq)
+        Ok(audit_seq)
     }
 
-    /// Marks reserved certificates as issued, with their fingerprints and DER.
+    /// Marks reserved certificates as issued, keeping each one's DER (its
+    /// fingerprint is computed here, from that DER).
     fn commit_issued(
         &mut self,
-        issued: &[(Serial, String)],
+        issued: &[(Serial, Vec<u8>)],
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
@@ -319,7 +483,11 @@ impl LedgerStore for SqliteLedger {
             serial: String,
             fingerprint: &'a str,
         }
-        let tx = self.conn.transaction()?;
+        let fingerprints: Vec<String> = issued
+            .iter()
+            .map(|(_, der)| crate::pki::fingerprint(der))
+            .collect();
+        let tx = self.write()?;
         let now = db::time_text(now);
         audit::append(
             &tx,
@@ -327,16 +495,16 @@ impl LedgerStore for SqliteLedger {
             "issue",
             &serde_json::json!({
                 "count": issued.len(),
-                "certs": issued.iter().map(|(s, fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
+                "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
             }),
         )?;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3
+                "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3, der = ?4
                  WHERE serial = ?1 AND status = 'reserved'",
             )?;
-            for (serial, fingerprint) in issued {
-                if update.execute(params![serial.to_hex(), now, fingerprint])? != 1 {
+            for ((serial, der), fingerprint) in issued.iter().zip(&fingerprints) {
+                if update.execute(params![serial.to_hex(), now, fingerprint, der])? != 1 {
                     anyhow::bail!(
                         "serial {serial} was not reserved when its certificate was committed"
                     );
@@ -355,7 +523,7 @@ impl LedgerStore for SqliteLedger {
         why: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let serials: Vec<String> = match only {
             Some(list) => list.iter().map(Serial::to_hex).collect(),
             None => {
@@ -374,16 +542,22 @@ impl LedgerStore for SqliteLedger {
             &serde_json::json!({"why": why, "serials": serials}),
         )?;
         let now = db::time_text(now);
+        let seq = revocation_seq(&tx)?;
         let mut count = 0;
         {
             let mut update = tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status = 'reserved'",
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = 'ca', revoked_seq = ?4 WHERE serial = ?1 AND status = 'reserved'",
             )?;
             for serial in &serials {
-                count +=
-                    update.execute(params![serial, now, Reason::CessationOfOperation.name()])?;
+                count += update.execute(params![
+                    serial,
+                    now,
+                    Reason::CessationOfOperation.name(),
+                    seq
+                ])?;
             }
         }
+        count_revocations(&tx, count)?;
         tx.commit()?;
         Ok(count)
     }
@@ -396,16 +570,17 @@ impl LedgerStore for SqliteLedger {
         actor: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<CertRecord> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         audit::append(
             &tx,
             actor,
             "revoke",
             &serde_json::json!({"serial": found.serial, "subject": found.subject, "reason": reason.name()}),
         )?;
+        let seq = revocation_seq(&tx)?;
         let changed = tx.execute(
-            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3 WHERE serial = ?1 AND status != 'revoked'",
-            params![found.serial, db::time_text(now), reason.name()],
+            "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4, revoked_seq = ?5 WHERE serial = ?1 AND status != 'revoked'",
+            params![found.serial, db::time_text(now), reason.name(), actor, seq],
         )?;
         if changed != 1 {
             return Err(LedgerError::AlreadyRevoked {
@@ -414,17 +589,23 @@ impl LedgerStore for SqliteLedger {
             }
             .into());
         }
+        count_revocations(&tx, 1)?;
         tx.commit()?;
         Ok(self.by_serial(&found.serial)?.expect("just updated"))
     }
 
-    /// Every revoked certificate: a CRL never drops a serial once listed, since
-    /// certline certificates do not expire.
-    fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT serial, revoked_at, reason FROM certs WHERE status = 'revoked' ORDER BY revoked_at, serial",
+    /// The certificates revoked by the revoking transactions after number
+    /// `after` (None: from the first) up to number `upto` ([`Self::revocations`]),
+    /// oldest first: what a publisher that listed up to `after` adds. Read
+    /// through the partial index `certs_revoked`: no scan of valid rows, no sort.
+    fn revoked_between(&self, after: Option<u64>, upto: u64) -> anyhow::Result<Vec<RevokedEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked
+             WHERE status = 'revoked' AND revoked_seq > ?1 AND revoked_seq <= ?2
+             ORDER BY revoked_seq, serial",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let after = after.map_or(-1, |a| a as i64);
+        let rows = stmt.query_map(params![after, upto as i64], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -443,9 +624,49 @@ impl LedgerStore for SqliteLedger {
         Ok(out)
     }
 
+    /// Fills the ledger with `count` revoked device certificates that were
+    /// never signed (random serials, ids `<model>-<n>`), in one transaction
+    /// with one audit entry: how `ca bench --revoked N` gives a CA years of
+    /// revocations before it measures anything through the API.
+    fn fill_revoked_for_bench(
+        &mut self,
+        model: &str,
+        count: usize,
+        at: OffsetDateTime,
+    ) -> anyhow::Result<()> {
+        let tx = self.write()?;
+        let revoked_seq = revocation_seq(&tx)?;
+        let seq = audit::append(
+            &tx,
+            "ca bench",
+            "bench-fill",
+            &serde_json::json!({"revoked": count, "model": model}),
+        )?;
+        let at = db::time_text(at);
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, revoked_at, reason, audit_seq, revoked_seq)
+                 VALUES (?1, ?2, 'device', 'revoked', 'ca bench', ?3, ?3, ?3, ?4, ?5, ?6)",
+            )?;
+            for n in 0..count {
+                insert.execute(params![
+                    Serial::random().to_hex(),
+                    format!("{model}-{n:08}"),
+                    at,
+                    Reason::Superseded.name(),
+                    seq,
+                    revoked_seq
+                ])?;
+            }
+        }
+        count_revocations(&tx, count)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
     fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute(
             "INSERT INTO crl_state (scope, number) VALUES (?1, 1)
              ON CONFLICT(scope) DO UPDATE SET number = number + 1",
@@ -460,14 +681,41 @@ impl LedgerStore for SqliteLedger {
         Ok(number as u64)
     }
 
+    /// How many revoking transactions the ledger has committed, ever (see
+    /// [`CrlStatus::covers`]; each stamped the rows it revoked with its number).
+    fn revocations(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT revocations FROM crl_pending")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// The number and coverage of the last CRL stored for a scope (no bytes read).
+    fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT number, covers FROM crl_state WHERE scope = ?1 AND der IS NOT NULL",
+            )?
+            .query_row([scope], |r| {
+                Ok(CrlStatus {
+                    number: r.get::<_, i64>(0)? as u64,
+                    covers: r.get::<_, Option<i64>>(1)?.map(|c| c as u64),
+                })
+            })
+            .optional()?)
+    }
+
+    /// Stores a signed CRL with the revocation count it was built from.
     fn store_crl(
         &mut self,
         scope: &str,
         number: u64,
         der: &[u8],
         next_update: &str,
+        covers: u64,
     ) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         audit::append(
             &tx,
             "ca",
@@ -475,8 +723,8 @@ impl LedgerStore for SqliteLedger {
             &serde_json::json!({"scope": scope, "number": number}),
         )?;
         tx.execute(
-            "UPDATE crl_state SET der = ?2, next_update = ?3 WHERE scope = ?1 AND number = ?4",
-            params![scope, der, next_update, number as i64],
+            "UPDATE crl_state SET der = ?2, next_update = ?3, covers = ?5 WHERE scope = ?1 AND number = ?4",
+            params![scope, der, next_update, number as i64, covers as i64],
         )?;
         tx.commit()?;
         Ok(())
@@ -492,6 +740,19 @@ impl LedgerStore for SqliteLedger {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
             )
             .optional()?)
+    }
+
+    /// An audit entry on its own, for a refusal that changes nothing else.
+    fn audit_only(
+        &mut self,
+        actor: &str,
+        action: &str,
+        detail: &serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        let tx = self.write()?;
+        let seq = audit::append(&tx, actor, action, detail)?;
+        tx.commit()?;
+        Ok(seq)
     }
 
     /// Audit sequence numbers that ledger rows point at but the log lacks:
@@ -530,5 +791,62 @@ impl LedgerStore for SqliteLedger {
 
     fn audit_tail(&self, limit: i64) -> anyhow::Result<Vec<audit::Entry>> {
         audit::tail(&self.conn, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ledger::states;
+
+    #[test]
+    fn rows_from_before_schema_3_keep_no_der_and_the_migration_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ledger.db");
+        let now = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+        {
+            // A ledger as schema 2 left it, with one issued certificate.
+            let conn = db::open(&path, true, &migrations()[..3]).unwrap();
+            conn.execute(
+                "INSERT INTO certs (serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, audit_seq)
+                 VALUES ('0a', '3012-1', 'device', 'valid', 'ca issue', ?1, ?1, 'ff', 0)",
+                [db::time_text(now)],
+            )
+            .unwrap();
+        }
+        let mut ledger = SqliteLedger::open(&path, false).unwrap();
+        assert_eq!(ledger.der("0a").unwrap(), None);
+        let notes = ledger.notes().unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("1 certificate(s)") && notes[0].contains("DER"));
+        let old = ledger.by_serial("0a").unwrap().unwrap();
+        let states: Vec<_> = states(&old).iter().map(|s| s.status).collect();
+        assert_eq!(states, [CertStatus::Reserved, CertStatus::Valid]);
+
+        // From schema 3 on, every certificate is kept.
+        let serial = Serial::random();
+        let item = Reservation {
+            serial: serial.clone(),
+            subject: "3012-2".into(),
+            kind: CertKind::Device,
+            replaces: None,
+        };
+        ledger.reserve(&[item], "test", now).unwrap();
+        ledger
+            .commit_issued(&[(serial.clone(), vec![0x30, 0x00])], "test", now)
+            .unwrap();
+        assert_eq!(
+            ledger.der(&serial.to_hex()).unwrap(),
+            Some(vec![0x30, 0x00])
+        );
+        let exported = ledger.changed_since(now - time::Duration::days(1)).unwrap();
+        assert_eq!(exported.len(), 2);
+    }
+
+    #[test]
+    fn a_fresh_ledger_has_no_migration_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(&tmp.path().join("l.db"), true).unwrap();
+        assert!(ledger.notes().unwrap().is_empty());
     }
 }

@@ -23,6 +23,10 @@ use super::{now_unix, PackState, QueueKind, Stock};
 use crate::pki::crl::Reason;
 use crate::store::audit;
 
+/// SQL condition: the pack ended as a failure (failed, timed out, its line lost).
+pub(super) const FAILED: &str =
+    "(end_reason LIKE 'failed%' OR end_reason LIKE 'timed_out%' OR end_reason LIKE 'line_lost%')";
+
 /// What can happen to a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -520,13 +524,13 @@ impl Stock {
         from: i64,
         to: i64,
     ) -> anyhow::Result<Vec<(String, usize, usize, usize)>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT model,
                 SUM(CASE WHEN written_at >= ?1 AND written_at < ?2 THEN 1 ELSE 0 END),
-                SUM(CASE WHEN ended_at >= ?1 AND ended_at < ?2 AND (end_reason LIKE 'failed%' OR end_reason LIKE 'timed_out%' OR end_reason LIKE 'line_lost%') THEN 1 ELSE 0 END),
+                SUM(CASE WHEN ended_at >= ?1 AND ended_at < ?2 AND {FAILED} THEN 1 ELSE 0 END),
                 SUM(CASE WHEN replaces IS NOT NULL AND stocked_at >= ?1 AND stocked_at < ?2 THEN 1 ELSE 0 END)
              FROM packs GROUP BY model",
-        )?;
+        ))?;
         let rows = stmt.query_map([from, to], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -8,6 +8,7 @@
 //!   pack's state) and the pack queries;
 //! - [`plan`]: production plans and their discard/rework marks;
 //! - [`queue`]: the durable queue of revocations and replacements;
+//! - [`progress`]: read-only counts of one day (per hour, per line);
 //! - [`users`]: admin users and login sessions.
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use super::{audit, db};
 
 pub mod lifecycle;
 pub mod plan;
+pub mod progress;
 pub mod queue;
 pub mod schema;
 pub mod users;

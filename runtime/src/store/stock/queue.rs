@@ -98,6 +98,21 @@ impl Stock {
         Ok(())
     }
 
+    /// Makes every waiting item due now because `actor` asked, with an audit
+    /// entry naming how many items wait.
+    pub fn queue_retry_by(&mut self, actor: &str) -> anyhow::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let waiting = tx.execute("UPDATE ca_queue SET next_try_at = 0", [])?;
+        crate::store::audit::append(
+            &tx,
+            actor,
+            "queue_retry",
+            &serde_json::json!({"waiting": waiting}),
+        )?;
+        tx.commit()?;
+        Ok(waiting)
+    }
+
     /// Removes a finished item, in the caller's transaction, with its audit entry.
     pub fn queue_done(
         tx: &Transaction<'_>,

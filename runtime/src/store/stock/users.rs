@@ -60,6 +60,36 @@ impl Stock {
         Ok(())
     }
 
+    /// Replaces a user's password hash (audited; the user's other sessions end).
+    pub fn set_password(
+        &mut self,
+        name: &str,
+        phc: &str,
+        actor: &str,
+        keep_session: &str,
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE users SET phc = ?2, failures = 0, locked_until = 0 WHERE name = ?1",
+            params![name, phc],
+        )?;
+        if changed == 0 {
+            anyhow::bail!("no admin user {name:?}");
+        }
+        tx.execute(
+            "DELETE FROM sessions WHERE user = ?1 AND token_hash != ?2",
+            params![name, keep_session],
+        )?;
+        audit::append(
+            &tx,
+            actor,
+            "password_change",
+            &serde_json::json!({"user": name}),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records a login attempt's outcome (with its audit entry).
     pub fn record_login(
         &mut self,
