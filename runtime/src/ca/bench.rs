@@ -346,7 +346,7 @@ impl BenchSchema {
 
     fn location(&self) -> Location {
         Location::Postgres {
-            target: self.target.in_schema(&self.schema),
+            target: Box::new(self.target.in_schema(&self.schema)),
             lease: Duration::from_secs(30),
         }
     }

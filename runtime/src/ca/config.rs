@@ -126,7 +126,7 @@ impl LedgerConfig {
             None => std::env::var(pg::PASSWORD_ENV).ok().map(Zeroizing::new),
         };
         Ok(Location::Postgres {
-            target: pg::Target::parse(&self.url, password)?,
+            target: Box::new(pg::Target::parse(&self.url, password)?),
             lease: std::time::Duration::from_secs(u64::from(self.lease_seconds.max(3))),
         })
     }

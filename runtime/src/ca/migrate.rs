@@ -50,7 +50,7 @@ pub fn to_postgres(
         unreachable!("a [ledger] url is always PostgreSQL");
     };
     let shown = target.shown.clone();
-    let mut pg = PgLedger::open(target, lease)?;
+    let mut pg = PgLedger::open(*target, lease)?;
     use crate::store::ledger::LedgerStore;
     pg.bind_root(&root_fingerprint)?;
     pg.import(&export)?;

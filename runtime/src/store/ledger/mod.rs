@@ -343,7 +343,10 @@ pub enum Location {
     Sqlite(PathBuf),
     /// A PostgreSQL database; `lease` is how long a CA process that stops
     /// renewing keeps its reservations from its peers.
-    Postgres { target: pg::Target, lease: Duration },
+    Postgres {
+        target: Box<pg::Target>,
+        lease: Duration,
+    },
 }
 
 impl std::fmt::Display for Location {
@@ -368,7 +371,7 @@ impl Ledger {
         Ok(match location {
             Location::Sqlite(path) => Ledger(Box::new(SqliteLedger::open(path, create)?)),
             Location::Postgres { target, lease } => {
-                Ledger(Box::new(PgLedger::open(target.clone(), *lease)?))
+                Ledger(Box::new(PgLedger::open((**target).clone(), *lease)?))
             }
         })
     }
