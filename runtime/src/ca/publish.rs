@@ -161,8 +161,11 @@ fn sign_issuing(
     covers: u64,
 ) -> anyhow::Result<usize> {
     let scope = crl_scope(partition);
-    let entries = ledger.revoked_in_partition(partition)?;
     let number = ledger.next_crl_number(&scope)?;
+    // Read after the number is taken: on a ledger shared by several CA
+    // processes, a CRL with a higher number then lists at least as much
+    // (and the store keeps only the highest).
+    let entries = ledger.revoked_in_partition(partition)?;
     let der = pki.issuing_crl(
         number,
         &entries,
