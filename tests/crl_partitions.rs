@@ -79,6 +79,7 @@ fn a_revocation_re_signs_only_its_partition_and_a_crash_before_publishing_loses_
             crl_url: Some(CRL_URL.into()),
             ca_issuers_url: None,
             keys: NewKeys::Sealed,
+            ledger: None,
         },
         "partition-test-passphrase",
         Clock::fixed(november),
