@@ -152,7 +152,33 @@ fn pkilint_findings(file: &Path) -> Option<String> {
 
 #[test]
 fn partitions_verify_with_openssl_and_a_revoked_device_is_found_in_its_partition() {
-    let ca = Ca::init(&["--crl-url", CRL_URL]);
+    revoked_devices_are_found_in_their_partition(&Ca::init(&["--crl-url", CRL_URL]));
+}
+
+/// The same with the ledger on PostgreSQL (its store reads and registers
+/// partitions with SQL of its own).
+#[test]
+fn on_postgresql_too_a_revoked_device_is_found_in_its_partition() {
+    let Some(pg) = crate::pg_support::PgServer::start() else {
+        return;
+    };
+    pg.create_database("partitions");
+    revoked_devices_are_found_in_their_partition(&Ca::init(&[
+        "--ledger",
+        &pg.url("partitions"),
+        "--ledger-password-file",
+        path(&pg.password_file()),
+        "--crl-url",
+        CRL_URL,
+    ]));
+}
+
+/// Two devices issued this month and a station credential; the first device
+/// and the station revoked: each CRL verifies with openssl and is clean under
+/// pkilint, the device is listed in this month's partition and the station
+/// in the base, and `openssl verify -crl_check` given every CRL refuses the
+/// revoked device and accepts its neighbour.
+fn revoked_devices_are_found_in_their_partition(ca: &Ca) {
     let ids = ca.ids_file("ids", &["3012-1", "3012-2"]);
     let packs = ca.file("packs");
     ok(&[
