@@ -78,6 +78,41 @@ pub enum LedgerError {
     AlreadyRevoked { serial: String, reason: String },
 }
 
+/// The `reserve` audit entry's detail (the same in every store).
+fn reserve_detail(items: &[Reservation]) -> serde_json::Value {
+    #[derive(serde::Serialize)]
+    struct Reserved<'a> {
+        serial: String,
+        subject: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
+    }
+    serde_json::json!({
+        "count": items.len(),
+        "certs": items.iter().map(|i| Reserved {
+            serial: i.serial.to_hex(),
+            subject: &i.subject,
+            replaces: i.replaces.as_ref().map(Serial::to_hex),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// Each issued certificate's fingerprint (from its DER), and the `issue`
+/// audit entry's detail (the same in every store).
+fn issue_detail(issued: &[(Serial, Vec<u8>)]) -> (Vec<String>, serde_json::Value) {
+    let fingerprints: Vec<String> = issued
+        .iter()
+        .map(|(_, der)| crate::pki::fingerprint(der))
+        .collect();
+    let certs: Vec<serde_json::Value> = issued
+        .iter()
+        .zip(&fingerprints)
+        .map(|((serial, _), fp)| serde_json::json!({"serial": serial.to_hex(), "fingerprint": fp}))
+        .collect();
+    let detail = serde_json::json!({"count": issued.len(), "certs": certs});
+    (fingerprints, detail)
+}
+
 /// Whether a device reservation may be made, given the id's valid
 /// certificate: none unless the item replaces it, and then exactly it.
 fn check_replaces(item: &Reservation, valid: Option<String>) -> Result<(), LedgerError> {

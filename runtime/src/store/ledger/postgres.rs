@@ -29,10 +29,12 @@ use std::time::Duration;
 use anyhow::Context;
 use postgres::error::SqlState;
 use postgres::{Row, Transaction};
-use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{check_replaces, CrlStatus, Export, Ledger, LedgerError, LedgerStore, Reservation};
+use super::{
+    check_replaces, issue_detail, reserve_detail, CrlStatus, Export, Ledger, LedgerError,
+    LedgerStore, Reservation,
+};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
 use crate::store::audit;
@@ -600,13 +602,6 @@ impl LedgerStore for PgLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<i64> {
-        #[derive(Serialize)]
-        struct Reserved<'a> {
-            serial: String,
-            subject: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            replaces: Option<String>,
-        }
         self.flush_pending()?;
         let now = time_text(now);
         let result = self.write(|w| {
@@ -629,14 +624,7 @@ impl LedgerStore for PgLedger {
             for item in items.iter().filter(|i| i.kind == CertKind::Device) {
                 check_replaces(item, valid.get(&item.subject).cloned())?;
             }
-            let detail = serde_json::json!({
-                "count": items.len(),
-                "certs": items.iter().map(|i| Reserved {
-                    serial: i.serial.to_hex(),
-                    subject: &i.subject,
-                    replaces: i.replaces.as_ref().map(Serial::to_hex),
-                }).collect::<Vec<_>>(),
-            });
+            let detail = reserve_detail(items);
             let seq = w.audit(requester, "reserve", &detail)?;
             let serials: Vec<String> = items.iter().map(|i| i.serial.to_hex()).collect();
             let subjects: Vec<&str> = items.iter().map(|i| i.subject.as_str()).collect();
@@ -691,24 +679,13 @@ impl LedgerStore for PgLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct Issued<'a> {
-            serial: String,
-            fingerprint: &'a str,
-        }
-        let fingerprints: Vec<String> = issued
-            .iter()
-            .map(|(_, der)| crate::pki::fingerprint(der))
-            .collect();
+        let (fingerprints, detail) = issue_detail(issued);
         let now = time_text(now);
         self.write(|w| {
             w.audit(
                 requester,
                 "issue",
-                &serde_json::json!({
-                    "count": issued.len(),
-                    "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
-                }),
+                &detail,
             )?;
             let serials: Vec<String> = issued.iter().map(|(s, _)| s.to_hex()).collect();
             // The replaced certificates first: one valid certificate per id.

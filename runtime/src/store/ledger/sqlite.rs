@@ -10,12 +10,11 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{
-    check_replaces, CrlStatus, Export, ExportedCert, ExportedCrl, Ledger, LedgerError, LedgerStore,
-    Reservation,
+    check_replaces, issue_detail, reserve_detail, CrlStatus, Export, ExportedCert, ExportedCrl,
+    Ledger, LedgerError, LedgerStore, Reservation,
 };
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
@@ -396,13 +395,6 @@ impl LedgerStore for SqliteLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<i64> {
-        #[derive(Serialize)]
-        struct Reserved<'a> {
-            serial: String,
-            subject: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            replaces: Option<String>,
-        }
         let tx = self.write()?;
         let now = db::time_text(now);
         // Under the write lock: no valid certificate can appear meanwhile.
@@ -415,14 +407,7 @@ impl LedgerStore for SqliteLedger {
                 .optional()?;
             check_replaces(item, valid)?;
         }
-        let detail = serde_json::json!({
-            "count": items.len(),
-            "certs": items.iter().map(|i| Reserved {
-                serial: i.serial.to_hex(),
-                subject: &i.subject,
-                replaces: i.replaces.as_ref().map(Serial::to_hex),
-            }).collect::<Vec<_>>(),
-        });
+        let detail = reserve_detail(items);
         let audit_seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
             let mut insert = tx.prepare_cached(
@@ -469,26 +454,10 @@ impl LedgerStore for SqliteLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct Issued<'a> {
-            serial: String,
-            fingerprint: &'a str,
-        }
-        let fingerprints: Vec<String> = issued
-            .iter()
-            .map(|(_, der)| crate::pki::fingerprint(der))
-            .collect();
+        let (fingerprints, detail) = issue_detail(issued);
         let tx = self.write()?;
         let now = db::time_text(now);
-        audit::append(
-            &tx,
-            requester,
-            "issue",
-            &serde_json::json!({
-                "count": issued.len(),
-                "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
-            }),
-        )?;
+        audit::append(&tx, requester, "issue", &detail)?;
         let seq = revocation_seq(&tx)?;
         let mut replaced = 0;
         {
