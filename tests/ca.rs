@@ -1390,7 +1390,7 @@ fn the_ca_directory_ledger_and_keys_are_private() {
 /// A `ca serve` armed with one fail point (`FAILPOINTS=<point>=pause`): it
 /// stops at that point and says so on stderr; the test then SIGKILLs it there.
 #[cfg(feature = "failpoints")]
-fn armed_ca(ca: &Ca, point: &str) -> crate::station_support::Proc {
+pub(crate) fn armed_ca(ca: &Ca, point: &str) -> crate::station_support::Proc {
     let mut cmd = certline();
     cmd.env("FAILPOINTS", format!("{point}=pause")).args([
         "ca",
@@ -1429,8 +1429,11 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
         ("ca-after-reserve", Op::Issue, 200),
         ("ca-after-sign", Op::Issue, 200),
         ("ca-after-commit", Op::Issue, 409),
-        ("ca-after-reserve", Op::Replace, 409),
-        ("ca-after-sign", Op::Replace, 409),
+        // A replacement revokes the old certificate only with the new one's
+        // commit: cut short before, the device keeps its old one, and the
+        // same replacement asked again is served.
+        ("ca-after-reserve", Op::Replace, 200),
+        ("ca-after-sign", Op::Replace, 200),
         ("ca-after-commit", Op::Replace, 409),
         ("ca-revoke-before-crl", Op::Revoke, 409),
     ];
@@ -1527,6 +1530,18 @@ fn a_ca_killed_at_any_state_change_restarts_consistent() {
         match op {
             // A reservation left by the crash was revoked, and it is on the CRL.
             Op::Issue if point != "ca-after-commit" => assert_eq!(revoked.len(), 2, "{what}"),
+            Op::Replace if point != "ca-after-commit" => {
+                let old = old.as_ref().unwrap();
+                assert!(
+                    !revoked.contains(old),
+                    "{what}: the old certificate was revoked"
+                );
+                assert!(
+                    rows.iter().any(|r| &r.0 == old && r.3 == "valid"),
+                    "{what}: the device lost its valid certificate: {rows:?}"
+                );
+                assert_eq!(revoked.len(), 1, "{what}: the new reservation is revoked");
+            }
             Op::Replace | Op::Revoke => {
                 assert!(revoked.contains(old.as_ref().unwrap()), "{what}")
             }

@@ -624,6 +624,68 @@ fn a_device_re_enrolls_with_its_identity_and_the_old_certificate_is_superseded()
         .refused(404, "no_valid_certificate");
 }
 
+/// A re-enrollment cut short (the CA killed after signing the new
+/// certificate, before committing it) leaves the device its old certificate,
+/// valid: the device re-enrolls with it once the CA is back (issue 17).
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_re_enrollment_cut_short_leaves_the_device_its_old_certificate() {
+    let mut est = Est::start("");
+    let (key, cert) = est.enroll("dev", "3012-000020");
+    let chain = est.chain_file("dev", &cert);
+    let old_serial = serial_of(&cert);
+    let (_, csr) = est.csr("dev-new", "/CN=3012-000020/serialNumber=000020", &[]);
+
+    est.server.kill();
+    let mut armed = crate::ca::armed_ca(&est.ca, "ca-after-sign");
+    let url = format!("{}/.well-known/est/simplereenroll", armed.url);
+    let data = format!("@{}", path(&csr));
+    let mut asked = Command::new("curl")
+        .args(["-sS", "--cacert", path(&est.root), "--cert", path(&chain)])
+        .args([
+            "--key",
+            path(&key),
+            "-H",
+            "Content-Type: application/pkcs10",
+        ])
+        .args(["--data-binary", &data, &url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    armed.wait_stderr("ca reached fail point ca-after-sign");
+    armed.kill();
+    assert!(
+        !asked.wait().unwrap().success(),
+        "curl got an answer from a killed CA"
+    );
+
+    // Back: the new certificate's reservation is revoked, the old one valid.
+    est.server = est.ca.serve(&[]);
+    let history = est.history("3012-000020");
+    assert_eq!(status_of(&history, &old_serial).0, "valid", "{history:?}");
+    let abandoned: Vec<_> = history
+        .iter()
+        .filter(|r| r["serial"] != old_serial.as_str())
+        .collect();
+    assert_eq!(abandoned.len(), 1, "{history:?}");
+    assert_eq!(abandoned[0]["status"], "revoked");
+
+    // The device re-enrolls with the certificate it kept.
+    let device = Client::Identity {
+        chain: &chain,
+        key: &key,
+    };
+    let answer = est.post(device, "simplereenroll", &csr);
+    let renewed = est.print_certs(&answer, "dev-renewed");
+    let history = est.history("3012-000020");
+    assert_eq!(status_of(&history, &serial_of(&renewed)).0, "valid");
+    assert_eq!(
+        status_of(&history, &old_serial),
+        ("revoked".into(), Some("superseded".into()))
+    );
+}
+
 #[test]
 fn serverkeygen_answers_the_key_and_the_certificate_in_multipart() {
     let est = Est::start("");

@@ -131,6 +131,7 @@ impl CaError {
                     LedgerError::ReplaceMismatch { .. } => {
                         (CaErrorKind::Conflict, codes::REPLACE_MISMATCH)
                     }
+                    LedgerError::BeingIssued { .. } => (CaErrorKind::Conflict, codes::BEING_ISSUED),
                     LedgerError::AlreadyRevoked { .. } => {
                         (CaErrorKind::Conflict, codes::ALREADY_REVOKED)
                     }
@@ -409,7 +410,8 @@ impl CertAuthority {
         now: OffsetDateTime,
         sign: impl FnOnce(&Authority, &[Item], &[Reservation]) -> anyhow::Result<Vec<Signed<K>>>,
     ) -> Result<Vec<(Signed<K>, String)>, CaError> {
-        // A station replaces only what it asked for (the replaced one is revoked).
+        // A station replaces only what it asked for (the replaced one is
+        // revoked once the new one is committed).
         for (_, replaces, _) in items {
             if let Some(serial) = replaces {
                 if let Some(old) = self.ledger.by_serial(&serial.to_hex())? {
@@ -475,8 +477,10 @@ impl CertAuthority {
         }
         crash_point("ca-after-commit");
 
-        // A replacement revoked the certificate it replaces (in `reserve`,
-        // which counted it): the publisher lists it within `crl_max_delay`.
+        // A replacement revoked the certificate it replaces in the commit
+        // (which counted it), never before: a failed signing leaves the
+        // device its old certificate. The publisher lists it within
+        // `crl_max_delay`.
         Ok(signed
             .into_iter()
             .map(|s| {

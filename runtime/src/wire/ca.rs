@@ -59,6 +59,9 @@ pub mod codes {
     pub const ALREADY_CERTIFIED: &str = "already_certified";
     /// `replaces` names a certificate that is not the id's valid one.
     pub const REPLACE_MISMATCH: &str = "replace_mismatch";
+    /// Another request is issuing a certificate for the device id right now
+    /// (its reservation is in the ledger); ask again once it has finished.
+    pub const BEING_ISSUED: &str = "being_issued";
     /// The certificate to revoke is revoked already.
     pub const ALREADY_REVOKED: &str = "already_revoked";
     /// No certificate with that serial is in the ledger.

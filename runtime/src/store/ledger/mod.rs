@@ -6,10 +6,12 @@
 //!
 //! Issuance is two transactions: `reserve` records serial and id (and the
 //! audit entry) before anything is signed, `commit_issued` records the signed
-//! certificate. A crash in between leaves `reserved` rows that
-//! `abandon_orphans` revokes (at the next start, or once the crashed
-//! process's lease ran out), so no certificate can exist that the ledger does
-//! not know. A unique constraint keeps one live certificate per device id.
+//! certificate and revokes the one it replaces. A crash in between leaves
+//! `reserved` rows that `abandon_orphans` revokes (at the next start, or once
+//! the crashed process's lease ran out), so no certificate can exist that the
+//! ledger does not know, and a device whose replacement failed keeps its old
+//! certificate. Unique constraints keep one valid certificate and one
+//! reservation per device id.
 //! (The whole cycle, and what a crash between any two steps leaves, is in
 //! `runtime/src/ca/ISSUANCE-CYCLE.md`.)
 //!
@@ -94,12 +96,69 @@ pub enum LedgerError {
         named: String,
         actual: String,
     },
+    #[error("device {id} has a certificate being issued right now (serial {serial}); ask again once that request has finished")]
+    BeingIssued { id: String, serial: String },
     #[error("no certificate with serial {0} in the ledger")]
     UnknownSerial(String),
     #[error("device {0} has no valid certificate to revoke")]
     NoLiveCert(String),
     #[error("certificate {serial} is already revoked ({reason})")]
     AlreadyRevoked { serial: String, reason: String },
+}
+
+/// The `reserve` audit entry's detail (the same in every store).
+fn reserve_detail(items: &[Reservation]) -> serde_json::Value {
+    #[derive(serde::Serialize)]
+    struct Reserved<'a> {
+        serial: String,
+        subject: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
+    }
+    serde_json::json!({
+        "count": items.len(),
+        "certs": items.iter().map(|i| Reserved {
+            serial: i.serial.to_hex(),
+            subject: &i.subject,
+            replaces: i.replaces.as_ref().map(Serial::to_hex),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// Each issued certificate's fingerprint (from its DER), and the `issue`
+/// audit entry's detail (the same in every store).
+fn issue_detail(issued: &[(Serial, Vec<u8>)]) -> (Vec<String>, serde_json::Value) {
+    let fingerprints: Vec<String> = issued
+        .iter()
+        .map(|(_, der)| crate::pki::fingerprint(der))
+        .collect();
+    let certs: Vec<serde_json::Value> = issued
+        .iter()
+        .zip(&fingerprints)
+        .map(|((serial, _), fp)| serde_json::json!({"serial": serial.to_hex(), "fingerprint": fp}))
+        .collect();
+    let detail = serde_json::json!({"count": issued.len(), "certs": certs});
+    (fingerprints, detail)
+}
+
+/// Whether a device reservation may be made, given the id's valid
+/// certificate: none unless the item replaces it, and then exactly it.
+fn check_replaces(item: &Reservation, valid: Option<String>) -> Result<(), LedgerError> {
+    match (&item.replaces, valid) {
+        (None, None) => Ok(()),
+        (None, Some(serial)) => Err(LedgerError::AlreadyCertified {
+            id: item.subject.clone(),
+            serial,
+        }),
+        (Some(named), valid) if valid.as_deref() == Some(named.to_hex().as_str()) => Ok(()),
+        (Some(named), valid) => Err(LedgerError::ReplaceMismatch {
+            id: item.subject.clone(),
+            named: named.to_hex(),
+            actual: valid
+                .map(|s| format!("its valid one is {s}"))
+                .unwrap_or_else(|| "it has none".into()),
+        }),
+    }
 }
 
 pub enum RevokeTarget {
@@ -161,7 +220,7 @@ pub trait LedgerStore: Send {
 
     fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>>;
 
-    /// The reserved or valid certificate of a device id, if any.
+    /// The valid certificate of a device id, else its reservation, if any.
     fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>>;
 
     /// Every certificate ever recorded for a subject, oldest first.
@@ -190,9 +249,12 @@ pub trait LedgerStore: Send {
         self.reopen()
     }
 
-    /// Records serials and ids before signing, revoking (superseded) the
-    /// certificates that the reservations replace, all in one transaction with
-    /// its audit entry. Returns the audit entry's sequence number.
+    /// Records serials and ids before signing, all in one transaction with
+    /// its audit entry; returns the audit entry's sequence number. Refuses a
+    /// device id that has a valid certificate the item does not name as
+    /// replaced, a replacement that names another one, and a device id with
+    /// a reservation already (another request is issuing it). The replaced
+    /// certificates stay valid until [`Self::commit_issued`].
     fn reserve(
         &mut self,
         items: &[Reservation],
@@ -201,7 +263,8 @@ pub trait LedgerStore: Send {
     ) -> anyhow::Result<i64>;
 
     /// Marks reserved certificates as issued, keeping each one's DER (its
-    /// fingerprint is computed from that DER).
+    /// fingerprint is computed from that DER), and revokes (superseded) the
+    /// certificates they replace, in one transaction.
     fn commit_issued(
         &mut self,
         issued: &[(Serial, Vec<u8>)],

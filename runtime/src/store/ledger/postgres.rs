@@ -29,11 +29,11 @@ use std::time::Duration;
 use anyhow::Context;
 use postgres::error::SqlState;
 use postgres::{Row, Transaction};
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{
-    crl_scope, CrlStatus, Export, Ledger, LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
+    check_replaces, crl_scope, issue_detail, reserve_detail, CrlStatus, Export, Ledger,
+    LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
 };
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
@@ -124,16 +124,27 @@ CREATE TABLE ca_identity (
 );
 ";
 
+/// As the SQLite ledger's schema 4 (issue 17): a replacement revokes the
+/// certificate it replaces when the new one is committed; a device id may
+/// have one valid certificate and one reservation at once.
+const SCHEMA_V2: &str = "
+DROP INDEX one_live_cert_per_device;
+CREATE UNIQUE INDEX one_valid_cert_per_device ON certs(subject)
+    WHERE kind = 'device' AND status = 'valid';
+CREATE UNIQUE INDEX one_reservation_per_device ON certs(subject)
+    WHERE kind = 'device' AND status = 'reserved';
+";
+
 /// Partitioned CRLs (issue 15): the CRL partition of each certificate (its
 /// issuance month; NULL: the base CRL), and an index that lists one
 /// partition's revocations without reading any other's.
-const SCHEMA_V2: &str = "
+const SCHEMA_V3: &str = "
 ALTER TABLE certs ADD COLUMN crl_partition TEXT;
 CREATE INDEX certs_revoked_by_partition ON certs(crl_partition, serial) WHERE status = 'revoked';
 ";
 
 fn migrations() -> Vec<&'static str> {
-    vec![SCHEMA_V1, SCHEMA_V2]
+    vec![SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
 }
 
 const RECORD_COLUMNS: &str = "serial, subject, kind, status, requester, requested_at, issued_at, fingerprint, replaces, revoked_at, reason, revoked_by";
@@ -541,7 +552,7 @@ impl LedgerStore for PgLedger {
 
     fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
         self.query(
-            &format!("SELECT {RECORD_COLUMNS} FROM certs WHERE subject = $1 AND kind = 'device' AND status IN ('reserved', 'valid')"),
+            &format!("SELECT {RECORD_COLUMNS} FROM certs WHERE subject = $1 AND kind = 'device' AND status IN ('reserved', 'valid') ORDER BY status = 'valid' DESC LIMIT 1"),
             &[&id],
         )?
         .first()
@@ -619,53 +630,29 @@ impl LedgerStore for PgLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<i64> {
-        #[derive(Serialize)]
-        struct Reserved<'a> {
-            serial: String,
-            subject: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            replaces: Option<String>,
-        }
         self.flush_pending()?;
         let now = time_text(now);
         let result = self.write(|w| {
-            let revoked_seq = w.revocation_seq()?;
-            let mut replaced = 0;
-            for item in items {
-                let Some(named) = &item.replaces else {
-                    continue;
-                };
-                let live: Option<String> = w
-                    .tx
-                    .query_opt(
-                        "SELECT serial FROM certs WHERE subject = $1 AND kind = 'device' AND status IN ('reserved', 'valid')",
-                        &[&item.subject],
-                    )?
-                    .map(|r| r.get(0));
-                if live.as_deref() != Some(named.to_hex().as_str()) {
-                    return Err(LedgerError::ReplaceMismatch {
-                        id: item.subject.clone(),
-                        named: named.to_hex(),
-                        actual: live
-                            .map(|s| format!("its valid one is {s}"))
-                            .unwrap_or_else(|| "it has none".into()),
-                    }
-                    .into());
-                }
-                replaced += w.tx.execute(
-                    "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3, revoked_by = $4, revoked_seq = $5 WHERE serial = $1",
-                    &[&named.to_hex(), &now, &Reason::Superseded.name(), &requester, &revoked_seq],
-                )?;
+            // After the head lock: every other writer has committed or waits,
+            // so no valid certificate can appear meanwhile.
+            let subjects: Vec<&str> = items
+                .iter()
+                .filter(|i| i.kind == CertKind::Device)
+                .map(|i| i.subject.as_str())
+                .collect();
+            let valid: std::collections::HashMap<String, String> = w
+                .tx
+                .query(
+                    "SELECT subject, serial FROM certs WHERE subject = ANY($1) AND kind = 'device' AND status = 'valid'",
+                    &[&subjects],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for item in items.iter().filter(|i| i.kind == CertKind::Device) {
+                check_replaces(item, valid.get(&item.subject).cloned())?;
             }
-            w.count_revocations(replaced)?;
-            let detail = serde_json::json!({
-                "count": items.len(),
-                "certs": items.iter().map(|i| Reserved {
-                    serial: i.serial.to_hex(),
-                    subject: &i.subject,
-                    replaces: i.replaces.as_ref().map(Serial::to_hex),
-                }).collect::<Vec<_>>(),
-            });
+            let detail = reserve_detail(items);
             let seq = w.audit(requester, "reserve", &detail)?;
             let serials: Vec<String> = items.iter().map(|i| i.serial.to_hex()).collect();
             let subjects: Vec<&str> = items.iter().map(|i| i.subject.as_str()).collect();
@@ -695,10 +682,14 @@ impl LedgerStore for PgLedger {
                     .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION);
                 if unique {
                     for item in items.iter().filter(|i| i.kind == CertKind::Device) {
-                        if let Some(live) = self.live_device_cert(&item.subject)? {
-                            return Err(LedgerError::AlreadyCertified {
+                        let reserved = self.query(
+                            "SELECT serial FROM certs WHERE subject = $1 AND kind = 'device' AND status = 'reserved'",
+                            &[&item.subject],
+                        )?;
+                        if let Some(row) = reserved.first() {
+                            return Err(LedgerError::BeingIssued {
                                 id: item.subject.clone(),
-                                serial: live.serial,
+                                serial: row.get(0),
                             }
                             .into());
                         }
@@ -719,26 +710,24 @@ impl LedgerStore for PgLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct Issued<'a> {
-            serial: String,
-            fingerprint: &'a str,
-        }
-        let fingerprints: Vec<String> = issued
-            .iter()
-            .map(|(_, der)| crate::pki::fingerprint(der))
-            .collect();
+        let (fingerprints, detail) = issue_detail(issued);
         let now = time_text(now);
         self.write(|w| {
             w.audit(
                 requester,
                 "issue",
-                &serde_json::json!({
-                    "count": issued.len(),
-                    "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
-                }),
+                &detail,
             )?;
             let serials: Vec<String> = issued.iter().map(|(s, _)| s.to_hex()).collect();
+            // The replaced certificates first: one valid certificate per id.
+            let seq = w.revocation_seq()?;
+            let replaced = w.tx.execute(
+                "UPDATE certs SET status = 'revoked', revoked_at = $2, reason = $3, revoked_by = $4, revoked_seq = $5
+                 WHERE status = 'valid' AND serial IN
+                     (SELECT replaces FROM certs WHERE serial = ANY($1) AND status = 'reserved' AND replaces IS NOT NULL)",
+                &[&serials, &now, &Reason::Superseded.name(), &requester, &seq],
+            )?;
+            w.count_revocations(replaced)?;
             let ders: Vec<&[u8]> = issued.iter().map(|(_, der)| der.as_slice()).collect();
             let updated = w.tx.execute(
                 "UPDATE certs SET status = 'valid', issued_at = $4, fingerprint = t.fp, der = t.der

@@ -10,12 +10,11 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::{
-    crl_scope, CrlStatus, Export, ExportedCert, ExportedCrl, Ledger, LedgerError, LedgerStore,
-    Reservation, CRL_SCOPE_ISSUING,
+    check_replaces, crl_scope, issue_detail, reserve_detail, CrlStatus, Export, ExportedCert,
+    ExportedCrl, Ledger, LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
 };
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
@@ -86,7 +85,19 @@ INSERT INTO ledger_notes (note)
     FROM certs WHERE issued_at IS NOT NULL HAVING COUNT(*) > 0;
 ";
 
-/// Schema 4: partitioned CRLs (issue 15). A device certificate signed while
+/// Schema 4 (issue 17): a replacement revokes the certificate it replaces
+/// when the new one is committed, not when it is reserved, so a device keeps
+/// a valid certificate through a failed signing. A device id may then have a
+/// valid certificate and a reservation at once: one of each, never two.
+const SCHEMA_V4: &str = "
+DROP INDEX one_live_cert_per_device;
+CREATE UNIQUE INDEX one_valid_cert_per_device ON certs(subject)
+    WHERE kind = 'device' AND status = 'valid';
+CREATE UNIQUE INDEX one_reservation_per_device ON certs(subject)
+    WHERE kind = 'device' AND status = 'reserved';
+";
+
+/// Schema 5: partitioned CRLs (issue 15). A device certificate signed while
 /// ca.toml has a `crl_url` belongs to the CRL partition of its issuance month
 /// (`crl_partition`, e.g. `2026-12`; its CDP names that partition's URL);
 /// service credentials and rows from before stay in the base CRL (NULL). A
@@ -94,13 +105,20 @@ INSERT INTO ledger_notes (note)
 /// publication reads its own partition, never the whole history. Each
 /// partition's CRL is a `crl_state` row (scope `issuing:<partition>`),
 /// registered (without DER) by the reservation that first uses it.
-const SCHEMA_V4: &str = "
+const SCHEMA_V5: &str = "
 ALTER TABLE certs ADD COLUMN crl_partition TEXT;
 CREATE INDEX certs_revoked_by_partition ON certs(crl_partition, serial) WHERE status = 'revoked';
 ";
 
 pub fn migrations() -> Vec<&'static str> {
-    vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4]
+    vec![
+        audit::SCHEMA,
+        SCHEMA_V1,
+        SCHEMA_V2,
+        SCHEMA_V3,
+        SCHEMA_V4,
+        SCHEMA_V5,
+    ]
 }
 
 /// The sequence number the rows a transaction revokes are stamped with.
@@ -140,10 +158,11 @@ fn register_crl_partitions(
     Ok(())
 }
 
-fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
+/// The reservation a device id has, if any (another request is issuing it).
+fn reservation_of(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
     Ok(tx
         .query_row(
-            "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')",
+            "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status = 'reserved'",
             [subject],
             |r| r.get(0),
         )
@@ -341,13 +360,13 @@ impl LedgerStore for SqliteLedger {
             .optional()?)
     }
 
-    /// The reserved or valid certificate of a device id, if any.
     fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
                 &format!(
-                    "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')"
+                    "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')
+                     ORDER BY status = 'valid' DESC LIMIT 1"
                 ),
                 [id],
                 record,
@@ -411,62 +430,25 @@ impl LedgerStore for SqliteLedger {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records serials and ids before signing, revoking (superseded) the
-    /// certificates that the reservations replace, all in one transaction with
-    /// its audit entry.
     fn reserve(
         &mut self,
         items: &[Reservation],
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<i64> {
-        #[derive(Serialize)]
-        struct Reserved<'a> {
-            serial: String,
-            subject: &'a str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            replaces: Option<String>,
-        }
         let tx = self.write()?;
         let now = db::time_text(now);
-        let seq = revocation_seq(&tx)?;
-        // Only replacements need a look first; for the rest the partial unique
-        // index refuses a second live certificate, and the error path below
-        // names the certificate it collided with.
-        for item in items {
-            let Some(named) = &item.replaces else {
-                continue;
-            };
-            let live: Option<String> = tx
+        // Under the write lock: no valid certificate can appear meanwhile.
+        for item in items.iter().filter(|i| i.kind == CertKind::Device) {
+            let valid: Option<String> = tx
                 .prepare_cached(
-                    "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status IN ('reserved', 'valid')",
+                    "SELECT serial FROM certs WHERE subject = ?1 AND kind = 'device' AND status = 'valid'",
                 )?
                 .query_row([&item.subject], |r| r.get(0))
                 .optional()?;
-            if live.as_deref() != Some(named.to_hex().as_str()) {
-                return Err(LedgerError::ReplaceMismatch {
-                    id: item.subject.clone(),
-                    named: named.to_hex(),
-                    actual: live
-                        .map(|s| format!("its valid one is {s}"))
-                        .unwrap_or_else(|| "it has none".into()),
-                }
-                .into());
-            }
-            tx.prepare_cached(
-                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4, revoked_seq = ?5 WHERE serial = ?1",
-            )?
-            .execute(params![named.to_hex(), now, Reason::Superseded.name(), requester, seq])?;
+            check_replaces(item, valid)?;
         }
-        count_revocations(&tx, items.iter().filter(|i| i.replaces.is_some()).count())?;
-        let detail = serde_json::json!({
-            "count": items.len(),
-            "certs": items.iter().map(|i| Reserved {
-                serial: i.serial.to_hex(),
-                subject: &i.subject,
-                replaces: i.replaces.as_ref().map(Serial::to_hex),
-            }).collect::<Vec<_>>(),
-        });
+        let detail = reserve_detail(items);
         let audit_seq = audit::append(&tx, requester, "reserve", &detail)?;
         {
             let mut insert = tx.prepare_cached(
@@ -490,10 +472,10 @@ impl LedgerStore for SqliteLedger {
                         rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation
                     );
                     if is_unique && item.kind == CertKind::Device {
-                        if let Some(live) = self_live(&tx, &item.subject)? {
-                            return Err(LedgerError::AlreadyCertified {
+                        if let Some(serial) = reservation_of(&tx, &item.subject)? {
+                            return Err(LedgerError::BeingIssued {
                                 id: item.subject.clone(),
-                                serial: live,
+                                serial,
                             }
                             .into());
                         }
@@ -515,32 +497,30 @@ impl LedgerStore for SqliteLedger {
         requester: &str,
         now: OffsetDateTime,
     ) -> anyhow::Result<()> {
-        #[derive(Serialize)]
-        struct Issued<'a> {
-            serial: String,
-            fingerprint: &'a str,
-        }
-        let fingerprints: Vec<String> = issued
-            .iter()
-            .map(|(_, der)| crate::pki::fingerprint(der))
-            .collect();
+        let (fingerprints, detail) = issue_detail(issued);
         let tx = self.write()?;
         let now = db::time_text(now);
-        audit::append(
-            &tx,
-            requester,
-            "issue",
-            &serde_json::json!({
-                "count": issued.len(),
-                "certs": issued.iter().zip(&fingerprints).map(|((s, _), fp)| Issued { serial: s.to_hex(), fingerprint: fp }).collect::<Vec<_>>(),
-            }),
-        )?;
+        audit::append(&tx, requester, "issue", &detail)?;
+        let seq = revocation_seq(&tx)?;
+        let mut replaced = 0;
         {
+            // The replaced certificate first: one valid certificate per id.
+            let mut supersede = tx.prepare_cached(
+                "UPDATE certs SET status = 'revoked', revoked_at = ?2, reason = ?3, revoked_by = ?4, revoked_seq = ?5
+                 WHERE serial = (SELECT replaces FROM certs WHERE serial = ?1 AND status = 'reserved') AND status = 'valid'",
+            )?;
             let mut update = tx.prepare_cached(
                 "UPDATE certs SET status = 'valid', issued_at = ?2, fingerprint = ?3, der = ?4
                  WHERE serial = ?1 AND status = 'reserved'",
             )?;
             for ((serial, der), fingerprint) in issued.iter().zip(&fingerprints) {
+                replaced += supersede.execute(params![
+                    serial.to_hex(),
+                    now,
+                    Reason::Superseded.name(),
+                    requester,
+                    seq
+                ])?;
                 if update.execute(params![serial.to_hex(), now, fingerprint, der])? != 1 {
                     anyhow::bail!(
                         "serial {serial} was not reserved when its certificate was committed"
@@ -548,6 +528,7 @@ impl LedgerStore for SqliteLedger {
                 }
             }
         }
+        count_revocations(&tx, replaced)?;
         tx.commit()?;
         Ok(())
     }
@@ -968,6 +949,76 @@ mod tests {
         );
         let exported = ledger.changed_since(now - time::Duration::days(1)).unwrap();
         assert_eq!(exported.len(), 2);
+    }
+
+    /// Issue 17: the replaced certificate stays valid until the new one is
+    /// committed; meanwhile no second request may reserve the id.
+    #[test]
+    fn a_replacement_revokes_the_old_certificate_only_when_the_new_is_committed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ledger = SqliteLedger::open(&tmp.path().join("l.db"), true).unwrap();
+        let now = time::macros::datetime!(2026-01-02 03:04:05 UTC);
+        let item = |replaces: Option<&Serial>| Reservation {
+            serial: Serial::random(),
+            subject: "3012-1".into(),
+            kind: CertKind::Device,
+            replaces: replaces.cloned(),
+            crl_partition: None,
+        };
+        let first = item(None);
+        let old = first.serial.clone();
+        ledger.reserve(&[first], "st", now).unwrap();
+        ledger
+            .commit_issued(&[(old.clone(), vec![0x30, 0x00])], "st", now)
+            .unwrap();
+        let status =
+            |l: &SqliteLedger, s: &Serial| l.by_serial(&s.to_hex()).unwrap().unwrap().status;
+
+        // A replacement whose signing fails: the old one was never touched.
+        let failed = item(Some(&old));
+        let failed_serial = failed.serial.clone();
+        ledger.reserve(&[failed], "st", now).unwrap();
+        assert_eq!(status(&ledger, &old), CertStatus::Valid);
+        // While it is reserved, neither another replacement nor a fresh request gets the id.
+        let err = ledger.reserve(&[item(Some(&old))], "st", now).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(LedgerError::BeingIssued { .. })),
+            "{err}"
+        );
+        let err = ledger.reserve(&[item(None)], "st", now).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref(),
+                Some(LedgerError::AlreadyCertified { .. })
+            ),
+            "{err}"
+        );
+        ledger
+            .abandon_reserved(Some(&[failed_serial.clone()]), "signing failed", now)
+            .unwrap();
+        assert_eq!(status(&ledger, &old), CertStatus::Valid);
+        assert_eq!(status(&ledger, &failed_serial), CertStatus::Revoked);
+        let before = ledger.revocations().unwrap();
+
+        // A replacement that is committed revokes the old one, counted for the CRL.
+        let good = item(Some(&old));
+        let new = good.serial.clone();
+        ledger.reserve(&[good], "st", now).unwrap();
+        ledger
+            .commit_issued(&[(new.clone(), vec![0x30, 0x00])], "st", now)
+            .unwrap();
+        let old_row = ledger.by_serial(&old.to_hex()).unwrap().unwrap();
+        assert_eq!(old_row.status, CertStatus::Revoked);
+        assert_eq!(old_row.reason.as_deref(), Some("superseded"));
+        assert_eq!(status(&ledger, &new), CertStatus::Valid);
+        assert_eq!(ledger.revocations().unwrap(), before + 1);
+        let listed = ledger.revoked_between(Some(before), before + 1).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].serial, old);
+        assert_eq!(
+            ledger.live_device_cert("3012-1").unwrap().unwrap().serial,
+            new.to_hex()
+        );
     }
 
     #[test]
