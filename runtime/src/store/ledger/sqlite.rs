@@ -994,7 +994,11 @@ mod tests {
             "{err}"
         );
         ledger
-            .abandon_reserved(Some(&[failed_serial.clone()]), "signing failed", now)
+            .abandon_reserved(
+                Some(std::slice::from_ref(&failed_serial)),
+                "signing failed",
+                now,
+            )
             .unwrap();
         assert_eq!(status(&ledger, &old), CertStatus::Valid);
         assert_eq!(status(&ledger, &failed_serial), CertStatus::Revoked);
