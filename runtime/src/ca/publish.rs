@@ -146,6 +146,8 @@ pub struct Signed {
     pub crls: usize,
     /// Revocation entries they list, all together.
     pub entries: usize,
+    /// The scopes signed (the root's included when it was).
+    pub scopes: Vec<String>,
 }
 
 /// Signs one CRL of the issuing CA (a partition, or the base with None)
@@ -222,9 +224,11 @@ fn publish_round(
             todo.upto,
         )?;
         signed.crls += 1;
+        signed.scopes.push(crl_scope(partition.as_deref()));
     }
     if root {
         sign_root(pki, ledger, now, validity, todo.upto)?;
+        signed.scopes.push(SCOPE_ROOT.to_string());
     }
     let current: Vec<String> = todo
         .current
@@ -399,7 +403,14 @@ impl Worker {
             self.validity,
             also,
         )?;
-        Ok((signed, stored_if_newer(&self.ledger, &HashMap::new())?))
+        // Only what was signed is read back: the other CRLs did not change.
+        let mut fresh = Vec::with_capacity(signed.scopes.len());
+        for scope in &signed.scopes {
+            if let Some(crl) = load_crl(&self.ledger, scope)? {
+                fresh.push((scope.clone(), crl));
+            }
+        }
+        Ok((signed, fresh))
     }
 
     fn run(mut self, shared: Arc<Shared>) {
