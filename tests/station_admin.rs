@@ -418,3 +418,68 @@ fn the_station_directory_is_its_owners_only() {
         assert_eq!(mode(file), 0o600, "{file}");
     }
 }
+
+#[test]
+fn a_discard_of_a_device_keygen_model_stops_its_planned_ids_from_being_signed() {
+    let factory = Factory::new(&["3014"], &[], &["--device-keygen-model", "3014"]);
+    factory.plan("plan.csv", &[&format!("{DAY},3014,000001,3")]);
+    let station = factory.serve();
+    let line = factory.line("line-1", &station);
+    let root = factory.dir.join("root.pem");
+    let admin = |sub: &str, extra: &[&str]| -> Vec<String> {
+        [
+            "station",
+            "admin",
+            sub,
+            "--url",
+            &station.url,
+            "--root",
+            path(&root),
+            "--json",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+
+    // One device signed and written before the discard.
+    let signed = line.sign("3014-000001").unwrap();
+    assert!(signed.key_pem.is_none());
+    line.received("3014-000001", &signed.serial).unwrap();
+    line.written("3014-000001", &signed.serial, &signed.fingerprint)
+        .unwrap();
+
+    // The discard takes the planned ids not yet signed; nothing to revoke.
+    let discard = admin("discard", &["--model", "3014"]);
+    let discard: Vec<&str> = discard.iter().map(String::as_str).collect();
+    let report = json(&discard);
+    assert_eq!(
+        report["discarded"],
+        serde_json::json!(["3014-000002", "3014-000003"]),
+        "{report}"
+    );
+    assert_eq!(report["revocations_queued"], 0, "{report}");
+
+    // A CSR for a discarded id: refused, naming the model and the discard;
+    // nothing is issued at the CA.
+    match line.sign("3014-000002") {
+        Err(certline::service::client::ClientError::Refused { code, message, .. }) => {
+            assert_eq!(code, "discarded");
+            assert!(
+                message.contains("model 3014") && message.contains("discarded"),
+                "{message}"
+            );
+        }
+        other => panic!("a discarded id was signed: {other:?}"),
+    }
+    assert!(factory.ca.history("3014-000002").is_empty());
+    assert!(factory.states("3014-000002").is_empty());
+    // The written device keeps its certificate.
+    assert_eq!(factory.states("3014-000001"), ["flagged"]);
+    assert_eq!(factory.ca.history("3014-000001")[0]["status"], "valid");
+
+    // Nothing left to discard: a clear refusal naming the model.
+    let err = fails(&discard);
+    assert!(err.contains("model 3014"), "{err}");
+}

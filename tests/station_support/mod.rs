@@ -12,8 +12,8 @@ use certline::child::{Child, Stderr, WAIT};
 use certline::pki::credential::Credential;
 use certline::service::client::{ClientError, ServiceClient};
 use certline::wire::station::{
-    self as api, FailedRequest, ReceivedRequest, ReportResponse, TakeRequest, TakeResponse,
-    WrittenRequest,
+    self as api, FailedRequest, ReceivedRequest, ReportResponse, SignRequest, TakeRequest,
+    TakeResponse, WrittenRequest,
 };
 
 use crate::common::{self, path, Ca, Server};
@@ -514,6 +514,21 @@ impl Line {
     pub fn take(&self, id: &str) -> Result<TakeResponse, ClientError> {
         self.rt
             .block_on(self.client.post(api::TAKE, &TakeRequest { id: id.into() }))
+    }
+
+    /// `POST /v1/sign` with the CSR of a fresh P-256 key, as a device that
+    /// generates its own key (`keygen = "device"`) sends it.
+    pub fn sign(&self, id: &str) -> Result<TakeResponse, ClientError> {
+        use base64::Engine;
+        let (_, csr) =
+            certline::pki::csr::generate(certline::pki::profile::KeyAlgorithm::P256, id).unwrap();
+        self.rt.block_on(self.client.post(
+            api::SIGN,
+            &SignRequest {
+                id: id.into(),
+                csr: base64::engine::general_purpose::STANDARD.encode(csr),
+            },
+        ))
     }
 
     pub fn received(&self, id: &str, serial: &str) -> Result<ReportResponse, ClientError> {

@@ -188,7 +188,16 @@ impl Station {
         if plan.discarded {
             return Err(conflict(
                 codes::DISCARDED,
-                format!("the leftover pack of {id_text} was discarded by an administrator; re-plan it to build it"),
+                match keygen {
+                    Keygen::Ca => format!(
+                        "the leftover pack of {id_text} (model {}) was discarded by an administrator; re-plan it to build it",
+                        id.model()
+                    ),
+                    Keygen::Device => format!(
+                        "{id_text} of model {} was discarded by an administrator (station admin discard); nothing was signed; re-plan it to build it",
+                        id.model()
+                    ),
+                },
             ));
         }
         let today = day_text(self.today());
