@@ -3,12 +3,10 @@
 //! is parsed; a broken edit is refused, shown to the operator, and scanning
 //! goes on with the previous version.
 
-use crate::common;
 use crate::line_support as line;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use line::*;
@@ -23,23 +21,10 @@ fn save(file: &Path, text: &str) {
 #[test]
 fn editing_line_lua_while_the_line_runs() {
     let rig = Rig::new(&["3012"], &["3012,000001,3"], &[IMAGING]);
-    let scripts = rig.tmp().join("scripts");
-    std::fs::create_dir_all(&scripts).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example");
-    for f in ["line.lua", "factory.toml"] {
-        std::fs::copy(example.join(f), scripts.join(f)).unwrap();
-    }
+    let scripts = rig.example_scripts("scripts");
     let script = scripts.join("line.lua");
     let original = std::fs::read_to_string(&script).unwrap();
-    let cable = free_addr();
-    let config = rig.config(
-        "line.toml",
-        "source = \"stdin\"\ndebounce_ms = 0",
-        &cable,
-        &format!("[scripts]\ndir = \"{}\"", common::path(&scripts)),
-    );
-    let mut line = Line::start_with(&config, Stdio::piped());
-    let mut keyboard = line.child.stdin.take().unwrap();
+    let (mut line, mut keyboard, _, cable) = rig.keyboard_line("line.toml", &scripts);
 
     // The example script reads check sheets.
     let first = rig.device("3012-000001", Some(&cable), &[]);
@@ -112,23 +97,10 @@ fn editing_line_lua_while_the_line_runs() {
 #[test]
 fn the_operator_sees_every_edit_at_once() {
     let rig = Rig::new(&["3012"], &["3012,000001,2"], &[IMAGING]);
-    let scripts = rig.tmp().join("scripts");
-    std::fs::create_dir_all(&scripts).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example");
-    for f in ["line.lua", "factory.toml"] {
-        std::fs::copy(example.join(f), scripts.join(f)).unwrap();
-    }
+    let scripts = rig.example_scripts("scripts");
     let script = scripts.join("line.lua");
     let original = std::fs::read_to_string(&script).unwrap();
-    let cable = free_addr();
-    let config = rig.config(
-        "line.toml",
-        "source = \"stdin\"\ndebounce_ms = 0",
-        &cable,
-        &format!("[scripts]\ndir = \"{}\"", common::path(&scripts)),
-    );
-    let mut line = Line::start_with(&config, Stdio::piped());
-    let mut keyboard = line.child.stdin.take().unwrap();
+    let (mut line, mut keyboard, config, cable) = rig.keyboard_line("line.toml", &scripts);
     let serving = status(&config)["serving"].clone();
     assert_eq!(serving["running"], true, "{serving}");
     assert_eq!(serving["script"]["version"], 1, "{serving}");
