@@ -538,6 +538,7 @@ impl Line {
                 id: id.into(),
                 serial: serial.into(),
                 fingerprint: fingerprint.into(),
+                fields: Default::default(),
             },
         ))
     }
