@@ -104,24 +104,28 @@ fn editing_line_lua_while_the_line_runs() {
     line.kill();
 }
 
-/// The station's audit entry of the write of `id`.
-fn written_audit(rig: &Rig, id: &str) -> serde_json::Value {
+/// The station's newest audit entry with `action` for which `detail` holds
+/// (read through its folder, `station admin audit --json`).
+pub fn audit_entry(
+    station_dir: &str,
+    action: &str,
+    detail: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let audit = crate::station_support::json(&[
         "station",
         "admin",
         "audit",
         "--dir",
-        rig.factory.dir(),
+        station_dir,
         "--last",
         "100",
         "--json",
     ]);
-    audit["last"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "written" && e["detail"]["id"] == id)
-        .unwrap_or_else(|| panic!("no audit entry of the write of {id}: {audit:#}"))
+    assert_eq!(audit["intact"], true, "{audit}");
+    let mut entries = audit["last"].as_array().unwrap().iter().rev();
+    entries
+        .find(|e| e["action"] == action && detail(&e["detail"]))
+        .unwrap_or_else(|| panic!("no {action} entry like that in the audit: {audit:#}"))
         .clone()
 }
 
@@ -209,7 +213,7 @@ fn the_operator_sees_every_edit_at_once() {
     assert_line(&written, "3012-000001", "ok", "written", &[]);
     assert_eq!(written["fields"]["lot"], "L42", "{written}");
     // ... and the station records it in the audit entry of the write.
-    let entry = written_audit(&rig, "3012-000001");
+    let entry = audit_entry(rig.factory.dir(), "written", |d| d["id"] == "3012-000001");
     assert_eq!(entry["detail"]["fields"]["lot"], "L42", "{entry}");
     assert_eq!(entry["actor"], "line:line-1", "{entry}");
     drop(device);
@@ -301,23 +305,7 @@ fn the_station_bounds_the_fields_of_a_report() {
 
     // Good fields are taken and recorded with the write.
     written(serde_json::json!({ "lot": "L42", "test-bay": "7" })).unwrap();
-    let audit = crate::station_support::json(&[
-        "station",
-        "admin",
-        "audit",
-        "--dir",
-        factory.dir(),
-        "--last",
-        "20",
-        "--json",
-    ]);
-    let entry = audit["last"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "written")
-        .unwrap_or_else(|| panic!("{audit:#}"))
-        .clone();
+    let entry = audit_entry(factory.dir(), "written", |d| d["id"] == id);
     assert_eq!(
         entry["detail"]["fields"],
         serde_json::json!({ "lot": "L42", "test-bay": "7" }),
@@ -327,22 +315,8 @@ fn the_station_bounds_the_fields_of_a_report() {
     // An older line's report has no fields at all; its audit entry none.
     let id = "3012-000002";
     let pack = line.provision(id);
-    let audit = crate::station_support::json(&[
-        "station",
-        "admin",
-        "audit",
-        "--dir",
-        factory.dir(),
-        "--last",
-        "20",
-        "--json",
-    ]);
-    let entry = audit["last"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["action"] == "written" && e["detail"]["serial"] == pack.serial.as_str())
-        .unwrap_or_else(|| panic!("{audit:#}"))
-        .clone();
+    let entry = audit_entry(factory.dir(), "written", |d| {
+        d["serial"] == pack.serial.as_str()
+    });
     assert!(entry["detail"].get("fields").is_none(), "{entry}");
 }
