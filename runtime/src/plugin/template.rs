@@ -1,8 +1,10 @@
-//! `certline plugin new`: a device plugin crate for a new model, from the
+//! `certline plugin new`: a device plugin for a new model, from the
 //! templates in `runtime/templates/plugin/` (embedded in the binary): the
-//! plugin (a line-based protocol on the SDK), its device stub for
-//! `device-sim --exec`, and a script that builds and tries both. What it
-//! makes passes `plugin check` and `plugin try` without edits.
+//! plugin (a line-based protocol; a Rust crate on the SDK, or a Python
+//! module for componentize-py with the newest WIT beside it), its device
+//! stub for `device-sim --exec`, and a script that builds and tries both
+//! (the stub and the script are shared by both languages). What it makes
+//! passes `plugin check` and `plugin try` without edits.
 
 use std::path::{Path, PathBuf};
 
@@ -114,8 +116,8 @@ pub struct NewPlugin<'a> {
     pub model: &'a str,
     /// Where the crate goes (must not exist, or be empty).
     pub dir: &'a Path,
-    /// A certline source tree: the crate depends on its plugins/sdk and
-    /// plugins/protocol by path.
+    /// A certline source tree: a Rust crate depends on its plugins/sdk and
+    /// plugins/protocol by path (a Python plugin needs none).
     pub source: &'a Path,
     pub lang: Lang,
 }
