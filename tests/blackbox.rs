@@ -6,12 +6,14 @@
 mod common;
 mod device_support;
 mod line_support;
+mod pg_support;
 mod station_support;
 
 mod ca;
 mod ca_csr;
 mod ca_hsm;
 mod ca_ledger;
+mod ca_postgres;
 mod ca_public;
 mod center;
 mod demo;

@@ -18,9 +18,10 @@ use anyhow::Context;
 pub const WAIT: Duration = Duration::from_secs(120);
 
 /// Environment variables a child never inherits: each is given only what it needs.
-const NOT_INHERITED: [&str; 5] = [
+const NOT_INHERITED: [&str; 6] = [
     "CERTLINE_LOG",
     crate::pki::seal::PASSPHRASE_ENV,
+    crate::store::pg::PASSWORD_ENV,
     crate::pki::keystore::pkcs11::PIN_ENV,
     crate::command::ADMIN_PASSWORD_ENV,
     "CERTLINE_LINE_CREDENTIAL",

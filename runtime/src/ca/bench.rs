@@ -1,5 +1,10 @@
 //! `certline ca bench`: batch issuance against the raw rate of the crypto
-//! library in the same run (one P-256 key generation plus one signature).
+//! library in the same run (one P-256 key generation plus one signature);
+//! with `--postgres URL`, the same batch on a PostgreSQL ledger by one and by
+//! two CA instances at once (each with its own connection and lease, as two
+//! `ca serve` processes would be), beside the SQLite figure, and the ledger's
+//! own write rate (reserve + commit of one id) on both stores, which is what
+//! serializing every writer on the audit chain's head costs.
 //! With `--revoked N`: revocation at scale instead (`revocation_bench.rs`).
 
 use std::time::{Duration, Instant};
@@ -18,8 +23,10 @@ use crate::pki::keystore::{self, CaKeyAlgorithm};
 use crate::pki::role::Role;
 use crate::service::client::ServiceClient;
 use crate::service::tls::{server_config, ClientAuth};
-use crate::store::ledger::Ledger;
+use crate::store::ledger::{CertKind, Ledger, Location, Reservation};
+use crate::store::pg;
 use crate::wire::ca::{self as api, BatchRequest, PackBatch};
+use zeroize::Zeroizing;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -29,6 +36,11 @@ pub struct BenchArgs {
     /// Skip the over-the-wire measurement.
     #[arg(long)]
     pub no_wire: bool,
+    /// Also measure on a PostgreSQL ledger in this database (password from
+    /// CERTLINE_LEDGER_PASSWORD); the bench works in a schema of its own,
+    /// dropped at the end.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
     /// Also measure issuance with the issuing key in a PKCS#11 token through
     /// this module, beside the token's own raw signing rate (throw-away keys,
     /// deleted afterwards); needs --token and the PIN (CERTLINE_PKCS11_PIN or --pin-file).
@@ -69,13 +81,21 @@ fn rate(count: usize, elapsed: Duration) -> f64 {
 fn fresh_ca(dir: &std::path::Path, name: &str, count: usize) -> anyhow::Result<CertAuthority> {
     let clock = Clock::system();
     let authority = sealed_authority(clock.now())?;
-    let ledger = Ledger::open(&dir.join(format!("{name}.db")), true)?;
-    let config = CaConfig {
+    let ledger = Ledger::open(&Location::Sqlite(dir.join(format!("{name}.db"))), true)?;
+    Ok(CertAuthority::new(
+        authority,
+        ledger,
+        bench_config(count),
+        clock,
+    ))
+}
+
+fn bench_config(count: usize) -> CaConfig {
+    CaConfig {
         listen: "127.0.0.1:0".into(),
         crl_validity_hours: 24,
         ..CaConfig::new("certline Bench", DEFAULT_PEN, count)
-    };
-    Ok(CertAuthority::new(authority, ledger, config, clock))
+    }
 }
 
 /// A throw-away CA with software keys.
@@ -162,6 +182,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         of_raw: inproc / raw,
     });
 
+    if let Some(url) = &args.postgres {
+        figures.extend(on_postgres(url, tmp.path(), count, raw)?);
+    }
+
     if !args.no_wire {
         for threads in [1, cores] {
             let per_second = over_the_wire(tmp.path(), count, threads)?;
@@ -194,7 +218,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("  (the PKCS#11 rows compare with the token's raw rate, the others with the software one)");
         for f in &figures {
             println!(
-                "  {:<40} {:>2} thread(s) {:>9.0}/s  {:>5.1}% of raw",
+                "  {:<52} {:>2} thread(s) {:>9.0}/s  {:>5.1}% of raw",
                 f.what,
                 f.threads,
                 f.per_second,
@@ -234,7 +258,7 @@ fn pkcs11_figures(
             issuing,
             clock.now(),
         )?;
-        let ledger = Ledger::open(&dir.join("pkcs11.db"), true)?;
+        let ledger = Ledger::open(&Location::Sqlite(dir.join("pkcs11.db")), true)?;
         let config = CaConfig {
             crl_validity_hours: 24,
             ..CaConfig::new("certline Bench", DEFAULT_PEN, count)
@@ -296,4 +320,203 @@ fn over_the_wire(dir: &std::path::Path, count: usize, threads: usize) -> anyhow:
         );
         Ok(rate(count, elapsed))
     })
+}
+
+/// A bench schema of its own in the database named by `url`, dropped on drop.
+struct BenchSchema {
+    target: pg::Target,
+    schema: String,
+}
+
+impl BenchSchema {
+    fn create(url: &str) -> anyhow::Result<BenchSchema> {
+        let password = std::env::var(pg::PASSWORD_ENV).ok().map(Zeroizing::new);
+        let target = pg::Target::parse(url, password)?;
+        let schema = format!(
+            "certline_bench_{}",
+            &crate::pki::serial::Serial::random().to_hex()[..12]
+        );
+        target
+            .connect()?
+            .client()
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .map_err(|e| target.explain(&e))?;
+        Ok(BenchSchema { target, schema })
+    }
+
+    fn location(&self) -> Location {
+        Location::Postgres {
+            target: Box::new(self.target.in_schema(&self.schema)),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Drop for BenchSchema {
+    fn drop(&mut self) {
+        if let Ok(mut db) = self.target.connect() {
+            let _ = db
+                .client()
+                .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// Batches on a PostgreSQL ledger by one and by two CA instances, and the
+/// ledger write rate of both stores.
+fn on_postgres(
+    url: &str,
+    dir: &std::path::Path,
+    count: usize,
+    raw: f64,
+) -> anyhow::Result<Vec<Figure>> {
+    let schema = BenchSchema::create(url)?;
+    let location = schema.location();
+    let clock = Clock::system();
+    let (root, root_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P384)?;
+    let (issuing, issuing_pkcs8) = keystore::file::generate(CaKeyAlgorithm::P256)?;
+    let authority = Authority::create(
+        "certline Bench",
+        DEFAULT_PEN,
+        &Default::default(),
+        root,
+        issuing,
+        clock.now(),
+    )?;
+    let instance = |authority: Authority| -> anyhow::Result<CertAuthority> {
+        let mut ledger = Ledger::open(&location, true)?;
+        ledger.bind_root(&crate::pki::fingerprint(authority.root_der()))?;
+        Ok(CertAuthority::new(
+            authority,
+            ledger,
+            bench_config(count),
+            clock.clone(),
+        ))
+    };
+    let twin = || {
+        Authority::load(
+            "certline Bench",
+            DEFAULT_PEN,
+            authority.root_der().to_vec(),
+            authority.issuing_der().to_vec(),
+            keystore::file::from_pkcs8(&root_pkcs8)?,
+            keystore::file::from_pkcs8(&issuing_pkcs8)?,
+        )
+    };
+    let mut first = instance(twin()?)?;
+    let mut second = instance(twin()?)?;
+    let mut figures = Vec::new();
+    let bench = Requester::operator("bench");
+
+    let start = Instant::now();
+    let issued = first.issue_batch(&batch("PGONE", count), &bench, 1)?;
+    let one = rate(issued.packs.len(), start.elapsed());
+    figures.push(Figure {
+        what: "packs in process, PostgreSQL, 1 CA".into(),
+        threads: 1,
+        per_second: one,
+        of_raw: one / raw,
+    });
+
+    // Two CA instances, each its own batch, at the same time.
+    let start = Instant::now();
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| first.issue_batch(&batch("PGTWOA", count), &bench, 1));
+        let b = scope.spawn(|| second.issue_batch(&batch("PGTWOB", count), &bench, 1));
+        (a.join(), b.join())
+    });
+    let packs = a
+        .map_err(|_| anyhow::anyhow!("a CA instance panicked"))??
+        .packs
+        .len()
+        + b.map_err(|_| anyhow::anyhow!("a CA instance panicked"))??
+            .packs
+            .len();
+    let two = rate(packs, start.elapsed());
+    figures.push(Figure {
+        what: "packs in process, PostgreSQL, 2 CAs at once (sum)".into(),
+        threads: 2,
+        per_second: two,
+        of_raw: two / raw,
+    });
+
+    // The ledger alone: one-id reserve + commit transactions.
+    let writes = (count / 10).clamp(50, 2000);
+    let sqlite = ledger_writes(
+        &mut [Ledger::open(
+            &Location::Sqlite(dir.join("writes.db")),
+            true,
+        )?],
+        writes,
+    )?;
+    let pg_one = ledger_writes(&mut [Ledger::open(&location, false)?], writes)?;
+    let pg_two = ledger_writes(
+        &mut [
+            Ledger::open(&location, false)?,
+            Ledger::open(&location, false)?,
+        ],
+        writes,
+    )?;
+    for (what, writers, per_second) in [
+        ("ledger writes (reserve+commit, 1 id), SQLite", 1, sqlite),
+        (
+            "ledger writes (reserve+commit, 1 id), PostgreSQL",
+            1,
+            pg_one,
+        ),
+        (
+            "ledger writes (reserve+commit, 1 id), PostgreSQL",
+            2,
+            pg_two,
+        ),
+    ] {
+        figures.push(Figure {
+            what: what.into(),
+            threads: writers,
+            per_second,
+            of_raw: per_second / raw,
+        });
+    }
+    Ok(figures)
+}
+
+/// Reserve + commit of one id, `writes` times per ledger, all ledgers at once:
+/// issuance cycles per second in all.
+fn ledger_writes(ledgers: &mut [Ledger], writes: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let tag = crate::pki::serial::Serial::random().to_hex();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = ledgers
+            .iter_mut()
+            .enumerate()
+            .map(|(n, ledger)| {
+                let tag = &tag;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for i in 0..writes {
+                        let serial = crate::pki::serial::Serial::random();
+                        let now = time::OffsetDateTime::now_utc();
+                        ledger.reserve(
+                            &[Reservation {
+                                serial: serial.clone(),
+                                subject: format!("W{}-{n}x{i:07}", &tag[..6]),
+                                kind: CertKind::Device,
+                                replaces: None,
+                            }],
+                            "bench",
+                            now,
+                        )?;
+                        ledger.commit_issued(&[(serial, "00".into())], "bench", now)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("a ledger writer panicked"))??;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(rate(writes * ledgers.len(), start.elapsed()))
 }

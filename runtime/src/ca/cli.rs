@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use super::config::DEFAULT_PEN;
+use super::config::{LedgerConfig, DEFAULT_PEN};
 use super::dir::{self, InitOptions};
 use super::issuance::{Clock, Requester, SCOPE_ISSUING, SCOPE_ROOT};
 use super::serve::{public_router, revoke_target, router, CaState};
@@ -48,6 +48,10 @@ pub enum CaCommand {
     Export(ExportArgs),
     /// Measure issuance: raw crypto rate, pack rate in process, pack rate over mTLS.
     Bench(super::bench::BenchArgs),
+    /// Copy this CA's SQLite ledger into an empty PostgreSQL database and
+    /// point ca.toml at it (stop the CA first; the audit chain is verified
+    /// before and after).
+    MigrateLedger(MigrateLedgerArgs),
 }
 
 /// A CA directory and where its secrets come from: the passphrase (as for
@@ -115,6 +119,29 @@ pub struct InitArgs {
     /// as its Authority Information Access caIssuers (ca.toml's `ca_issuers_url`).
     #[arg(long)]
     pub ca_issuers_url: Option<String>,
+    /// Keep the ledger in this PostgreSQL database (postgres://user@host:port/db,
+    /// no password in it) instead of DIR/ledger.db: for several CA processes.
+    #[arg(long, value_name = "URL")]
+    pub ledger: Option<String>,
+    /// File holding the ledger database's password (else CERTLINE_LEDGER_PASSWORD).
+    #[arg(long, requires = "ledger", value_name = "FILE")]
+    pub ledger_password_file: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateLedgerArgs {
+    /// The CA directory (its CA stopped).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The PostgreSQL database to copy the ledger into (empty, or new).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// File holding the database's password (else CERTLINE_LEDGER_PASSWORD);
+    /// recorded in ca.toml.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -310,6 +337,7 @@ pub fn run(command: CaCommand) -> anyhow::Result<()> {
         CaCommand::Show(args) => show(args),
         CaCommand::Export(args) => export(args),
         CaCommand::Bench(args) => super::bench::run(args),
+        CaCommand::MigrateLedger(args) => migrate_ledger(args),
     }
 }
 
@@ -331,6 +359,10 @@ fn init(args: InitArgs) -> anyhow::Result<()> {
             pen: args.pen,
             hosts: args.hosts,
             max_batch: args.max_batch,
+            ledger: args
+                .ledger
+                .as_deref()
+                .map(|url| LedgerConfig::new(url, args.ledger_password_file.clone())),
             crl_url: args.crl_url,
             ca_issuers_url: args.ca_issuers_url,
             keys,
@@ -395,12 +427,22 @@ fn serve_ca(args: ServeArgs) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    // On a shared ledger, a crashed peer's reservations are revoked once its lease ran out.
+    let sweep = opened
+        .ca
+        .config()
+        .ledger
+        .as_ref()
+        .map(|l| Duration::from_secs(u64::from(l.lease_seconds.max(3) / 2)));
     let state = CaState::new(opened.ca, threads)?;
     let public = match &args.public_listen {
         Some(addr) => Some((addr.clone(), public_router(state.clone())?)),
         None => None,
     };
     runtime()?.block_on(async move {
+        if let Some(every) = sweep {
+            tokio::spawn(state.clone().sweep_orphans(every));
+        }
         if let Some((addr, router)) = public {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
@@ -573,22 +615,29 @@ fn crl(args: CrlArgs) -> anyhow::Result<()> {
 }
 
 fn open_ledger_read_only(dir: &Path) -> anyhow::Result<crate::store::ledger::Ledger> {
-    dir::check_initialised(dir)?;
-    crate::store::ledger::Ledger::open(&dir.join(dir::LEDGER_FILE), false)
+    dir::open_ledger(dir)
+}
+
+fn migrate_ledger(args: MigrateLedgerArgs) -> anyhow::Result<()> {
+    let report = super::migrate::to_postgres(&args.dir, &args.to, args.password_file)?;
+    emit(args.json, &report, || {
+        println!(
+            "ledger copied to {}: {} certificates, {} audit entries (chain verified before and after, head {})",
+            report.to, report.certificates, report.audit_entries, report.head
+        );
+        println!(
+            "{} now names it under [ledger]; the old {} stays as it was, unused.",
+            args.dir.join(dir::CONFIG_FILE).display(),
+            args.dir.join(dir::LEDGER_FILE).display()
+        );
+    })
 }
 
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify(args) => {
             let ledger = open_ledger_read_only(&args.dir)?;
-            let verified = crate::store::audit::verify(ledger.connection())?;
-            let referenced = ledger.max_audit_seq()?;
-            if referenced > verified.entries {
-                anyhow::bail!(
-                    "the audit log ends at entry {} but the ledger refers to entry {referenced}: entries were cut from its end",
-                    verified.entries
-                );
-            }
+            let verified = ledger.verify()?;
             emit(args.json, &verified, || {
                 println!(
                     "audit log intact: {} entries, head {}",
@@ -598,7 +647,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
         }
         AuditCommand::Show(args) => {
             let ledger = open_ledger_read_only(&args.audit.dir)?;
-            let entries = crate::store::audit::tail(ledger.connection(), args.last)?;
+            let entries = ledger.audit_tail(args.last)?;
             emit(args.audit.json, &entries, || {
                 for e in &entries {
                     let mut detail = e.detail.to_string();

@@ -3,16 +3,22 @@
 //! Read and checked here, used by issuance and by the directory code alike.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use zeroize::Zeroizing;
+
 use crate::pki::keystore::KeyStoreConfig;
 use crate::pki::profile::CertProfile;
 use crate::pki::urls::{self, IssuerUrls};
+use crate::store::ledger::Location;
+use crate::store::pg;
 
+/// The SQLite ledger's file in the CA directory (the default ledger).
+pub const LEDGER_FILE: &str = "ledger.db";
 /// The file name of the root's CRL, published beside `crl_url`.
 pub const ROOT_CRL_FILE: &str = "root.crl";
 /// The file name of the root's certificate, published beside `ca_issuers_url`.
@@ -67,10 +73,63 @@ pub struct CaConfig {
     /// Per model code profiles.
     #[serde(default)]
     pub models: BTreeMap<String, CertProfile>,
+    /// Where the ledger lives when it is not the directory's `ledger.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerConfig>,
     /// The EST front door (`/.well-known/est/`, see `est.rs`); written only
     /// when it differs from the default.
     #[serde(default, skip_serializing_if = "EstConfig::is_default")]
     pub est: EstConfig,
+}
+
+/// `[ledger]`: a PostgreSQL ledger shared by several CA processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `postgres://user@host:port/database` (no password in it).
+    pub url: String,
+    /// A file holding the database password (else `CERTLINE_LEDGER_PASSWORD`);
+    /// a relative path is taken from the CA directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How long a CA process that stopped renewing keeps its reservations
+    /// from its peers (seconds).
+    #[serde(default = "default_lease_seconds")]
+    pub lease_seconds: u32,
+}
+
+fn default_lease_seconds() -> u32 {
+    30
+}
+
+impl LedgerConfig {
+    pub fn new(url: &str, password_file: Option<PathBuf>) -> LedgerConfig {
+        LedgerConfig {
+            url: url.to_string(),
+            password_file,
+            lease_seconds: default_lease_seconds(),
+        }
+    }
+
+    /// Where the ledger is, with its password from the file or the environment.
+    pub fn location(&self, dir: &Path) -> anyhow::Result<Location> {
+        let password = match &self.password_file {
+            Some(file) => {
+                let file = dir.join(file);
+                let text = std::fs::read_to_string(&file).with_context(|| {
+                    format!("cannot read the ledger password file {}", file.display())
+                })?;
+                Some(Zeroizing::new(
+                    text.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+            None => std::env::var(pg::PASSWORD_ENV).ok().map(Zeroizing::new),
+        };
+        Ok(Location::Postgres {
+            target: Box::new(pg::Target::parse(&self.url, password)?),
+            lease: std::time::Duration::from_secs(u64::from(self.lease_seconds.max(3))),
+        })
+    }
 }
 
 /// `[est]` in `ca.toml`.
@@ -117,6 +176,7 @@ impl CaConfig {
             crl_max_delay: default_crl_max_delay(),
             default_profile: CertProfile::default(),
             models: BTreeMap::new(),
+            ledger: None,
             est: EstConfig::default(),
         }
     }
@@ -178,6 +238,14 @@ impl CaConfig {
     /// The configured profile of a model (or the default profile).
     pub fn profile(&self, model: &str) -> &CertProfile {
         self.models.get(model).unwrap_or(&self.default_profile)
+    }
+
+    /// Where the ledger of the CA in `dir` lives: `[ledger]`, or `DIR/ledger.db`.
+    pub fn ledger_location(&self, dir: &Path) -> anyhow::Result<Location> {
+        match &self.ledger {
+            Some(ledger) => ledger.location(dir),
+            None => Ok(Location::Sqlite(dir.join(LEDGER_FILE))),
+        }
     }
 
     /// What certificates signed by the issuing CA name as their issuer's CRL and certificate.

@@ -9,7 +9,8 @@
 //!                  keys, sealed under the KEK (0600); with a PKCS#11 key
 //!                  store the root and issuing keys are in the token, and
 //!                  ca.toml's [keystore] names it and their labels
-//! DIR/ledger.db    issuance ledger and audit log (SQLite)
+//! DIR/ledger.db    issuance ledger and audit log (SQLite; or `[ledger] url` in
+//!                  ca.toml names a PostgreSQL database shared by several CAs)
 //! ```
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::config::CaConfig;
+use super::config::{CaConfig, LedgerConfig};
 use super::issuance::{CertAuthority, Clock, Requester};
 use crate::pki::authority::Authority;
 use crate::pki::credential::Credential;
@@ -36,7 +37,7 @@ pub const ROOT_FILE: &str = "root.pem";
 pub const ISSUING_FILE: &str = "issuing.pem";
 pub const TLS_FILE: &str = "tls.pem";
 pub const KEYS_FILE: &str = "keys.json";
-pub const LEDGER_FILE: &str = "ledger.db";
+pub use super::config::LEDGER_FILE;
 
 /// Makes the CA directory the CA user's alone (0700).
 fn keep_private(dir: &Path) -> anyhow::Result<()> {
@@ -92,6 +93,8 @@ pub struct InitOptions {
     pub pen: u32,
     pub hosts: Vec<String>,
     pub max_batch: usize,
+    /// A PostgreSQL ledger instead of `DIR/ledger.db`.
+    pub ledger: Option<LedgerConfig>,
     /// `crl_url` and `ca_issuers_url` of ca.toml (checked here).
     pub crl_url: Option<String>,
     pub ca_issuers_url: Option<String>,
@@ -130,6 +133,7 @@ pub fn init(
     let mut config = CaConfig::new(&options.organization, options.pen, options.max_batch);
     config.crl_url = options.crl_url.clone();
     config.ca_issuers_url = options.ca_issuers_url.clone();
+    config.ledger = options.ledger.clone();
     config.check(clock.now()).map_err(anyhow::Error::msg)?;
     // A token that is missing or refuses the PIN stops init before anything is written.
     let token = match &options.keys {
@@ -179,9 +183,10 @@ pub fn init(
         issuing_key,
         clock.now(),
     )?;
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, true)?;
+    ledger.bind_root(&crate::pki::fingerprint(authority.root_der()))?;
     std::fs::write(dir.join(ROOT_FILE), authority.root_pem())?;
     std::fs::write(dir.join(ISSUING_FILE), authority.issuing_pem())?;
-    let ledger = Ledger::open(&dir.join(LEDGER_FILE), true)?;
     let mut ca = CertAuthority::new(authority, ledger, config.clone(), clock);
 
     // The CA's own HTTPS server credential, recorded in its ledger like any other.
@@ -316,6 +321,7 @@ pub fn open(
             .with_context(|| format!("{file} holds no certificate"))
     };
     let root_der = read_cert(ROOT_FILE)?;
+    let root_fingerprint = crate::pki::fingerprint(&root_der);
     let issuing_der = read_cert(ISSUING_FILE)?;
     let authority = Authority::load(
         &config.organization,
@@ -327,12 +333,10 @@ pub fn open(
     )?;
     let tls_chain = pem_blocks(&std::fs::read_to_string(dir.join(TLS_FILE))?, "CERTIFICATE")?;
     let tls = Credential::new(tls_chain, root_der, open(&sealed.tls, "tls")?)?;
-    let mut ledger = Ledger::open(&dir.join(LEDGER_FILE), false)?;
-    let abandoned = ledger.abandon_reserved(
-        None,
-        "reserved before a crash and never delivered",
-        clock.now(),
-    )?;
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, false)?;
+    ledger.bind_root(&root_fingerprint)?;
+    let abandoned =
+        ledger.abandon_orphans("reserved before a crash and never delivered", clock.now())?;
     let mut ca = CertAuthority::new(authority, ledger, config, clock);
     if abandoned > 0 {
         tracing::warn!(
@@ -345,6 +349,17 @@ pub fn open(
         tracing::warn!("published fresh CRLs: the last ones missed a committed revocation");
     }
     Ok(OpenCa { ca, tls })
+}
+
+/// The ledger of an initialised CA directory, opened without unsealing
+/// anything (for reading: status, audit).
+pub fn open_ledger(dir: &Path) -> anyhow::Result<Ledger> {
+    let config = read_config(dir, &Clock::system())?;
+    let mut ledger = Ledger::open(&config.ledger_location(dir)?, false)?;
+    if ledger.is_shared() {
+        ledger.bind_root(&crate::pki::fingerprint(&root_der(dir)?))?;
+    }
+    Ok(ledger)
 }
 
 /// The root certificate of a CA directory, without unsealing anything.

@@ -566,6 +566,26 @@ impl CertAuthority {
         Ok(behind)
     }
 
+    /// On a ledger shared with other CA processes: revokes the reservations
+    /// of processes whose lease ran out (a crashed peer's batch) and
+    /// publishes CRLs that list them. Returns how many.
+    pub fn sweep_orphans(&mut self) -> anyhow::Result<usize> {
+        if !self.ledger.is_shared() {
+            return Ok(0);
+        }
+        let abandoned = self.ledger.abandon_orphans(
+            "reserved by a CA process whose lease ran out, never delivered",
+            self.clock.now(),
+        )?;
+        if abandoned > 0 {
+            tracing::warn!(
+                "revoked {abandoned} certificate(s) reserved by a CA process that stopped"
+            );
+            self.publish_crls()?;
+        }
+        Ok(abandoned)
+    }
+
     /// The current CRL of a scope, re-published once half its validity is gone.
     pub fn crl(&mut self, scope: &str) -> anyhow::Result<Vec<u8>> {
         if let Some((_, der, next_update)) = self.ledger.current_crl(scope)? {

@@ -13,6 +13,7 @@ pub mod csr;
 pub mod dir;
 pub mod est;
 pub mod issuance;
+pub mod migrate;
 pub mod publish;
 pub mod request;
 pub mod revocation_bench;

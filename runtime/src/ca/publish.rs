@@ -76,9 +76,12 @@ fn publish_listed(
     now: OffsetDateTime,
     validity: time::Duration,
 ) -> anyhow::Result<()> {
-    let covers = listed.catch_up(ledger)?;
     let next_update = time_text(now + validity);
     let number = ledger.next_crl_number(SCOPE_ISSUING)?;
+    // Read after the number is taken: on a ledger shared by several CA
+    // processes, a CRL with a higher number then lists at least as much
+    // (and the store keeps only the highest).
+    let covers = listed.catch_up(ledger)?;
     let der = pki.issuing_crl(number, &listed.entries, now, validity)?;
     ledger.store_crl(SCOPE_ISSUING, number, &der, &next_update, covers)?;
     // Nothing revokes the issuing CA yet, so the root's list stays empty.

@@ -246,7 +246,10 @@ fn at_r(
     }
     // Years of revocations, written directly; published once.
     if revoked > 0 {
-        let mut ledger = Ledger::open(&ca_dir.join(super::dir::LEDGER_FILE), false)?;
+        let mut ledger = Ledger::open(
+            &crate::store::ledger::Location::Sqlite(ca_dir.join(super::dir::LEDGER_FILE)),
+            false,
+        )?;
         ledger.fill_revoked_for_bench("FILL", revoked, time::OffsetDateTime::now_utc())?;
     }
     let started = Instant::now();

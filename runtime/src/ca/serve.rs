@@ -133,6 +133,22 @@ impl CaState {
         .map_err(api_error)
     }
 
+    /// Every `every`, revokes what crashed peers on a shared ledger left
+    /// reserved (see [`CertAuthority::sweep_orphans`]); runs until the server stops.
+    pub async fn sweep_orphans(self, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.with_ca(|ca, _| Ok(ca.sweep_orphans()?)).await {
+                tracing::warn!(
+                    "sweeping a stopped peer's reservations failed: {}",
+                    err.message
+                );
+            }
+        }
+    }
+
     /// A station whose own credential has not been revoked.
     pub(super) async fn station(&self, peer: &Peer) -> Result<Requester, ApiError> {
         let name = peer.require(&[Role::Station])?.to_string();

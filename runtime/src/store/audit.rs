@@ -25,7 +25,7 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ";
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Entry {
@@ -47,6 +47,38 @@ fn entry_hash(prev: &str, seq: i64, at: &str, actor: &str, action: &str, detail:
     hex::encode(ctx.finish())
 }
 
+/// The entry that follows `head` (its sequence number and hash, `None` for an
+/// empty log): what any store writes, so every store's chain is the same chain.
+pub struct NextEntry {
+    pub seq: i64,
+    pub at: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub fn next_entry(
+    head: Option<(i64, String)>,
+    actor: &str,
+    action: &str,
+    detail: &serde_json::Value,
+) -> NextEntry {
+    let (seq, prev_hash) = match head {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_string()),
+    };
+    let at = super::db::now_text();
+    let detail = detail.to_string();
+    let hash = entry_hash(&prev_hash, seq, &at, actor, action, &detail);
+    NextEntry {
+        seq,
+        at,
+        detail,
+        prev_hash,
+        hash,
+    }
+}
+
 /// Appends one entry in the caller's transaction and returns its sequence number.
 pub fn append(
     tx: &Transaction<'_>,
@@ -58,19 +90,23 @@ pub fn append(
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, prev) = match last {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_string()),
-    };
-    let at = super::db::now_text();
-    let detail = detail.to_string();
-    let hash = entry_hash(&prev, seq, &at, actor, action, &detail);
+    let entry = next_entry(last, actor, action, detail);
     tx.prepare_cached(
         "INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
-    .and_then(|mut insert| insert.execute(params![seq, at, actor, action, detail, prev, hash]))
+    .and_then(|mut insert| {
+        insert.execute(params![
+            entry.seq,
+            entry.at,
+            actor,
+            action,
+            entry.detail,
+            entry.prev_hash,
+            entry.hash
+        ])
+    })
     .map_err(|e| anyhow::anyhow!("cannot write the audit log: {e}"))?;
-    Ok(seq)
+    Ok(entry.seq)
 }
 
 /// What a verification found: the number of entries and the head hash.
@@ -80,53 +116,92 @@ pub struct Verified {
     pub head: String,
 }
 
-/// Walks the whole chain; the error names the first entry that is wrong.
-pub fn verify(conn: &Connection) -> anyhow::Result<Verified> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut expected_seq = 1i64;
-    let mut prev = GENESIS.to_string();
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let (at, actor, action, detail, prev_hash, hash): (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-        ) = (
-            row.get(1)?,
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-        );
+/// One stored entry, as a verification reads it.
+pub struct StoredEntry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Checks entries fed in sequence order; the error names the first entry that is wrong.
+pub struct ChainCheck {
+    expected_seq: i64,
+    prev: String,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        ChainCheck {
+            expected_seq: 1,
+            prev: GENESIS.to_string(),
+        }
+    }
+}
+
+impl ChainCheck {
+    pub fn next(&mut self, e: &StoredEntry) -> anyhow::Result<()> {
+        let seq = e.seq;
+        let expected_seq = self.expected_seq;
         if seq != expected_seq {
             anyhow::bail!(
                 "audit entry {expected_seq} is missing (the log jumps from {} to {seq}): an entry was deleted",
                 expected_seq - 1
             );
         }
-        if prev_hash != prev {
+        if e.prev_hash != self.prev {
             anyhow::bail!(
                 "audit entry {seq} does not chain to entry {}: an entry was deleted or replaced",
                 seq - 1
             );
         }
-        if entry_hash(&prev, seq, &at, &actor, &action, &detail) != hash {
-            anyhow::bail!("audit entry {seq} ({action} at {at}) was edited: its hash does not match its content");
+        if entry_hash(&self.prev, seq, &e.at, &e.actor, &e.action, &e.detail) != e.hash {
+            anyhow::bail!(
+                "audit entry {seq} ({} at {}) was edited: its hash does not match its content",
+                e.action,
+                e.at
+            );
         }
-        prev = hash;
-        expected_seq += 1;
+        self.prev = e.hash.clone();
+        self.expected_seq += 1;
+        Ok(())
     }
-    Ok(Verified {
-        entries: expected_seq - 1,
-        head: prev,
-    })
+
+    pub fn finish(self) -> Verified {
+        Verified {
+            entries: self.expected_seq - 1,
+            head: self.prev,
+        }
+    }
+}
+
+/// Walks the whole chain; the error names the first entry that is wrong.
+pub fn verify(conn: &Connection) -> anyhow::Result<Verified> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut check = ChainCheck::default();
+    while let Some(row) = rows.next()? {
+        check.next(&StoredEntry {
+            seq: row.get(0)?,
+            at: row.get(1)?,
+            actor: row.get(2)?,
+            action: row.get(3)?,
+            detail: row.get(4)?,
+            prev_hash: row.get(5)?,
+            hash: row.get(6)?,
+        })?;
+    }
+    Ok(check.finish())
+}
+
+/// An entry's stored detail as JSON (kept as a string if it is not JSON).
+pub fn parse_detail(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
 /// What a page of the audit log is filtered by (each field optional).

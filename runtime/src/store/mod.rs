@@ -2,4 +2,5 @@
 pub mod audit;
 pub mod db;
 pub mod ledger;
+pub mod pg;
 pub mod stock;

@@ -1,17 +1,11 @@
-//! The CA's issuance ledger: every certificate it ever signed (device
-//! identities and service credentials), who asked, when, and its status.
+//! The ledger in a SQLite file beside the CA (`DIR/ledger.db`): the embedded
+//! default, for one CA process. Its mutex serializes every request, so the
+//! partial unique index and the single writer are all the guarantees need;
+//! readers and the CRL publisher use connections of their own (WAL: readers
+//! never wait for the writer), and every write transaction takes the write
+//! lock first.
 //!
-//! Issuance is two transactions: `reserve` records serial and id (and the
-//! audit entry) before anything is signed, `commit_issued` records the signed
-//! certificate. A crash in between leaves `reserved` rows that `abandon_reserved`
-//! revokes at the next start, so no certificate can exist that the ledger does
-//! not know. A partial unique index keeps one live certificate per device id.
-//! (The whole cycle, and what a crash between any two steps leaves, is in
-//! `runtime/src/ca/ISSUANCE-CYCLE.md`.)
-//!
-//! The ledger never reads the clock: every state change takes the time it
-//! happens at from its caller. The database and its `-wal`/`-shm` files are
-//! private to the CA's user (0600).
+//! The database and its `-wal`/`-shm` files are private to the CA's user (0600).
 
 use std::path::Path;
 
@@ -19,10 +13,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{audit, db};
+use super::{
+    CrlStatus, Export, ExportedCert, ExportedCrl, Ledger, LedgerError, LedgerStore, Reservation,
+};
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
-pub use crate::wire::ca::{CertKind, CertRecord, CertStatus, ExportRow, LedgerCount, StateChange};
+use crate::store::{audit, db};
+use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
 
 const SCHEMA_V1: &str = "
 CREATE TABLE certs (
@@ -88,10 +85,6 @@ INSERT INTO ledger_notes (note)
     FROM certs WHERE issued_at IS NOT NULL HAVING COUNT(*) > 0;
 ";
 
-/// What `ca show` says of a certificate issued before the ledger kept DER.
-pub const NO_DER_NOTE: &str =
-    "issued before the ledger kept certificates (schema 3): only its serial, fingerprint and states are known";
-
 pub fn migrations() -> Vec<&'static str> {
     vec![audit::SCHEMA, SCHEMA_V1, SCHEMA_V2, SCHEMA_V3]
 }
@@ -113,43 +106,6 @@ fn count_revocations(tx: &rusqlite::Transaction<'_>, rows: usize) -> anyhow::Res
     Ok(())
 }
 
-/// What the last CRL of a scope covers, without its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CrlStatus {
-    pub number: u64,
-    /// The ledger's revocation count when it was signed (None: from before the count existed).
-    pub covers: Option<u64>,
-}
-
-pub struct Reservation {
-    pub serial: Serial,
-    /// The device id, or `<role>:<name>` for a service credential.
-    pub subject: String,
-    pub kind: CertKind,
-    /// The live certificate of the same device id that this one replaces.
-    pub replaces: Option<Serial>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("device {id} already has a valid certificate (serial {serial}); name it as the one replaced to get a new one")]
-    AlreadyCertified { id: String, serial: String },
-    #[error(
-        "device {id}: the certificate to replace, {named}, is not its valid certificate ({actual})"
-    )]
-    ReplaceMismatch {
-        id: String,
-        named: String,
-        actual: String,
-    },
-    #[error("no certificate with serial {0} in the ledger")]
-    UnknownSerial(String),
-    #[error("device {0} has no valid certificate to revoke")]
-    NoLiveCert(String),
-    #[error("certificate {serial} is already revoked ({reason})")]
-    AlreadyRevoked { serial: String, reason: String },
-}
-
 fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Option<String>> {
     Ok(tx
         .query_row(
@@ -160,12 +116,7 @@ fn self_live(tx: &rusqlite::Transaction<'_>, subject: &str) -> anyhow::Result<Op
         .optional()?)
 }
 
-pub enum RevokeTarget {
-    Serial(Serial),
-    DeviceId(String),
-}
-
-pub struct Ledger {
+pub struct SqliteLedger {
     conn: Connection,
 }
 
@@ -204,52 +155,6 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     })
 }
 
-/// The states a certificate went through, from its row: reserved (by its
-/// requester), valid when issued, revoked (by whom, why) if it was.
-pub fn states(record: &CertRecord) -> Vec<StateChange> {
-    let mut out = vec![StateChange {
-        status: CertStatus::Reserved,
-        at: record.requested_at.clone(),
-        by: Some(record.requester.clone()),
-        reason: None,
-    }];
-    if let Some(at) = &record.issued_at {
-        out.push(StateChange {
-            status: CertStatus::Valid,
-            at: at.clone(),
-            by: Some(record.requester.clone()),
-            reason: None,
-        });
-    }
-    if let Some(at) = &record.revoked_at {
-        out.push(StateChange {
-            status: CertStatus::Revoked,
-            at: at.clone(),
-            by: record.revoked_by.clone(),
-            reason: record.reason.clone(),
-        });
-    }
-    out
-}
-
-impl From<CertRecord> for ExportRow {
-    fn from(r: CertRecord) -> ExportRow {
-        ExportRow {
-            id: r.subject,
-            kind: r.kind,
-            serial: r.serial,
-            fingerprint: r.fingerprint,
-            status: r.status,
-            requested_at: r.requested_at,
-            issued_at: r.issued_at,
-            revoked_at: r.revoked_at,
-            requester: r.requester,
-            reason: r.reason,
-            revoked_by: r.revoked_by,
-        }
-    }
-}
-
 /// Makes the ledger and its WAL files readable by the CA's user only. A new
 /// database is created 0600 before SQLite opens it (SQLite gives `-wal` and
 /// `-shm` the mode of the database file); an older one is tightened.
@@ -281,37 +186,25 @@ fn keep_private(path: &Path, create: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Ledger {
-    pub fn open(path: &Path, create: bool) -> anyhow::Result<Ledger> {
+impl SqliteLedger {
+    pub fn open(path: &Path, create: bool) -> anyhow::Result<SqliteLedger> {
         if create || path.exists() {
             keep_private(path, create)?;
         }
         let conn = db::open(path, create, &migrations())?;
         // The WAL and shared-memory files exist now: make sure of them too.
         keep_private(path, false)?;
-        Ok(Ledger { conn })
+        Ok(SqliteLedger { conn })
     }
 
-    /// A second connection to the same database: readers and the CRL
-    /// publisher use their own, so they never wait for the issuance lock
-    /// (WAL: readers do not block the writer, nor it them).
-    pub fn reopen(&self) -> anyhow::Result<Ledger> {
+    /// A second connection to the same database.
+    fn open_again(&self) -> anyhow::Result<SqliteLedger> {
         let path = self
             .conn
             .path()
             .filter(|p| !p.is_empty())
             .ok_or_else(|| anyhow::anyhow!("the ledger has no file to open again"))?;
-        Ledger::open(Path::new(path), false)
-    }
-
-    /// A second connection for the CRL publisher: it writes only CRLs and
-    /// their audit entries, public data, so a superseded CRL's pages are
-    /// freed without being overwritten (`secure_delete` off for this
-    /// connection alone; every other connection keeps it on).
-    pub fn reopen_for_crls(&self) -> anyhow::Result<Ledger> {
-        let ledger = self.reopen()?;
-        ledger.conn.execute_batch("PRAGMA secure_delete=OFF;")?;
-        Ok(ledger)
+        SqliteLedger::open(Path::new(path), false)
     }
 
     /// A write transaction that takes the write lock at once (IMMEDIATE):
@@ -328,7 +221,81 @@ impl Ledger {
         &self.conn
     }
 
-    pub fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
+    /// Everything in the ledger, for copying it into another store.
+    pub fn export(&self) -> anyhow::Result<Export> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {RECORD_COLUMNS}, audit_seq, der, revoked_seq FROM certs ORDER BY rowid"
+        ))?;
+        let certs = stmt
+            .query_map([], |r| {
+                Ok(ExportedCert {
+                    record: record(r)?,
+                    audit_seq: r.get(12)?,
+                    der: r.get(13)?,
+                    revoked_seq: r.get(14)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, at, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
+        )?;
+        let audit = stmt
+            .query_map([], |r| {
+                Ok(audit::StoredEntry {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    detail: r.get(4)?,
+                    prev_hash: r.get(5)?,
+                    hash: r.get(6)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT scope, number, der, next_update, covers FROM crl_state ORDER BY scope",
+        )?;
+        let crls = stmt
+            .query_map([], |r| {
+                Ok(ExportedCrl {
+                    scope: r.get(0)?,
+                    number: r.get::<_, i64>(1)? as u64,
+                    der: r.get(2)?,
+                    next_update: r.get(3)?,
+                    covers: r.get::<_, Option<i64>>(4)?.map(|c| c as u64),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Export {
+            certs,
+            audit,
+            crls,
+            revocations: self.revocations()?,
+            notes: self.notes()?,
+        })
+    }
+}
+
+impl LedgerStore for SqliteLedger {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn reopen(&self) -> anyhow::Result<Ledger> {
+        Ok(Ledger::new(self.open_again()?))
+    }
+
+    /// The publisher's connection writes only CRLs and their audit entries,
+    /// public data, so a superseded CRL's pages are freed without being
+    /// overwritten (`secure_delete` off for this connection alone; every
+    /// other connection keeps it on).
+    fn reopen_for_crls(&self) -> anyhow::Result<Ledger> {
+        let ledger = self.open_again()?;
+        ledger.conn.execute_batch("PRAGMA secure_delete=OFF;")?;
+        Ok(Ledger::new(ledger))
+    }
+
+    fn by_serial(&self, serial: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -340,7 +307,7 @@ impl Ledger {
     }
 
     /// The reserved or valid certificate of a device id, if any.
-    pub fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
+    fn live_device_cert(&self, id: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -354,7 +321,7 @@ impl Ledger {
     }
 
     /// The DER of a certificate, if the ledger kept it (see [`NO_DER_NOTE`]).
-    pub fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    fn der(&self, serial: &str) -> anyhow::Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .query_row("SELECT der FROM certs WHERE serial = ?1", [serial], |r| {
@@ -365,7 +332,7 @@ impl Ledger {
     }
 
     /// The newest certificate recorded for a subject: its live one if it has one.
-    pub fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>> {
+    fn latest(&self, subject: &str) -> anyhow::Result<Option<CertRecord>> {
         Ok(self
             .conn
             .query_row(
@@ -381,7 +348,7 @@ impl Ledger {
 
     /// Every certificate issued or revoked at or after `since` (either
     /// counts), oldest event first: what an auditor's export lists.
-    pub fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>> {
+    fn changed_since(&self, since: OffsetDateTime) -> anyhow::Result<Vec<CertRecord>> {
         let since = db::time_text(since);
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM certs WHERE issued_at >= ?1 OR revoked_at >= ?1
@@ -392,7 +359,7 @@ impl Ledger {
     }
 
     /// What migrations noted about rows they could not fill in.
-    pub fn notes(&self) -> anyhow::Result<Vec<String>> {
+    fn notes(&self) -> anyhow::Result<Vec<String>> {
         let mut stmt = self
             .conn
             .prepare("SELECT note FROM ledger_notes ORDER BY id")?;
@@ -401,7 +368,7 @@ impl Ledger {
     }
 
     /// Every certificate ever recorded for a subject, oldest first.
-    pub fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
+    fn history(&self, subject: &str) -> anyhow::Result<Vec<CertRecord>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {RECORD_COLUMNS} FROM certs WHERE subject = ?1 ORDER BY requested_at, rowid"
         ))?;
@@ -412,7 +379,7 @@ impl Ledger {
     /// Records serials and ids before signing, revoking (superseded) the
     /// certificates that the reservations replace, all in one transaction with
     /// its audit entry.
-    pub fn reserve(
+    fn reserve(
         &mut self,
         items: &[Reservation],
         requester: &str,
@@ -505,7 +472,7 @@ impl Ledger {
 
     /// Marks reserved certificates as issued, keeping each one's DER (its
     /// fingerprint is computed here, from that DER).
-    pub fn commit_issued(
+    fn commit_issued(
         &mut self,
         issued: &[(Serial, Vec<u8>)],
         requester: &str,
@@ -550,7 +517,7 @@ impl Ledger {
 
     /// Revokes reservations that were never completed (a failed batch, or a
     /// crash between reserve and commit found at start-up). Returns how many.
-    pub fn abandon_reserved(
+    fn abandon_reserved(
         &mut self,
         only: Option<&[Serial]>,
         why: &str,
@@ -595,29 +562,8 @@ impl Ledger {
         Ok(count)
     }
 
-    /// The certificate a revocation names, if it can be revoked: by serial
-    /// (any kind), or the valid certificate of a device id.
-    pub fn find_revocable(&self, target: &RevokeTarget) -> anyhow::Result<CertRecord> {
-        let found = match target {
-            RevokeTarget::Serial(serial) => self
-                .by_serial(&serial.to_hex())?
-                .ok_or_else(|| LedgerError::UnknownSerial(serial.to_hex()))?,
-            RevokeTarget::DeviceId(id) => self
-                .live_device_cert(id)?
-                .ok_or_else(|| LedgerError::NoLiveCert(id.clone()))?,
-        };
-        if found.status == CertStatus::Revoked {
-            return Err(LedgerError::AlreadyRevoked {
-                serial: found.serial,
-                reason: found.reason.unwrap_or_default(),
-            }
-            .into());
-        }
-        Ok(found)
-    }
-
     /// Revokes one certificate found by [`Self::find_revocable`], with its audit entry.
-    pub fn revoke(
+    fn revoke(
         &mut self,
         found: &CertRecord,
         reason: Reason,
@@ -648,21 +594,11 @@ impl Ledger {
         Ok(self.by_serial(&found.serial)?.expect("just updated"))
     }
 
-    /// Every revoked certificate: a CRL never drops a serial once listed, since
-    /// certline certificates do not expire.
-    pub fn revoked_entries(&self) -> anyhow::Result<Vec<RevokedEntry>> {
-        self.revoked_between(None, self.revocations()?)
-    }
-
     /// The certificates revoked by the revoking transactions after number
     /// `after` (None: from the first) up to number `upto` ([`Self::revocations`]),
     /// oldest first: what a publisher that listed up to `after` adds. Read
     /// through the partial index `certs_revoked`: no scan of valid rows, no sort.
-    pub fn revoked_between(
-        &self,
-        after: Option<u64>,
-        upto: u64,
-    ) -> anyhow::Result<Vec<RevokedEntry>> {
+    fn revoked_between(&self, after: Option<u64>, upto: u64) -> anyhow::Result<Vec<RevokedEntry>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked
              WHERE status = 'revoked' AND revoked_seq > ?1 AND revoked_seq <= ?2
@@ -692,7 +628,7 @@ impl Ledger {
     /// never signed (random serials, ids `<model>-<n>`), in one transaction
     /// with one audit entry: how `ca bench --revoked N` gives a CA years of
     /// revocations before it measures anything through the API.
-    pub fn fill_revoked_for_bench(
+    fn fill_revoked_for_bench(
         &mut self,
         model: &str,
         count: usize,
@@ -729,7 +665,7 @@ impl Ledger {
     }
 
     /// Takes the next CRL number of a scope (strictly increasing, never reused).
-    pub fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
+    fn next_crl_number(&mut self, scope: &str) -> anyhow::Result<u64> {
         let tx = self.write()?;
         tx.execute(
             "INSERT INTO crl_state (scope, number) VALUES (?1, 1)
@@ -747,7 +683,7 @@ impl Ledger {
 
     /// How many revoking transactions the ledger has committed, ever (see
     /// [`CrlStatus::covers`]; each stamped the rows it revoked with its number).
-    pub fn revocations(&self) -> anyhow::Result<u64> {
+    fn revocations(&self) -> anyhow::Result<u64> {
         Ok(self
             .conn
             .prepare_cached("SELECT revocations FROM crl_pending")?
@@ -755,7 +691,7 @@ impl Ledger {
     }
 
     /// The number and coverage of the last CRL stored for a scope (no bytes read).
-    pub fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>> {
+    fn crl_status(&self, scope: &str) -> anyhow::Result<Option<CrlStatus>> {
         Ok(self
             .conn
             .prepare_cached(
@@ -771,7 +707,7 @@ impl Ledger {
     }
 
     /// Stores a signed CRL with the revocation count it was built from.
-    pub fn store_crl(
+    fn store_crl(
         &mut self,
         scope: &str,
         number: u64,
@@ -795,7 +731,7 @@ impl Ledger {
     }
 
     /// The last CRL published for a scope: (number, DER, next update).
-    pub fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
+    fn current_crl(&self, scope: &str) -> anyhow::Result<Option<(u64, Vec<u8>, String)>> {
         Ok(self
             .conn
             .query_row(
@@ -807,7 +743,7 @@ impl Ledger {
     }
 
     /// An audit entry on its own, for a refusal that changes nothing else.
-    pub fn audit_only(
+    fn audit_only(
         &mut self,
         actor: &str,
         action: &str,
@@ -821,7 +757,7 @@ impl Ledger {
 
     /// Audit sequence numbers that ledger rows point at but the log lacks:
     /// the tail of the log was cut.
-    pub fn max_audit_seq(&self) -> anyhow::Result<i64> {
+    fn max_audit_seq(&self) -> anyhow::Result<i64> {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(audit_seq), 0) FROM certs", [], |r| {
@@ -830,7 +766,7 @@ impl Ledger {
     }
 
     /// How many certificates of each kind are in each status.
-    pub fn counts(&self) -> anyhow::Result<Vec<LedgerCount>> {
+    fn counts(&self) -> anyhow::Result<Vec<LedgerCount>> {
         let mut stmt = self.conn.prepare(
             "SELECT kind, status, COUNT(*) FROM certs GROUP BY kind, status ORDER BY kind, status",
         )?;
@@ -843,11 +779,25 @@ impl Ledger {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// One process owns a SQLite ledger: at its start every reservation is an orphan.
+    fn abandon_orphans(&mut self, why: &str, now: OffsetDateTime) -> anyhow::Result<usize> {
+        self.abandon_reserved(None, why, now)
+    }
+
+    fn verify_audit(&self) -> anyhow::Result<audit::Verified> {
+        audit::verify(&self.conn)
+    }
+
+    fn audit_tail(&self, limit: i64) -> anyhow::Result<Vec<audit::Entry>> {
+        audit::tail(&self.conn, limit)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ledger::states;
 
     #[test]
     fn rows_from_before_schema_3_keep_no_der_and_the_migration_says_so() {
@@ -864,7 +814,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut ledger = Ledger::open(&path, false).unwrap();
+        let mut ledger = SqliteLedger::open(&path, false).unwrap();
         assert_eq!(ledger.der("0a").unwrap(), None);
         let notes = ledger.notes().unwrap();
         assert_eq!(notes.len(), 1, "{notes:?}");
@@ -896,7 +846,7 @@ mod tests {
     #[test]
     fn a_fresh_ledger_has_no_migration_note() {
         let tmp = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&tmp.path().join("l.db"), true).unwrap();
+        let ledger = SqliteLedger::open(&tmp.path().join("l.db"), true).unwrap();
         assert!(ledger.notes().unwrap().is_empty());
     }
 }
