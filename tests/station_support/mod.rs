@@ -627,6 +627,7 @@ impl Line {
                 id: id.into(),
                 serial: serial.into(),
                 fingerprint: fingerprint.into(),
+                fields: Default::default(),
             },
         ))
     }

@@ -320,7 +320,10 @@ impl Station {
         id: &str,
         serial: &str,
         fingerprint: &str,
+        fields: &std::collections::BTreeMap<String, String>,
     ) -> Result<ReportResponse, StationError> {
+        crate::wire::station::check_report_fields(fields)
+            .map_err(|e| StationError::bad_request(format!("the report's fields: {e}")))?;
         let pack = self.reported_pack(line, id, serial)?;
         match pack.state {
             PackState::HandedOut | PackState::Received => {}
@@ -375,6 +378,7 @@ impl Station {
                 actor: &actor,
                 at: now,
                 readback: Some(&readback),
+                fields: Some(fields),
                 ..Default::default()
             },
         )?;
