@@ -6,119 +6,25 @@ use std::process::Command;
 
 use crate::common;
 
-use common::hsm::{SoftHsm, MODULE, PIN};
+use common::hsm::{CA_TOKEN, MODULE, PIN};
 use common::*;
 
-/// A certline command on this SoftHSM2 (its configuration and the test PIN).
-fn on(hsm: &SoftHsm, args: &[&str]) -> std::process::Output {
-    let mut cmd = certline();
-    hsm.environment(&mut cmd);
-    cmd.args(args).output().unwrap()
-}
-
-#[track_caller]
-fn on_ok(hsm: &SoftHsm, args: &[&str]) -> String {
-    succeeds(on(hsm, args), args)
-}
-
-#[track_caller]
-fn on_fails(hsm: &SoftHsm, args: &[&str]) -> String {
-    failed(on(hsm, args), args)
-}
-
-/// A CA whose keys are in a fresh token of its own SoftHSM2.
-struct HsmCa {
-    hsm: SoftHsm,
-    token: String,
-    tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-}
-
-impl HsmCa {
-    fn init() -> HsmCa {
-        let hsm = SoftHsm::new();
-        let token = "certline-ca".to_string();
-        hsm.make_token(&token);
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ca");
-        on_ok(
-            &hsm,
-            &[
-                "ca",
-                "init",
-                "--dir",
-                path(&dir),
-                "--pkcs11-module",
-                MODULE,
-                "--token",
-                &token,
-            ],
-        );
-        HsmCa {
-            hsm,
-            token,
-            tmp,
-            dir,
-        }
-    }
-
-    fn dir(&self) -> &str {
-        path(&self.dir)
-    }
-
-    fn file(&self, name: &str) -> std::path::PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    fn serve(&self) -> Server {
-        let mut cmd = certline();
-        self.hsm.environment(&mut cmd);
-        cmd.args([
-            "ca",
-            "serve",
-            "--dir",
-            self.dir(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        Server::start_command(cmd, "CA listening on ")
-    }
-
-    fn request(
-        &self,
-        url: &str,
-        station: &std::path::Path,
-        ids: &[&str],
-        out: &str,
-    ) -> std::process::Output {
-        let file = self.file(&format!("{out}.ids"));
-        std::fs::write(&file, ids.join("\n") + "\n").unwrap();
-        on(
-            &self.hsm,
-            &[
-                "ca",
-                "request",
-                "--url",
-                url,
-                "--credential",
-                path(station),
-                "--ids",
-                path(&file),
-                "--out",
-                path(&self.file(out)),
-            ],
-        )
-    }
+/// `pkcs11-tool ACTION` on the private key of the CA's issuing key in its token.
+fn issuing_key(ca: &Ca, action: &str) -> std::process::Output {
+    ca.hsm().tool(
+        CA_TOKEN,
+        &[action, "--type", "privkey", "--label", "certline-issuing"],
+    )
 }
 
 #[test]
 fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() {
-    let ca = HsmCa::init();
+    let ca = Ca::on_token();
 
     // Only labels in ca.toml, and no root or issuing key in keys.json.
     let config = std::fs::read_to_string(ca.dir.join("ca.toml")).unwrap();
     assert!(
-        config.contains("kind = \"pkcs11\"") && config.contains(&ca.token),
+        config.contains("kind = \"pkcs11\"") && config.contains(CA_TOKEN),
         "{config}"
     );
     let keys: serde_json::Value =
@@ -130,8 +36,8 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
 
     // From outside: two private keys in the token, sensitive, never extractable.
     let listed = ca
-        .hsm
-        .tool(&ca.token, &["--list-objects", "--type", "privkey"]);
+        .hsm()
+        .tool(CA_TOKEN, &["--list-objects", "--type", "privkey"]);
     let listing = text(&listed.stdout);
     for label in ["certline-root", "certline-issuing"] {
         let object = listing
@@ -143,16 +49,7 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
         assert!(object.contains("never extractable"), "{object}");
     }
     // ... and pkcs11-tool cannot read one out.
-    let read = ca.hsm.tool(
-        &ca.token,
-        &[
-            "--read-object",
-            "--type",
-            "privkey",
-            "--label",
-            "certline-issuing",
-        ],
-    );
+    let read = issuing_key(&ca, "--read-object");
     // (it fails, or reads nothing: the token does not hand out a sensitive value)
     assert!(
         !read.status.success() || read.stdout.is_empty(),
@@ -161,23 +58,8 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
     );
 
     // Serve, a batch, verified by openssl against the root.
-    let station = ca.file("station.pem");
-    on_ok(
-        &ca.hsm,
-        &[
-            "ca",
-            "enroll",
-            "--dir",
-            ca.dir(),
-            "--role",
-            "station",
-            "--name",
-            "st1",
-            "--out",
-            path(&station),
-        ],
-    );
-    let mut server = ca.serve();
+    let station = ca.enroll("station", "st1");
+    let mut server = ca.serve(&[]);
     let ids: Vec<String> = (0..80).map(|n| format!("3012-{n:04}")).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     succeeds(
@@ -190,15 +72,9 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
 
     // A CRL signed by the token lists a revocation; openssl checks it.
     server.kill();
-    on_ok(
-        &ca.hsm,
-        &["ca", "revoke", "--dir", ca.dir(), "--id", "3012-0007"],
-    );
+    ca.ok(&["ca", "revoke", "--dir", ca.dir(), "--id", "3012-0007"]);
     let crl = ca.file("crl.pem");
-    on_ok(
-        &ca.hsm,
-        &["ca", "crl", "--dir", ca.dir(), "--out", path(&crl)],
-    );
+    ca.ok(&["ca", "crl", "--dir", ca.dir(), "--out", path(&crl)]);
     let checked = openssl_verify_pack(&pack, Some(&crl));
     assert!(!checked.status.success());
     assert!(text(&checked.stdout).contains("revoked") || text(&checked.stderr).contains("revoked"));
@@ -206,7 +82,7 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
     assert!(other.status.success(), "{}", text(&other.stderr));
 
     // A restart finds its keys again and goes on issuing.
-    let server = ca.serve();
+    let server = ca.serve(&[]);
     succeeds(
         ca.request(&server.url, &station, &["3012-9000"], "after"),
         &["ca", "request"],
@@ -217,10 +93,9 @@ fn a_ca_on_a_token_issues_revokes_restarts_and_its_keys_never_leave_the_token() 
 
 #[test]
 fn a_wrong_pin_is_refused_once_and_never_retried() {
-    let ca = HsmCa::init();
+    let ca = Ca::on_token();
     for pin_source in ["env", "file"] {
-        let mut cmd = certline();
-        ca.hsm.environment(&mut cmd);
+        let mut cmd = ca.command();
         let pin_file = ca.file("wrong.pin");
         std::fs::write(&pin_file, "0000-wrong\n").unwrap();
         match pin_source {
@@ -245,17 +120,13 @@ fn a_wrong_pin_is_refused_once_and_never_retried() {
         let out = cmd.output().unwrap();
         assert!(!out.status.success());
         let err = text(&out.stderr);
-        assert!(
-            err.contains("wrong PIN") && err.contains(&ca.token),
-            "{err}"
-        );
+        assert!(err.contains("wrong PIN") && err.contains(CA_TOKEN), "{err}");
         assert!(err.contains("never retries"), "{err}");
     }
     // The token is not locked by it: the right PIN still opens it.
-    on_ok(&ca.hsm, &["ca", "crl", "--dir", ca.dir()]);
+    ca.ok(&["ca", "crl", "--dir", ca.dir()]);
     // No PIN at all: said before anything is tried.
-    let mut cmd = certline();
-    ca.hsm.environment(&mut cmd);
+    let mut cmd = ca.command();
     cmd.env_remove("CERTLINE_PKCS11_PIN");
     let out = cmd.args(["ca", "crl", "--dir", ca.dir()]).output().unwrap();
     assert!(
@@ -267,24 +138,24 @@ fn a_wrong_pin_is_refused_once_and_never_retried() {
 
 #[test]
 fn a_missing_token_a_module_that_is_not_pkcs11_and_a_key_of_another_type_are_refused_at_start() {
-    let ca = HsmCa::init();
+    let ca = Ca::on_token();
 
     // The token label does not exist (at init and at start).
     let tmp = tempfile::tempdir().unwrap();
     let fresh = tmp.path().join("ca");
-    let err = on_fails(
-        &ca.hsm,
-        &[
+    let init_fails = |module: &str, token: &str| {
+        ca.fails(&[
             "ca",
             "init",
             "--dir",
             path(&fresh),
             "--pkcs11-module",
-            MODULE,
+            module,
             "--token",
-            "no-such-token",
-        ],
-    );
+            token,
+        ])
+    };
+    let err = init_fails(MODULE, "no-such-token");
     assert!(err.contains("no token labelled \"no-such-token\""), "{err}");
     assert!(!fresh.exists(), "a refused init leaves nothing behind");
 
@@ -297,53 +168,20 @@ fn a_missing_token_a_module_that_is_not_pkcs11_and_a_key_of_another_type_are_ref
     .find(|p| std::path::Path::new(p).exists())
     .expect("libz is on every Debian");
     for module in [libz, "/etc/hostname"] {
-        let err = on_fails(
-            &ca.hsm,
-            &[
-                "ca",
-                "init",
-                "--dir",
-                path(&fresh),
-                "--pkcs11-module",
-                module,
-                "--token",
-                &ca.token,
-            ],
-        );
+        let err = init_fails(module, CA_TOKEN);
         assert!(
             err.contains("is not a PKCS#11 library") && err.contains(module),
             "{err}"
         );
     }
-    let err = on_fails(
-        &ca.hsm,
-        &[
-            "ca",
-            "init",
-            "--dir",
-            path(&fresh),
-            "--pkcs11-module",
-            "/nonexistent/p11.so",
-            "--token",
-            &ca.token,
-        ],
-    );
+    let err = init_fails("/nonexistent/p11.so", CA_TOKEN);
     assert!(err.contains("does not exist"), "{err}");
 
     // A key with the right label but another type: the issuing key replaced by an RSA key.
-    let deleted = ca.hsm.tool(
-        &ca.token,
-        &[
-            "--delete-object",
-            "--type",
-            "privkey",
-            "--label",
-            "certline-issuing",
-        ],
-    );
+    let deleted = issuing_key(&ca, "--delete-object");
     assert!(deleted.status.success(), "{}", text(&deleted.stderr));
-    let made = ca.hsm.tool(
-        &ca.token,
+    let made = ca.hsm().tool(
+        CA_TOKEN,
         &[
             "--keypairgen",
             "--key-type",
@@ -355,13 +193,12 @@ fn a_missing_token_a_module_that_is_not_pkcs11_and_a_key_of_another_type_are_ref
         ],
     );
     assert!(made.status.success(), "{}", text(&made.stderr));
-    let err = on_fails(&ca.hsm, &["ca", "crl", "--dir", ca.dir()]);
+    let err = ca.fails(&["ca", "crl", "--dir", ca.dir()]);
     assert!(
         err.contains("certline-issuing") && err.contains("RSA") && err.contains("EC P-256"),
         "{err}"
     );
-    let mut cmd = certline();
-    ca.hsm.environment(&mut cmd);
+    let mut cmd = ca.command();
     let out = cmd
         .args(["ca", "serve", "--dir", ca.dir(), "--listen", "127.0.0.1:0"])
         .output()
@@ -377,68 +214,50 @@ fn a_missing_token_a_module_that_is_not_pkcs11_and_a_key_of_another_type_are_ref
     );
 
     // The token gone altogether (its folder emptied): a clear error at start.
-    for entry in std::fs::read_dir(&ca.hsm.tokens).unwrap() {
+    for entry in std::fs::read_dir(&ca.hsm().tokens).unwrap() {
         std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
     }
-    let err = on_fails(&ca.hsm, &["ca", "crl", "--dir", ca.dir()]);
+    let err = ca.fails(&["ca", "crl", "--dir", ca.dir()]);
     assert!(
-        err.contains(&format!("no token labelled \"{}\"", ca.token)),
+        err.contains(&format!("no token labelled \"{CA_TOKEN}\"")),
         "{err}"
     );
 }
 
 #[test]
 fn a_token_pulled_while_serving_fails_requests_clearly_and_leaves_no_half_issued_certificate() {
-    let ca = HsmCa::init();
-    let station = ca.file("station.pem");
-    on_ok(
-        &ca.hsm,
-        &[
-            "ca",
-            "enroll",
-            "--dir",
-            ca.dir(),
-            "--role",
-            "station",
-            "--name",
-            "st1",
-            "--out",
-            path(&station),
-        ],
-    );
-    let server = ca.serve();
+    let ca = Ca::on_token();
+    let station = ca.enroll("station", "st1");
+    let server = ca.serve(&[]);
     succeeds(
         ca.request(&server.url, &station, &["3012-1"], "before"),
         &["ca", "request"],
     );
 
     // Pull the token: its files vanish under the running CA.
-    for entry in std::fs::read_dir(&ca.hsm.tokens).unwrap() {
+    for entry in std::fs::read_dir(&ca.hsm().tokens).unwrap() {
         std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
     }
     let out = ca.request(&server.url, &station, &["3012-2", "3012-3"], "after");
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("PKCS#11 token") && err.contains(&ca.token),
+        err.contains("PKCS#11 token") && err.contains(CA_TOKEN),
         "{err}"
     );
 
     // The ledger: no valid certificate for the failed ids, their reservations revoked.
     drop(server);
     let status = |id: &str| -> Vec<String> {
-        let out = on(
-            &ca.hsm,
-            &["ca", "status", "--dir", ca.dir(), "--id", id, "--json"],
-        );
-        if !out.status.success() {
-            return Vec::new();
-        }
-        let records: Vec<certline::wire::ca::CertRecord> =
-            serde_json::from_slice(&out.stdout).unwrap();
-        records
-            .iter()
-            .map(|r| r.status.as_str().to_string())
+        ca.history(id)
+            .into_iter()
+            .map(|r| {
+                serde_json::from_value::<certline::wire::ca::CertRecord>(r)
+                    .unwrap()
+                    .status
+                    .as_str()
+                    .to_string()
+            })
             .collect()
     };
     for id in ["3012-2", "3012-3"] {

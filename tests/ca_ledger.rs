@@ -6,20 +6,18 @@ use crate::common;
 
 use common::*;
 
-fn issue(ca: &Ca, ids: &[&str], name: &str) -> std::path::PathBuf {
-    let file = ca.ids_file(&format!("{name}.ids"), ids);
-    let out = ca.file(name);
-    ok(&[
+/// `ca export --since SINCE --format FORMAT` for this CA (more arguments may follow).
+fn export<'a>(ca: &'a Ca, since: &'a str, format: &'a str) -> Vec<&'a str> {
+    vec![
         "ca",
-        "issue",
+        "export",
         "--dir",
         ca.dir(),
-        "--ids",
-        path(&file),
-        "--out",
-        path(&out),
-    ]);
-    out
+        "--since",
+        since,
+        "--format",
+        format,
+    ]
 }
 
 fn show_json(ca: &Ca, by: &str, value: &str) -> certline::wire::ca::CertShow {
@@ -29,7 +27,7 @@ fn show_json(ca: &Ca, by: &str, value: &str) -> certline::wire::ca::CertShow {
 #[test]
 fn the_ledger_keeps_every_certificate_and_shows_it_with_its_states() {
     let ca = Ca::init(&[]);
-    let packs = issue(&ca, &["3012-100", "3012-101"], "packs");
+    let packs = ca.issue("packs", &["3012-100", "3012-101"]);
     let device = pem_file(&packs.join("3012-100/chain.pem"), "CERTIFICATE")[0].clone();
 
     // PEM by id: exactly the certificate in the pack.
@@ -54,16 +52,7 @@ fn the_ledger_keeps_every_certificate_and_shows_it_with_its_states() {
     assert_eq!(record.history[0].by.as_deref(), Some("ca issue"));
 
     // Revoked: the history says when, by whom and why; the PEM stays.
-    ok(&[
-        "ca",
-        "revoke",
-        "--dir",
-        ca.dir(),
-        "--id",
-        "3012-100",
-        "--reason",
-        "key-compromise",
-    ]);
+    ca.revoke("3012-100", "key-compromise");
     let record = show_json(&ca, "--serial", &serial);
     let last = record.history.last().unwrap();
     assert_eq!(last.status.as_str(), "revoked");
@@ -105,28 +94,10 @@ fn show_refuses_what_the_ledger_does_not_hold_naming_it() {
 #[test]
 fn export_lists_issued_and_revoked_certificates_since_a_date() {
     let ca = Ca::init(&[]);
-    issue(&ca, &["3012-200", "3012-201"], "packs");
-    ok(&[
-        "ca",
-        "revoke",
-        "--dir",
-        ca.dir(),
-        "--id",
-        "3012-201",
-        "--reason",
-        "superseded",
-    ]);
+    ca.issue("packs", &["3012-200", "3012-201"]);
+    ca.revoke("3012-201", "superseded");
 
-    let csv = ok(&[
-        "ca",
-        "export",
-        "--dir",
-        ca.dir(),
-        "--since",
-        "2000-01-01",
-        "--format",
-        "csv",
-    ]);
+    let csv = ok(&export(&ca, "2000-01-01", "csv"));
     let mut reader = csv::Reader::from_reader(csv.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     for column in [
@@ -155,18 +126,9 @@ fn export_lists_issued_and_revoked_certificates_since_a_date() {
     );
 
     let out = ca.file("export.jsonl");
-    ok(&[
-        "ca",
-        "export",
-        "--dir",
-        ca.dir(),
-        "--since",
-        "2000-01-01T00:00:00Z",
-        "--format",
-        "jsonl",
-        "--out",
-        path(&out),
-    ]);
+    let mut args = export(&ca, "2000-01-01T00:00:00Z", "jsonl");
+    args.extend(["--out", path(&out)]);
+    ok(&args);
     let lines: Vec<certline::wire::ca::ExportRow> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -175,41 +137,14 @@ fn export_lists_issued_and_revoked_certificates_since_a_date() {
     assert_eq!(lines, rows);
 
     // Nothing happened after a future date: the header alone.
-    let csv = ok(&[
-        "ca",
-        "export",
-        "--dir",
-        ca.dir(),
-        "--since",
-        "2999-01-01",
-        "--format",
-        "csv",
-    ]);
+    let csv = ok(&export(&ca, "2999-01-01", "csv"));
     assert_eq!(csv.lines().count(), 1, "{csv}");
 
-    let err = fails(&[
-        "ca",
-        "export",
-        "--dir",
-        ca.dir(),
-        "--since",
-        "yesterday",
-        "--format",
-        "csv",
-    ]);
+    let err = fails(&export(&ca, "yesterday", "csv"));
     assert!(
         err.contains("--since") && err.contains("yesterday"),
         "{err}"
     );
-    let err = fails(&[
-        "ca",
-        "export",
-        "--dir",
-        ca.dir(),
-        "--since",
-        "2000-01-01",
-        "--format",
-        "xml",
-    ]);
+    let err = fails(&export(&ca, "2000-01-01", "xml"));
     assert!(err.contains("xml"), "{err}");
 }

@@ -28,11 +28,7 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
             .der()
             .to_vec()
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let response = reqwest::Client::builder()
             .use_preconfigured_tls(tls_client(root, None))
             .build()
@@ -77,19 +73,7 @@ fn certificates_name_their_crl_and_issuer_and_the_public_listener_serves_them() 
         "{config}"
     );
 
-    let ids = ca.ids_file("ids", &["3012-7"]);
-    let packs = ca.file("packs");
-    ok(&[
-        "ca",
-        "issue",
-        "--dir",
-        ca.dir(),
-        "--ids",
-        path(&ids),
-        "--out",
-        path(&packs),
-    ]);
-    let pack = packs.join("3012-7");
+    let pack = ca.issue("packs", &["3012-7"]).join("3012-7");
 
     // The device certificate names the issuing CA's CRL (the partition of
     // its issuance month, beside crl_url: issue 15) and certificate ...

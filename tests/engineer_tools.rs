@@ -1,9 +1,11 @@
 //! A factory engineer's tools (issue 18): `script check` that says what it
 //! assumed (which factory.toml, a guessed role), refusals with the advice of
 //! their code, a parse's own fields reported, and the station's test-only
-//! clock refused on a station that is not under test.
+//! clock: refused on a station that is not under test, and moved to watch a
+//! retention policy by age delete keys without waiting days.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::common::{self, fails, ok, text};
 
@@ -106,4 +108,99 @@ fn the_test_clock_is_refused_on_a_station_not_under_test() {
         err.contains("--clock-ahead") && err.contains("--testing"),
         "{err}"
     );
+}
+
+/// Retention by age, watched with the station's clock moved (issue 18): the
+/// factory's retention.lua (the example's: flag at the write, delete 30 days
+/// after it), printing each decision to the station's log the way an
+/// engineer watches a policy. Packs written today stay flagged, keys and
+/// all, on a station whose clock runs 29 days ahead (younger than 30 days);
+/// on one 31 days ahead their keys are deleted and the audit says so, by
+/// which policy.
+#[test]
+fn retention_by_age_with_the_station_clock_moved() {
+    use crate::station_support::{Factory, DAY};
+
+    let factory = Factory::new(&["3012"], &[], &[]);
+    let policy = std::fs::read_to_string(example().join("retention.lua")).unwrap();
+    std::fs::write(
+        factory.dir.join("retention.lua"),
+        format!(
+            "{policy}\n\
+             local decide_by_age = decide\n\
+             function decide(pack)\n  \
+               local verdict = decide_by_age(pack)\n  \
+               print(tostring(pack.id) .. \" decided \" .. verdict)\n  \
+               return verdict\n\
+             end\n"
+        ),
+    )
+    .unwrap();
+    let config = factory.dir.join("station.toml");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let toml = if toml.contains("\n[retention]\n") {
+        toml.replace(
+            "\n[retention]\n",
+            "\n[retention]\nscript = \"retention.lua\"\n",
+        )
+    } else {
+        format!("{toml}\n[retention]\nscript = \"retention.lua\"\n")
+    };
+    std::fs::write(&config, toml).unwrap();
+    factory.plan("plan.csv", &[&format!("{DAY},3012,000001,2")]);
+    factory.fetch(DAY);
+    let ids = ["3012-000001", "3012-000002"];
+    let key_held = |id: &str| factory.device(id)["packs"][0]["key_held"].clone();
+
+    // Today: both devices written; the policy flags their packs.
+    let mut station = factory.serve();
+    let line = factory.line("line-1", &station);
+    for id in ids {
+        line.provision(id);
+    }
+    station.kill();
+    for id in ids {
+        assert_eq!(factory.states(id), vec!["flagged".to_string()], "{id}");
+        assert_eq!(key_held(id), true, "{id}");
+    }
+
+    // 29 days on: the sweep at start asks the policy, which keeps them.
+    let log = [("CERTLINE_LOG", "info")];
+    let mut station = factory.serve_with(&log, &["--testing", "--clock-ahead", "29d"]);
+    let mut decided = Vec::new();
+    for _ in ids {
+        decided.push(
+            station
+                .child
+                .stderr_line(Duration::from_secs(60), |l| {
+                    l.contains("3012-00000") && l.contains(" decided ")
+                })
+                .unwrap(),
+        );
+    }
+    for id in ids {
+        assert!(
+            decided
+                .iter()
+                .any(|l| l.contains(&format!("{id} decided keep"))),
+            "{decided:?}"
+        );
+        assert_eq!(factory.states(id), vec!["flagged".to_string()], "{id}");
+        assert_eq!(key_held(id), true, "{id}");
+    }
+    station.kill();
+
+    // 31 days on: older than the policy keeps them; their keys are deleted.
+    let station = factory.serve_with(&log, &["--testing", "--clock-ahead", "31d"]);
+    station.wait_stderr("retention: 2 pack(s) flagged or deleted");
+    for id in ids {
+        assert_eq!(factory.states(id), vec!["deleted".to_string()], "{id}");
+        assert_eq!(key_held(id), false, "{id}");
+        let entry = crate::line_script::audit_entry(factory.dir(), "delete", |d| d["id"] == id);
+        assert_eq!(entry["actor"], "station", "{entry}");
+        assert_eq!(entry["detail"]["from"], "flagged", "{entry}");
+        assert_eq!(entry["detail"]["to"], "deleted", "{entry}");
+        let reason = entry["detail"]["reason"].as_str().unwrap();
+        assert!(reason.contains("retention.lua"), "{entry}");
+    }
 }

@@ -5,21 +5,16 @@
 //! operator line and changes nothing it should not.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
+use std::process::ChildStdin;
 
-use crate::common;
 use crate::line_support::*;
-use crate::station_support::json;
 
 /// A copy of the example factory's scripts with the example's models
 /// replaced by `models` (TOML `[models.X]` tables), plus the model without a
 /// certificate that line.lua's self-check expects.
 fn scripts(rig: &Rig, name: &str, models: &str) -> PathBuf {
-    let dir = rig.tmp().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example");
-    std::fs::copy(example.join("line.lua"), dir.join("line.lua")).unwrap();
+    let dir = rig.example_scripts(name);
     std::fs::write(
         dir.join("factory.toml"),
         format!("name = \"test\"\n\n{models}\n[models.K7]\ncertificate = false\n"),
@@ -27,6 +22,29 @@ fn scripts(rig: &Rig, name: &str, models: &str) -> PathBuf {
     .unwrap();
     dir
 }
+
+/// A line reading check sheets from the keyboard, with the scripts of
+/// [`scripts`] for `models` (in the folder `name`) and its devices on a
+/// fresh cable, whose address it returns.
+fn keyboard_line(rig: &Rig, name: &str, models: &str) -> (Line, ChildStdin, String) {
+    let dir = scripts(rig, name, models);
+    let (line, keyboard, _, cable) = rig.keyboard_line(&format!("{name}.toml"), &dir);
+    (line, keyboard, cable)
+}
+
+/// A rig whose station has model 3012 generate its keys in the device,
+/// `count` of them planned today, with the imaging plugin.
+fn device_keygen_rig(count: u32) -> Rig {
+    Rig::with(
+        &["3012"],
+        &["--device-keygen-model", "3012"],
+        &[&format!("3012,000001,{count}")],
+        &[IMAGING],
+    )
+}
+
+/// The factory.toml models of a line with only the device-keygen model.
+const DEVICE_MODEL: &str = "[models.3012]\ncertificate = true\nkeygen = \"device\"\n";
 
 const MODELS: &str =
     "[models.3012]\ncertificate = true\nkeygen = \"device\"\nprofile = { key = \"p256\" }\n\n\
@@ -57,24 +75,6 @@ fn assert_secure_key_matches_flash(dev: &Device) {
     certline::link::pop::verify(&cert, b"probe", &sig).unwrap();
 }
 
-fn stock_of(rig: &Rig, model: &str) -> serde_json::Value {
-    let stock = json(&[
-        "station",
-        "admin",
-        "stock",
-        "--dir",
-        rig.factory.dir(),
-        "--json",
-    ]);
-    stock["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["model"] == model)
-        .unwrap_or_else(|| panic!("no model {model}: {stock:#}"))
-        .clone()
-}
-
 #[test]
 fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
     let rig = Rig::with(
@@ -84,7 +84,7 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
         &[IMAGING, MISBEHAVE],
     );
     // Nothing was fetched for the device-keygen model: its stock is its plan.
-    let s = stock_of(&rig, "3012");
+    let s = rig.factory.stock_of("3012");
     assert_eq!(
         (
             s["keygen"].as_str(),
@@ -94,16 +94,7 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
         (Some("device"), Some(0), Some(4)),
         "{s:#}"
     );
-    let dir = scripts(&rig, "scripts", MODELS);
-    let cable = free_addr();
-    let config = rig.config(
-        "line.toml",
-        "source = \"stdin\"\ndebounce_ms = 0",
-        &cable,
-        &format!("[scripts]\ndir = \"{}\"", common::path(&dir)),
-    );
-    let mut line = Line::start_with(&config, Stdio::piped());
-    let mut keyboard = line.child.stdin.take().unwrap();
+    let (mut line, mut keyboard, cable) = keyboard_line(&rig, "scripts", MODELS);
 
     // Device keygen with the 0.2.0 imaging plugin: written, verified, no key
     // anywhere but in the device's secure element.
@@ -117,7 +108,7 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
     assert_secure_key_matches_flash(&dev);
     let report = rig.factory.device(id);
     assert_eq!(report["packs"][0]["key_held"], false, "{report:#}");
-    assert_eq!(stock_of(&rig, "3012")["signed_today"], 1);
+    assert_eq!(rig.factory.stock_of("3012")["signed_today"], 1);
     drop(dev);
 
     // CA keygen with the same 0.2.0 plugin, and a 0.1.0 plugin, on the same line.
@@ -187,20 +178,17 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
     assert_line(&line.device(), id, "ok", "written", &[]);
     assert_eq!(rig.states(id), ["revoked", "flagged"]);
     assert_secure_key_matches_flash(&dev);
-    let valid: Vec<_> = rig
-        .factory
-        .ca
-        .history(id)
-        .into_iter()
-        .filter(|r| r["status"] == "valid")
-        .collect();
-    assert_eq!(valid.len(), 1, "one valid certificate per id");
+    assert_eq!(
+        rig.factory.ca.valid(id).len(),
+        1,
+        "one valid certificate per id"
+    );
     drop(dev);
     line.kill();
 
     // A 0.1.0 plugin serving a model that generates its keys in the device:
     // refused for that model, naming both versions.
-    let dir = scripts(
+    let (mut line, mut keyboard, _) = keyboard_line(
         &rig,
         "scripts-old",
         &MODELS.replace(
@@ -208,14 +196,6 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
             "[models.BAD1]\ncertificate = true\nkeygen = \"device\"\n",
         ),
     );
-    let config = rig.config(
-        "line-old.toml",
-        "source = \"stdin\"\ndebounce_ms = 0",
-        &cable,
-        &format!("[scripts]\ndir = \"{}\"", common::path(&dir)),
-    );
-    let mut line = Line::start_with(&config, Stdio::piped());
-    let mut keyboard = line.child.stdin.take().unwrap();
     let id = "BAD1-000001";
     writeln!(keyboard, "{}", sheet(id)).unwrap();
     assert_line(
@@ -230,26 +210,8 @@ fn device_keygen_and_ca_keygen_on_one_line_with_old_and_new_plugins() {
 
 #[test]
 fn a_ca_that_is_down_gives_retry_and_loses_nothing() {
-    let mut rig = Rig::with(
-        &["3012"],
-        &["--device-keygen-model", "3012"],
-        &["3012,000001,2"],
-        &[IMAGING],
-    );
-    let dir = scripts(
-        &rig,
-        "scripts",
-        "[models.3012]\ncertificate = true\nkeygen = \"device\"\n",
-    );
-    let cable = free_addr();
-    let config = rig.config(
-        "line.toml",
-        "source = \"stdin\"\ndebounce_ms = 0",
-        &cable,
-        &format!("[scripts]\ndir = \"{}\"", common::path(&dir)),
-    );
-    let mut line = Line::start_with(&config, Stdio::piped());
-    let mut keyboard = line.child.stdin.take().unwrap();
+    let mut rig = device_keygen_rig(2);
+    let (mut line, mut keyboard, cable) = keyboard_line(&rig, "scripts", DEVICE_MODEL);
     let id = "3012-000001";
     let dev = rig.device(id, Some(&cable), &["--keygen"]);
 
@@ -276,28 +238,10 @@ fn a_ca_that_is_down_gives_retry_and_loses_nothing() {
 #[test]
 fn a_station_killed_between_the_cas_answer_and_the_lines_result_loses_nothing() {
     for point in ["sign-after-ca", "sign-after-commit"] {
-        let mut rig = Rig::with(
-            &["3012"],
-            &["--device-keygen-model", "3012"],
-            &["3012,000001,1"],
-            &[IMAGING],
-        );
+        let mut rig = device_keygen_rig(1);
         rig.stop_station();
         rig.start_station_env(&[("FAILPOINTS", &format!("{point}=pause"))]);
-        let dir = scripts(
-            &rig,
-            "scripts",
-            "[models.3012]\ncertificate = true\nkeygen = \"device\"\n",
-        );
-        let cable = free_addr();
-        let config = rig.config(
-            "line.toml",
-            "source = \"stdin\"\ndebounce_ms = 0",
-            &cable,
-            &format!("[scripts]\ndir = \"{}\"", common::path(&dir)),
-        );
-        let mut line = Line::start_with(&config, Stdio::piped());
-        let mut keyboard = line.child.stdin.take().unwrap();
+        let (mut line, mut keyboard, cable) = keyboard_line(&rig, "scripts", DEVICE_MODEL);
         let id = "3012-000001";
         let dev = rig.device(id, Some(&cable), &["--keygen"]);
 
@@ -319,13 +263,7 @@ fn a_station_killed_between_the_cas_answer_and_the_lines_result_loses_nothing() 
         assert_secure_key_matches_flash(&dev);
         rig.factory.wait_queue_empty();
         // Exactly one valid certificate for the id, and it is the one in the device.
-        let valid: Vec<_> = rig
-            .factory
-            .ca
-            .history(id)
-            .into_iter()
-            .filter(|r| r["status"] == "valid")
-            .collect();
+        let valid = rig.factory.ca.valid(id);
         assert_eq!(
             valid.len(),
             1,

@@ -14,7 +14,12 @@ struct FakeHost {
 }
 
 impl LineHost for FakeHost {
-    fn provision(&mut self, scan: &str, id: &DeviceId) -> Report {
+    fn provision(
+        &mut self,
+        scan: &str,
+        id: &DeviceId,
+        _fields: &std::collections::BTreeMap<String, String>,
+    ) -> Report {
         self.provisioned.push(id.to_string());
         let mut r = Report::refused(
             scan,

@@ -71,17 +71,7 @@ fn login_refuses_wrong_passwords_and_locks_out() {
     );
     assert!(common::text(&out.stderr).contains("locked out"));
     // A request without a session is refused by the API itself.
-    let client = certline::service::client::ServiceClient::anonymous(
-        &station.url,
-        &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
-        certline::pki::role::Role::Station,
-        std::time::Duration::from_secs(10),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (client, rt) = anonymous(&station.url, &root);
     let refused =
         rt.block_on(client.get_json::<serde_json::Value>(certline::wire::station::ADMIN_STOCK));
     assert_eq!(refused.unwrap_err().code(), Some("unauthorized"));
@@ -120,28 +110,7 @@ fn stock_discard_audit_and_rework() {
     factory.fetch(DAY);
     let station = factory.serve();
     let line = factory.line("line-1", &station);
-    let root = factory.dir.join("root.pem");
-    let url = |sub: &str| -> Vec<String> {
-        [
-            "station",
-            "admin",
-            sub,
-            "--url",
-            &station.url,
-            "--root",
-            path(&root),
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let run_url = |sub: &str, extra: &[&str]| -> serde_json::Value {
-        let mut args = url(sub);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        json(&args)
-    };
+    let run_url = |sub: &str, extra: &[&str]| factory.admin_json(&station, sub, extra);
 
     line.provision("3012-000001");
     let pack = line.take("3012-000002").unwrap();
@@ -209,10 +178,7 @@ fn stock_discard_audit_and_rework() {
     assert_eq!(ca[0]["reason"], "cessation-of-operation");
     assert_eq!(code(line.take("A123-000001")), "discarded");
     // Nothing left to discard: a clear refusal.
-    let mut args = url("discard");
-    args.extend(["--model".to_string(), "A123".to_string()]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = fails(&args);
+    let err = factory.admin_fails(&station, "discard", &["--model", "A123"]);
     assert!(err.contains("no stocked packs of model A123"), "{err}");
 
     // Rework a written device: old certificate revoked, a fresh pack fetched.
@@ -326,17 +292,7 @@ fn logins_keep_little_of_a_name_and_are_limited_per_address() {
     let factory = Factory::new(&["3012"], &[], &[]);
     let station = factory.serve();
     let root = factory.dir.join("root.pem");
-    let client = certline::service::client::ServiceClient::anonymous(
-        &station.url,
-        &common::pem_file(&root, "CERTIFICATE").remove(0).into(),
-        certline::pki::role::Role::Station,
-        std::time::Duration::from_secs(30),
-    )
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (client, rt) = anonymous(&station.url, &root);
     let login = |user: &str, password: &str| {
         rt.block_on(client.post::<_, serde_json::Value>(
             certline::wire::station::ADMIN_LOGIN,
@@ -417,4 +373,50 @@ fn the_station_directory_is_its_owners_only() {
     ] {
         assert_eq!(mode(file), 0o600, "{file}");
     }
+}
+
+#[test]
+fn a_discard_of_a_device_keygen_model_stops_its_planned_ids_from_being_signed() {
+    let factory = Factory::new(&["3014"], &[], &["--device-keygen-model", "3014"]);
+    factory.plan("plan.csv", &[&format!("{DAY},3014,000001,3")]);
+    let station = factory.serve();
+    let line = factory.line("line-1", &station);
+
+    // One device signed and written before the discard.
+    let signed = line.sign("3014-000001").unwrap();
+    assert!(signed.key_pem.is_none());
+    line.received("3014-000001", &signed.serial).unwrap();
+    line.written("3014-000001", &signed.serial, &signed.fingerprint)
+        .unwrap();
+
+    // The discard takes the planned ids not yet signed; nothing to revoke.
+    let report = factory.admin_json(&station, "discard", &["--model", "3014"]);
+    assert_eq!(
+        report["discarded"],
+        serde_json::json!(["3014-000002", "3014-000003"]),
+        "{report}"
+    );
+    assert_eq!(report["revocations_queued"], 0, "{report}");
+
+    // A CSR for a discarded id: refused, naming the model and the discard;
+    // nothing is issued at the CA.
+    match line.sign("3014-000002") {
+        Err(certline::service::client::ClientError::Refused { code, message, .. }) => {
+            assert_eq!(code, "discarded");
+            assert!(
+                message.contains("model 3014") && message.contains("discarded"),
+                "{message}"
+            );
+        }
+        other => panic!("a discarded id was signed: {other:?}"),
+    }
+    assert!(factory.ca.history("3014-000002").is_empty());
+    assert!(factory.states("3014-000002").is_empty());
+    // The written device keeps its certificate.
+    assert_eq!(factory.states("3014-000001"), ["flagged"]);
+    assert_eq!(factory.ca.history("3014-000001")[0]["status"], "valid");
+
+    // Nothing left to discard: a clear refusal naming the model.
+    let err = factory.admin_fails(&station, "discard", &["--model", "3014"]);
+    assert!(err.contains("model 3014"), "{err}");
 }

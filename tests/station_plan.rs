@@ -153,15 +153,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         ),
     ];
     for (name, content, expected) in &bad {
-        let file = factory.file(name, content);
-        let err = fails(&[
-            "station",
-            "plan",
-            "import",
-            "--dir",
-            factory.dir(),
-            path(&file),
-        ]);
+        let err = factory.import_fails(name, content);
         assert!(
             err.contains(name),
             "{name}: the error must name the file: {err}"
@@ -172,16 +164,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         );
     }
     // Nothing of the refused files was imported (the first row of bad-date.csv was fine).
-    let shown = json(&[
-        "station",
-        "plan",
-        "show",
-        "--dir",
-        factory.dir(),
-        "--day",
-        &DAY.to_string(),
-        "--json",
-    ]);
+    let shown = factory.plan_show(DAY, &[]);
     assert_eq!(shown["models"], serde_json::json!({}), "{shown}");
 
     // A good CSV plan, with a model that carries no certificate.
@@ -199,17 +182,7 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
         report["notes"][0].as_str().unwrap().contains("X9"),
         "{report}"
     );
-    let shown = json(&[
-        "station",
-        "plan",
-        "show",
-        "--dir",
-        factory.dir(),
-        "--day",
-        &DAY.to_string(),
-        "--ids",
-        "--json",
-    ]);
+    let shown = factory.plan_show(DAY, &["--ids"]);
     let ids: Vec<&str> = shown["rows"]
         .as_array()
         .unwrap()
@@ -222,33 +195,17 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
     );
 
     // A JSON plan with an explicit list, for another day.
-    let file = factory.file(
+    let report = factory.import(
         "extra.json",
         r#"{"plan":[{"date":"2030-01-17","model":"3012","serials":["777001","777005"]}]}"#,
     );
-    let report = json(&[
-        "station",
-        "plan",
-        "import",
-        "--dir",
-        factory.dir(),
-        path(&file),
-        "--json",
-    ]);
     assert_eq!(report["ids"], 2);
 
     // A serial already planned for another day is refused (across plans), naming both.
-    let err = fails(&[
-        "station",
-        "plan",
-        "import",
-        "--dir",
-        factory.dir(),
-        path(&factory.file(
-            "again.csv",
-            "date,model,first_serial,count\n2030-01-20,3012,000100,1\n",
-        )),
-    ]);
+    let err = factory.import_fails(
+        "again.csv",
+        "date,model,first_serial,count\n2030-01-20,3012,000100,1\n",
+    );
     assert!(
         err.contains("again.csv row 1") && err.contains(&format!("already planned for {DAY}")),
         "{err}"
@@ -281,20 +238,9 @@ fn plan_import_is_all_or_nothing_with_errors_naming_file_row_and_field() {
 #[test]
 fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
     let factory = Factory::new(&["3012"], &[], &[]);
-    let import = |name: &str, content: &str| {
-        let file = factory.file(name, content);
-        fails(&[
-            "station",
-            "plan",
-            "import",
-            "--dir",
-            factory.dir(),
-            path(&file),
-        ])
-    };
     let header = "date,model,first_serial,count";
     // The default cap (200,000 a plan): three full rows on three days.
-    let err = import(
+    let err = factory.import_fails(
         "huge.csv",
         &format!(
             "{header}\n2030-01-14,3012,000001,100000\n2030-01-15,3012,100001,100000\n2030-01-16,3012,200001,100000\n"
@@ -305,7 +251,7 @@ fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
         "{err}"
     );
     // 2^128 - 1 counted up by two wraps a u128: refused, not zero ids.
-    let err = import(
+    let err = factory.import_fails(
         "wrap.csv",
         &format!("{header}\n{DAY},3012,340282366920938463463374607431768211455,2\n"),
     );
@@ -314,7 +260,7 @@ fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
         "{err}"
     );
     // A serial may not be longer than 20 characters.
-    let err = import(
+    let err = factory.import_fails(
         "long.csv",
         &format!("{header}\n{DAY},3012,123456789012345678901,1\n"),
     );
@@ -332,7 +278,7 @@ fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
         .into(),
     );
     std::fs::write(&toml, config.to_string()).unwrap();
-    let err = import(
+    let err = factory.import_fails(
         "per-plan.json",
         r#"[{"date":"2030-01-14","model":"3012","first_serial":"1","count":5},
             {"date":"2030-01-15","model":"3012","first_serial":"101","count":5},
@@ -342,7 +288,7 @@ fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
         err.contains("per-plan.json row 3, field serials") && err.contains("max_ids_per_plan"),
         "{err}"
     );
-    let err = import(
+    let err = factory.import_fails(
         "per-day.csv",
         &format!("{header}\n{DAY},3012,000001,4\n{DAY},3012,000101,3\n"),
     );
@@ -353,16 +299,7 @@ fn plans_over_the_caps_or_past_the_serial_range_are_refused_whole() {
     // Nothing of any refused plan was imported; a plan within the caps is.
     assert!(factory.packs().is_empty());
     for day in ["2030-01-14", "2030-01-15", "2030-01-16", &DAY.to_string()] {
-        let shown = json(&[
-            "station",
-            "plan",
-            "show",
-            "--dir",
-            factory.dir(),
-            "--day",
-            day,
-            "--json",
-        ]);
+        let shown = factory.plan_show(day, &[]);
         assert_eq!(shown["models"], serde_json::json!({}), "{day}: {shown}");
     }
     let report = factory.plan("fits.csv", &[&format!("{DAY},3012,000001,6")]);
@@ -406,14 +343,7 @@ fn a_wrong_passphrase_refuses_to_start_and_changes_nothing() {
     }
     assert_eq!(before, (sha(&db), std::fs::read(&wal).ok(), sha(&keys)));
     // With the right one, the stock is all there.
-    let stock = json(&[
-        "station",
-        "admin",
-        "stock",
-        "--dir",
-        factory.dir(),
-        "--json",
-    ]);
+    let stock = factory.stock();
     assert_eq!(stock["models"][0]["in_stock"], 3, "{stock}");
 }
 

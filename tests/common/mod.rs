@@ -84,6 +84,9 @@ pub fn path(p: &Path) -> &str {
 pub struct Ca {
     pub tmp: tempfile::TempDir,
     pub dir: PathBuf,
+    /// The SoftHSM2 of its own that a CA made by [`Ca::on_token`] keeps its
+    /// keys in (token [`hsm::CA_TOKEN`]); every command for it runs there.
+    pub hsm: Option<hsm::SoftHsm>,
 }
 
 impl Ca {
@@ -100,7 +103,69 @@ impl Ca {
         }
         args.extend_from_slice(extra);
         ok(&args);
-        Ca { tmp, dir }
+        Ca {
+            tmp,
+            dir,
+            hsm: None,
+        }
+    }
+
+    /// `ca init` with the keys in the token [`hsm::CA_TOKEN`] of a SoftHSM2
+    /// of this CA's own (whatever `CERTLINE_TEST_KEYSTORE` says).
+    pub fn on_token() -> Ca {
+        let hsm = hsm::SoftHsm::new();
+        hsm.make_token(hsm::CA_TOKEN);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        let ca = Ca {
+            tmp,
+            dir,
+            hsm: Some(hsm),
+        };
+        ca.ok(&[
+            "ca",
+            "init",
+            "--dir",
+            ca.dir(),
+            "--pkcs11-module",
+            hsm::MODULE,
+            "--token",
+            hsm::CA_TOKEN,
+        ]);
+        ca
+    }
+
+    /// The SoftHSM2 of a CA made by [`Ca::on_token`].
+    pub fn hsm(&self) -> &hsm::SoftHsm {
+        self.hsm.as_ref().expect("a CA made by Ca::on_token")
+    }
+
+    /// `certline` for this CA (on its own SoftHSM2 when it has one).
+    pub fn command(&self) -> Command {
+        let mut cmd = certline();
+        if let Some(hsm) = &self.hsm {
+            hsm.environment(&mut cmd);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("cannot start certline")
+    }
+
+    /// Runs for this CA and insists on success, returning stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        succeeds(self.run(args), args)
+    }
+
+    /// Runs for this CA and insists on failure, returning stderr.
+    #[track_caller]
+    pub fn fails(&self, args: &[&str]) -> String {
+        failed(self.run(args), args)
     }
 
     pub fn dir(&self) -> &str {
@@ -113,7 +178,7 @@ impl Ca {
 
     pub fn enroll(&self, role: &str, name: &str) -> PathBuf {
         let out = self.file(&format!("{role}-{name}.pem"));
-        ok(&[
+        self.ok(&[
             "ca",
             "enroll",
             "--dir",
@@ -134,30 +199,89 @@ impl Ca {
         file
     }
 
+    /// `ca issue` of `ids` (listed in the file `OUT.ids`) into the pack
+    /// folder `out` of the temporary folder, which it returns.
+    pub fn issue(&self, out: &str, ids: &[&str]) -> PathBuf {
+        let file = self.ids_file(&format!("{out}.ids"), ids);
+        let out = self.file(out);
+        self.ok(&[
+            "ca",
+            "issue",
+            "--dir",
+            self.dir(),
+            "--ids",
+            path(&file),
+            "--out",
+            path(&out),
+        ]);
+        out
+    }
+
+    /// `ca request` of `ids` (listed in the file `OUT.ids`) from the CA at
+    /// `url` with the station credential `station`, into the pack folder `out`.
+    pub fn request(&self, url: &str, station: &Path, ids: &[&str], out: &str) -> Output {
+        let file = self.ids_file(&format!("{out}.ids"), ids);
+        self.run(&[
+            "ca",
+            "request",
+            "--url",
+            url,
+            "--credential",
+            path(station),
+            "--ids",
+            path(&file),
+            "--out",
+            path(&self.file(out)),
+        ])
+    }
+
+    /// `ca revoke --id` with a reason.
+    pub fn revoke(&self, id: &str, reason: &str) {
+        self.ok(&[
+            "ca",
+            "revoke",
+            "--dir",
+            self.dir(),
+            "--id",
+            id,
+            "--reason",
+            reason,
+        ]);
+    }
+
     /// Ledger rows as `ca status --json` reports them (kind, status, count).
     pub fn counts(&self) -> serde_json::Value {
-        serde_json::from_str(&ok(&["ca", "status", "--dir", self.dir(), "--json"])).unwrap()
+        serde_json::from_str(&self.ok(&["ca", "status", "--dir", self.dir(), "--json"])).unwrap()
     }
 
     pub fn history(&self, id: &str) -> Vec<serde_json::Value> {
-        let out = run(&["ca", "status", "--dir", self.dir(), "--id", id, "--json"]);
+        let out = self.run(&["ca", "status", "--dir", self.dir(), "--id", id, "--json"]);
         if !out.status.success() {
             return Vec::new();
         }
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// The id's certificates the CA holds as valid.
+    pub fn valid(&self, id: &str) -> Vec<serde_json::Value> {
+        self.history(id)
+            .into_iter()
+            .filter(|r| r["status"] == "valid")
+            .collect()
+    }
+
     pub fn serve(&self, extra: &[&str]) -> Server {
-        let mut args = vec![
+        let mut cmd = self.command();
+        cmd.args([
             "ca",
             "serve",
             "--dir",
             self.dir(),
             "--listen",
             "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        Server::start(&args, "CA listening on ")
+        ])
+        .args(extra);
+        Server::start_command(cmd, "CA listening on ")
     }
 }
 
@@ -172,6 +296,8 @@ pub mod hsm {
     pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
     pub const PIN: &str = "1234-test-pin";
     pub const SO_PIN: &str = "so-test-pin-5678";
+    /// The token of a CA made by [`super::Ca::on_token`].
+    pub const CA_TOKEN: &str = "certline-ca";
 
     pub struct SoftHsm {
         pub tmp: tempfile::TempDir,
@@ -360,6 +486,14 @@ pub fn tls_client(root: &[u8], identity: Option<(Vec<Vec<u8>>, Vec<u8>)>) -> rus
     }
 }
 
+/// A runtime on the test's thread, for a client's requests.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Sends one request (a POST when there is a body); Err means the TLS layer refused.
 pub fn send(
     url: &str,
@@ -367,11 +501,7 @@ pub fn send(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    runtime().block_on(async {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .build()

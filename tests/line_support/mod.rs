@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
 use certline::child::{Child, Stderr};
@@ -21,6 +21,10 @@ pub const WAIT: Duration = Duration::from_secs(120);
 
 #[allow(unused_imports)] // each test file uses its own few
 pub use crate::common::{wasm, IMAGING, METER, MISBEHAVE};
+
+/// The `[scanner]` section of a line that reads the scans typed on its
+/// standard input (the test's keyboard).
+pub const KEYBOARD: &str = "source = \"stdin\"\ndebounce_ms = 0";
 
 /// A free loopback port (bound, then released) for the device "cable".
 pub fn free_addr() -> String {
@@ -141,6 +145,35 @@ impl Rig {
     pub fn device(&self, id: &str, cable: Option<&str>, extra: &[&str]) -> Device {
         let dir = self.tmp().join(format!("dev-{id}"));
         Device::start_on(&dir, id, &self.device_link, cable, extra)
+    }
+
+    /// A copy of the example factory's scripts (line.lua, factory.toml) in
+    /// the folder `name` of the rig's temporary folder.
+    pub fn example_scripts(&self, name: &str) -> PathBuf {
+        let dir = self.tmp().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example");
+        for f in ["line.lua", "factory.toml"] {
+            std::fs::copy(example.join(f), dir.join(f)).unwrap();
+        }
+        dir
+    }
+
+    /// A running line (configuration `name`) whose scans the test types on
+    /// its keyboard ([`KEYBOARD`]), with the scripts in `scripts` and its
+    /// devices on a fresh cable: the line, its keyboard, its configuration
+    /// file and the cable's address.
+    pub fn keyboard_line(&self, name: &str, scripts: &Path) -> (Line, ChildStdin, PathBuf, String) {
+        let cable = free_addr();
+        let config = self.config(
+            name,
+            KEYBOARD,
+            &cable,
+            &format!("[scripts]\ndir = \"{}\"", path(scripts)),
+        );
+        let mut line = Line::start_with(&config, Stdio::piped());
+        let keyboard = line.child.stdin.take().unwrap();
+        (line, keyboard, config, cable)
     }
 
     /// Writes a line configuration; `device` is the cable address.

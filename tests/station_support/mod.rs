@@ -12,8 +12,8 @@ use certline::child::{Child, Stderr, WAIT};
 use certline::pki::credential::Credential;
 use certline::service::client::{ClientError, ServiceClient};
 use certline::wire::station::{
-    self as api, FailedRequest, ReceivedRequest, ReportResponse, TakeRequest, TakeResponse,
-    WrittenRequest,
+    self as api, FailedRequest, ReceivedRequest, ReportResponse, SignRequest, TakeRequest,
+    TakeResponse, WrittenRequest,
 };
 
 use crate::common::{self, path, Ca, Server};
@@ -169,19 +169,64 @@ impl Factory {
 
     /// Imports a CSV plan given as its rows (the header is added).
     pub fn plan(&self, name: &str, rows: &[&str]) -> serde_json::Value {
-        let file = self.file(
+        self.import(
             name,
             &format!("date,model,first_serial,count\n{}\n", rows.join("\n")),
-        );
-        json(&[
+        )
+    }
+
+    /// `station plan import FILE` (and `extra` flags).
+    fn import_args<'a>(&'a self, file: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["station", "plan", "import", "--dir", self.dir(), path(file)];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// `station plan import --json` of a plan file `name` with `content`.
+    #[track_caller]
+    pub fn import(&self, name: &str, content: &str) -> serde_json::Value {
+        json(&self.import_args(&self.file(name, content), &["--json"]))
+    }
+
+    /// `station plan import` of a plan file that must be refused; its stderr.
+    #[track_caller]
+    pub fn import_fails(&self, name: &str, content: &str) -> String {
+        fails(&self.import_args(&self.file(name, content), &[]))
+    }
+
+    /// `station plan show --day DAY --json` (with `extra` flags, e.g. `--ids`).
+    pub fn plan_show(&self, day: impl std::fmt::Display, extra: &[&str]) -> serde_json::Value {
+        let day = day.to_string();
+        let mut args = vec![
             "station",
             "plan",
-            "import",
+            "show",
             "--dir",
             self.dir(),
-            path(&file),
-            "--json",
-        ])
+            "--day",
+            &day,
+        ];
+        args.extend_from_slice(extra);
+        args.push("--json");
+        json(&args)
+    }
+
+    /// `station admin stock --json` through the directory.
+    pub fn stock(&self) -> serde_json::Value {
+        json(&["station", "admin", "stock", "--dir", self.dir(), "--json"])
+    }
+
+    /// One model's row of [`Factory::stock`].
+    #[track_caller]
+    pub fn stock_of(&self, model: &str) -> serde_json::Value {
+        let stock = self.stock();
+        stock["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model"] == model)
+            .unwrap_or_else(|| panic!("no model {model}: {stock:#}"))
+            .clone()
     }
 
     pub fn fetch(&self, day: impl std::fmt::Display) -> serde_json::Value {
@@ -240,6 +285,38 @@ impl Factory {
     pub fn line(&self, name: &str, station: &Proc) -> Line {
         let cred = self.ca.enroll("line", name);
         Line::new(&station.url, &cred)
+    }
+
+    /// `station admin SUB --json` with `extra` arguments through the serving
+    /// station's API (`--url`, trusting the station directory's root).
+    fn admin_url(&self, station: &Proc, sub: &str, extra: &[&str]) -> Output {
+        let root = self.dir.join("root.pem");
+        let mut args = vec![
+            "station",
+            "admin",
+            sub,
+            "--url",
+            &station.url,
+            "--root",
+            path(&root),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    /// [`Factory::admin_url`] that must succeed: its JSON report.
+    #[track_caller]
+    pub fn admin_json(&self, station: &Proc, sub: &str, extra: &[&str]) -> serde_json::Value {
+        let out = common::succeeds(self.admin_url(station, sub, extra), &[sub]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("station admin {sub}: not JSON ({e}): {out}"))
+    }
+
+    /// [`Factory::admin_url`] that must fail: its stderr.
+    #[track_caller]
+    pub fn admin_fails(&self, station: &Proc, sub: &str, extra: &[&str]) -> String {
+        common::failed(self.admin_url(station, sub, extra), &[sub])
     }
 
     /// `station admin device --id ID --json` through the directory.
@@ -504,16 +581,28 @@ impl Line {
                 Duration::from_secs(60),
             )
             .unwrap(),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
+            rt: common::runtime(),
         }
     }
 
     pub fn take(&self, id: &str) -> Result<TakeResponse, ClientError> {
         self.rt
             .block_on(self.client.post(api::TAKE, &TakeRequest { id: id.into() }))
+    }
+
+    /// `POST /v1/sign` with the CSR of a fresh P-256 key, as a device that
+    /// generates its own key (`keygen = "device"`) sends it.
+    pub fn sign(&self, id: &str) -> Result<TakeResponse, ClientError> {
+        use base64::Engine;
+        let (_, csr) =
+            certline::pki::csr::generate(certline::pki::profile::KeyAlgorithm::P256, id).unwrap();
+        self.rt.block_on(self.client.post(
+            api::SIGN,
+            &SignRequest {
+                id: id.into(),
+                csr: base64::engine::general_purpose::STANDARD.encode(csr),
+            },
+        ))
     }
 
     pub fn received(&self, id: &str, serial: &str) -> Result<ReportResponse, ClientError> {
@@ -538,6 +627,7 @@ impl Line {
                 id: id.into(),
                 serial: serial.into(),
                 fingerprint: fingerprint.into(),
+                fields: Default::default(),
             },
         ))
     }
@@ -573,6 +663,20 @@ impl Line {
         self.written(id, &pack.serial, &pack.fingerprint).unwrap();
         pack
     }
+}
+
+/// A client of the station's API with no credential (as a browser or an
+/// admin before its login), trusting the station directory's `root`, and a
+/// runtime to drive it.
+pub fn anonymous(url: &str, root: &Path) -> (ServiceClient, tokio::runtime::Runtime) {
+    let client = ServiceClient::anonymous(
+        url,
+        &common::pem_file(root, "CERTIFICATE").remove(0).into(),
+        certline::pki::role::Role::Station,
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    (client, common::runtime())
 }
 
 /// The refusal code of a result that must be a refusal.

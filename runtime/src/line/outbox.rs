@@ -3,13 +3,15 @@
 //! delivered in order. A result the station cannot take now (it is down or
 //! restarting) stays, and is delivered before any later result when the station
 //! is back, also after a restart of the line. No key material is ever stored:
-//! a result names the id, the certificate serial and the fingerprint.
+//! a result names the id, the certificate serial and the fingerprint (and a
+//! written one the scan's own fields, such as a lot number).
 //!
 //! A write in progress is kept too ([`Outbox::begin_write`]): if the line dies
 //! between the device's "written" and the results' commit, the restarted line
 //! finds the interrupted write ([`Outbox::interrupted`]), asks the device what
 //! it holds, and commits the results then ([`Outbox::push`] ends the write).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -56,6 +58,12 @@ CREATE TABLE writing (
     started_at TEXT NOT NULL
 );
 ",
+    // The factory's own fields of a written result (JSON, a lot number...).
+    "
+ALTER TABLE outbox ADD COLUMN fields TEXT;
+ALTER TABLE delivered ADD COLUMN fields TEXT;
+ALTER TABLE writing ADD COLUMN fields TEXT;
+",
 ];
 
 /// A write that started and whose results were never committed (the line
@@ -69,6 +77,9 @@ pub struct Interrupted {
     pub fingerprint: String,
     pub certificate: String,
     pub started_at: String,
+    /// The fields the scan came with, reported with the result.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// What a result says.
@@ -77,8 +88,13 @@ pub struct Interrupted {
 pub enum Outcome {
     /// The device reported it received the pack.
     Received,
-    /// Written, read back with this fingerprint, possession proved.
-    Written { fingerprint: String },
+    /// Written, read back with this fingerprint, possession proved; with
+    /// the factory's own fields of the scan (a lot number...).
+    Written {
+        fingerprint: String,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        fields: BTreeMap<String, String>,
+    },
     /// The write failed, for this reason.
     Failed { reason: String },
 }
@@ -95,20 +111,38 @@ impl Outcome {
     fn detail(&self) -> &str {
         match self {
             Outcome::Received => "",
-            Outcome::Written { fingerprint } => fingerprint,
+            Outcome::Written { fingerprint, .. } => fingerprint,
             Outcome::Failed { reason } => reason,
         }
     }
 
-    fn from_row(kind: &str, detail: String) -> anyhow::Result<Outcome> {
+    /// The fields column: JSON, or NULL when there are none.
+    fn fields_text(&self) -> Option<String> {
+        match self {
+            Outcome::Written { fields, .. } if !fields.is_empty() => {
+                Some(serde_json::to_string(fields).expect("a map of strings"))
+            }
+            _ => None,
+        }
+    }
+
+    fn from_row(kind: &str, detail: String, fields: Option<String>) -> anyhow::Result<Outcome> {
         Ok(match kind {
             "received" => Outcome::Received,
             "written" => Outcome::Written {
                 fingerprint: detail,
+                fields: read_fields(fields)?,
             },
             "failed" => Outcome::Failed { reason: detail },
             other => anyhow::bail!("outbox holds an unknown result kind {other:?}"),
         })
+    }
+}
+
+fn read_fields(text: Option<String>) -> anyhow::Result<BTreeMap<String, String>> {
+    match text {
+        None => Ok(BTreeMap::new()),
+        Some(t) => serde_json::from_str(&t).context("the outbox holds fields that are not JSON"),
     }
 }
 
@@ -161,19 +195,28 @@ impl Outbox {
         Ok(Outbox { conn })
     }
 
-    /// Notes that the write of `serial` (the certificate `cert_der`) is
-    /// starting, before the device sees it.
-    pub fn begin_write(&mut self, id: &str, serial: &str, cert_der: &[u8]) -> anyhow::Result<()> {
+    /// Notes that the write of `serial` (the certificate `cert_der`, for a
+    /// scan with `fields`) is starting, before the device sees it.
+    pub fn begin_write(
+        &mut self,
+        id: &str,
+        serial: &str,
+        cert_der: &[u8],
+        fields: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
+        let fields =
+            (!fields.is_empty()).then(|| serde_json::to_string(fields).expect("a map of strings"));
         self.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO writing (serial, id, fingerprint, certificate, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT OR REPLACE INTO writing (serial, id, fingerprint, certificate, started_at, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 serial,
                 id,
                 crate::pki::fingerprint(cert_der),
                 crate::pki::to_pem("CERTIFICATE", cert_der),
-                db::now_text()
+                db::now_text(),
+                fields
             ])
             .context("cannot note the write in the outbox")?;
         Ok(())
@@ -182,18 +225,28 @@ impl Outbox {
     /// Writes that started and never got their results, oldest first.
     pub fn interrupted(&self) -> anyhow::Result<Vec<Interrupted>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, serial, fingerprint, certificate, started_at FROM writing ORDER BY started_at, serial",
+            "SELECT id, serial, fingerprint, certificate, started_at, fields FROM writing ORDER BY started_at, serial",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(Interrupted {
-                id: r.get(0)?,
-                serial: r.get(1)?,
-                fingerprint: r.get(2)?,
-                certificate: r.get(3)?,
-                started_at: r.get(4)?,
-            })
+            Ok((
+                Interrupted {
+                    id: r.get(0)?,
+                    serial: r.get(1)?,
+                    fingerprint: r.get(2)?,
+                    certificate: r.get(3)?,
+                    started_at: r.get(4)?,
+                    fields: BTreeMap::new(),
+                },
+                r.get::<_, Option<String>>(5)?,
+            ))
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut writes = Vec::new();
+        for row in rows {
+            let (mut w, fields) = row?;
+            w.fields = read_fields(fields)?;
+            writes.push(w);
+        }
+        Ok(writes)
     }
 
     /// Commits `results` for one pack, in order, in one transaction; the
@@ -203,9 +256,9 @@ impl Outbox {
         let now = db::now_text();
         for r in results {
             tx.prepare_cached(
-                "INSERT INTO outbox (kind, id, serial, detail, queued_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO outbox (kind, id, serial, detail, queued_at, fields) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![r.kind(), id, serial, r.detail(), now])?;
+            .execute(params![r.kind(), id, serial, r.detail(), now, r.fields_text()])?;
         }
         tx.prepare_cached("DELETE FROM writing WHERE serial = ?1")?
             .execute([serial])?;
@@ -217,7 +270,7 @@ impl Outbox {
     /// Everything waiting, oldest first.
     pub fn pending(&self) -> anyhow::Result<Vec<Item>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, kind, id, serial, detail, queued_at, attempts, last_error FROM outbox ORDER BY seq",
+            "SELECT seq, kind, id, serial, detail, queued_at, attempts, last_error, fields FROM outbox ORDER BY seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
@@ -229,16 +282,17 @@ impl Outbox {
                 r.get::<_, String>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut items = Vec::new();
         for row in rows {
-            let (seq, kind, id, serial, detail, queued_at, attempts, last_error) = row?;
+            let (seq, kind, id, serial, detail, queued_at, attempts, last_error, fields) = row?;
             items.push(Item {
                 seq,
                 id,
                 serial,
-                result: Outcome::from_row(&kind, detail)?,
+                result: Outcome::from_row(&kind, detail, fields)?,
                 queued_at,
                 attempts,
                 last_error,
@@ -258,10 +312,11 @@ impl Outbox {
     /// The last `n` delivered results, newest last.
     pub fn delivered(&self, n: usize) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut stmt = self.conn.prepare(
-            "SELECT seq, kind, id, serial, detail, queued_at, delivered_at, answer FROM delivered ORDER BY seq DESC LIMIT ?1",
+            "SELECT seq, kind, id, serial, detail, queued_at, delivered_at, answer, fields FROM delivered ORDER BY seq DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([n as i64], |r| {
-            Ok(serde_json::json!({
+            let fields: Option<String> = r.get(8)?;
+            let mut row = serde_json::json!({
                 "seq": r.get::<_, i64>(0)?,
                 "kind": r.get::<_, String>(1)?,
                 "id": r.get::<_, String>(2)?,
@@ -270,7 +325,13 @@ impl Outbox {
                 "queued_at": r.get::<_, String>(5)?,
                 "delivered_at": r.get::<_, String>(6)?,
                 "answer": r.get::<_, String>(7)?,
-            }))
+            });
+            if let Some(fields) =
+                fields.and_then(|f| serde_json::from_str::<serde_json::Value>(&f).ok())
+            {
+                row["fields"] = fields;
+            }
+            Ok(row)
         })?;
         let mut out = rows.collect::<Result<Vec<_>, _>>()?;
         out.reverse();
@@ -285,8 +346,8 @@ impl Outbox {
         let now = db::now_text();
         for (seq, answer) in done {
             tx.prepare_cached(
-                "INSERT INTO delivered (seq, kind, id, serial, detail, queued_at, delivered_at, answer)
-                 SELECT seq, kind, id, serial, detail, queued_at, ?2, ?3 FROM outbox WHERE seq = ?1",
+                "INSERT INTO delivered (seq, kind, id, serial, detail, queued_at, delivered_at, answer, fields)
+                 SELECT seq, kind, id, serial, detail, queued_at, ?2, ?3, fields FROM outbox WHERE seq = ?1",
             )?
             .execute(params![seq, now, answer])?;
             tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
@@ -364,7 +425,10 @@ async fn send(client: &ServiceClient, item: &Item) -> Result<ReportResponse, Cli
                 .post(api::RECEIVED, &ReceivedRequest { id, serial })
                 .await
         }
-        Outcome::Written { fingerprint } => {
+        Outcome::Written {
+            fingerprint,
+            fields,
+        } => {
             client
                 .post(
                     api::WRITTEN,
@@ -372,6 +436,7 @@ async fn send(client: &ServiceClient, item: &Item) -> Result<ReportResponse, Cli
                         id,
                         serial,
                         fingerprint: fingerprint.clone(),
+                        fields: fields.clone(),
                     },
                 )
                 .await

@@ -208,7 +208,13 @@ impl Terminal {
         let mut done = Vec::new();
         for w in pending {
             let results = match steps.check_interrupted(&w) {
-                Ok(fingerprint) => vec![Outcome::Received, Outcome::Written { fingerprint }],
+                Ok(fingerprint) => vec![
+                    Outcome::Received,
+                    Outcome::Written {
+                        fingerprint,
+                        fields: w.fields.clone(),
+                    },
+                ],
                 Err(why) => vec![Outcome::Failed {
                     reason: format!(
                         "the line stopped during the write and cannot confirm it: {why}"
@@ -249,10 +255,15 @@ struct Steps<'a> {
 }
 
 impl LineHost for Steps<'_> {
-    fn provision(&mut self, scan: &str, id: &DeviceId) -> Report {
+    fn provision(
+        &mut self,
+        scan: &str,
+        id: &DeviceId,
+        fields: &BTreeMap<String, String>,
+    ) -> Report {
         let started = Instant::now();
         let mut report = Report::refused(scan, Some(&id.to_string()), "", String::new(), "");
-        match self.run(id, &mut report) {
+        match self.run(id, fields, &mut report) {
             Ok(()) => {}
             Err(s) => {
                 report.status = s.status;
@@ -267,7 +278,12 @@ impl LineHost for Steps<'_> {
 }
 
 impl Steps<'_> {
-    fn run(&self, id: &DeviceId, report: &mut Report) -> Result<(), Stop> {
+    fn run(
+        &self,
+        id: &DeviceId,
+        fields: &BTreeMap<String, String>,
+        report: &mut Report,
+    ) -> Result<(), Stop> {
         let config = &self.setup.config;
         let mut at = Instant::now();
         let mut step = |report: &mut Report, name: &str| {
@@ -315,7 +331,7 @@ impl Steps<'_> {
             }
         };
         step(report, "connect");
-        let result = self.with_device(id, plugin.as_ref(), &mut device, report, &mut step);
+        let result = self.with_device(id, fields, plugin.as_ref(), &mut device, report, &mut step);
         device.close();
         result
     }
@@ -323,6 +339,7 @@ impl Steps<'_> {
     fn with_device(
         &self,
         id: &DeviceId,
+        fields: &BTreeMap<String, String>,
         plugin: &crate::plugin::Plugin,
         device: &mut Box<dyn DeviceLink>,
         report: &mut Report,
@@ -402,6 +419,7 @@ impl Steps<'_> {
             &id.to_string(),
             &pack.serial,
             job.cert_der(),
+            fields,
         ) {
             tracing::error!(%id, serial = %pack.serial, "cannot note the write on the line: {e:#}");
         }
@@ -417,7 +435,13 @@ impl Steps<'_> {
                 let kept = self.deliver(
                     id,
                     &pack.serial,
-                    &[Outcome::Received, Outcome::Written { fingerprint }],
+                    &[
+                        Outcome::Received,
+                        Outcome::Written {
+                            fingerprint,
+                            fields: fields.clone(),
+                        },
+                    ],
                     report,
                 );
                 step(report, "report");

@@ -97,7 +97,11 @@ pub trait LineHost {
     /// Runs every step for the device on the link, which must be `id`:
     /// identify, take the pack, write, verify, report. Never panics; every
     /// failure comes back as a [`Report`].
-    fn provision(&mut self, scan: &str, id: &DeviceId) -> Report;
+    /// `fields` are the factory's own fields of the scan (what the line
+    /// script's `parse` returned beyond the id), reported to the station
+    /// with the written result for its audit.
+    fn provision(&mut self, scan: &str, id: &DeviceId, fields: &BTreeMap<String, String>)
+        -> Report;
     /// Refuses a scan without touching the device or the station.
     fn refuse(&mut self, scan: &str, code: &str, message: String, next: &str) -> Report {
         Report::refused(scan, None, code, message, next)
@@ -132,7 +136,7 @@ impl Workflow for PlateWorkflow {
 
     fn on_scan(&mut self, scan: &str, host: &mut dyn LineHost) -> Report {
         match DeviceId::parse(scan) {
-            Ok(id) => host.provision(scan, &id),
+            Ok(id) => host.provision(scan, &id, &BTreeMap::new()),
             Err(e) => host.refuse(
                 scan,
                 codes::MALFORMED_BARCODE,
@@ -274,7 +278,7 @@ impl Workflow for LuaWorkflow {
                     next,
                 } => return with_note(host.refuse(scan, &code, message, &next)),
                 Step::Provision => {
-                    let mut report = host.provision(scan, &parsed.id);
+                    let mut report = host.provision(scan, &parsed.id, &parsed.fields);
                     for m in &messages {
                         report.message.push_str(&format!(" ({m})"));
                     }
@@ -302,7 +306,12 @@ mod tests {
     }
 
     impl LineHost for Recorder {
-        fn provision(&mut self, scan: &str, id: &DeviceId) -> Report {
+        fn provision(
+            &mut self,
+            scan: &str,
+            id: &DeviceId,
+            _fields: &BTreeMap<String, String>,
+        ) -> Report {
             self.provisioned.push(id.to_string());
             Report::refused(scan, Some(&id.to_string()), "test", String::new(), "")
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use super::template::Lang;
 use super::{Limits, Plugin, PluginEngine, Precheck, WriteJob};
 use crate::command::emit;
 use crate::link::{self, DeviceAddr, DeviceLink};
@@ -35,15 +36,15 @@ pub struct NewArgs {
     /// The model code it serves (as on the rating plate).
     #[arg(long)]
     pub model: String,
-    /// The plugin's language. Python plugins are built with componentize-py
-    /// (see plugins/README.md); `plugin new` makes Rust ones only so far.
-    #[arg(long, default_value = "rust", value_parser = ["rust", "python"])]
-    pub lang: String,
+    /// The plugin's language: a Rust crate on the SDK, or a Python module
+    /// built with componentize-py (`--stub-wasi`).
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
     /// Where to make it [default: ./NAME].
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// The certline source tree whose plugins/sdk and plugins/protocol the
-    /// crate depends on [default: the one this binary was built from].
+    /// The certline source tree whose plugins/sdk and plugins/protocol a
+    /// Rust crate depends on [default: the one this binary was built from].
     #[arg(long)]
     pub source: Option<PathBuf>,
 }
@@ -167,12 +168,7 @@ pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
 }
 
 fn new(args: NewArgs) -> anyhow::Result<()> {
-    if args.lang == "python" {
-        anyhow::bail!(
-            "plugin new makes Rust plugins only so far; a Python plugin is built with \
-             componentize-py from wit/ with --stub-wasi (see \"Plugins in other languages\" in plugins/README.md)"
-        );
-    }
+    let lang = args.lang;
     let dir = args
         .dir
         .clone()
@@ -186,6 +182,7 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
         model: &args.model,
         dir: &dir,
         source: &source,
+        lang,
     })?;
     println!(
         "made plugin {} for model {} in {}:",
@@ -196,10 +193,11 @@ fn new(args: NewArgs) -> anyhow::Result<()> {
     for f in &files {
         println!("  {}", f.display());
     }
-    println!(
-        "next: rustup target add wasm32-wasip2 (once), then {}/try.sh",
-        dir.display()
-    );
+    let once = match lang {
+        Lang::Rust => "rustup target add wasm32-wasip2",
+        Lang::Python => "pip install componentize-py",
+    };
+    println!("next: {once} (once), then {}/try.sh", dir.display());
     Ok(())
 }
 

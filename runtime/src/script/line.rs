@@ -47,9 +47,10 @@ pub struct Parsed {
 /// The fields of `parse`'s table the host reads itself; every other field is
 /// one of [`Parsed::fields`].
 const KNOWN_FIELDS: [&str; 5] = ["id", "model", "serial", "format", "symbology"];
-/// At most this many extra fields, each name and value at most [`MAX_FIELD_TEXT`] bytes.
-pub const MAX_FIELDS: usize = 16;
-pub const MAX_FIELD_TEXT: usize = 200;
+/// At most this many extra fields, each name and value at most
+/// [`MAX_FIELD_TEXT`] bytes: the bounds of a report to the station, which
+/// records them (`wire::station::check_report_fields` is the whole rule).
+pub use crate::wire::station::{MAX_FIELD_TEXT, MAX_REPORT_FIELDS as MAX_FIELDS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParseOutcome {
@@ -140,6 +141,9 @@ fn extra_fields(t: &Table) -> Result<BTreeMap<String, String>, String> {
             fields.len()
         ));
     }
+    // What the station will take in a report, checked now: before the
+    // device is written, not when the result is refused afterwards.
+    crate::wire::station::check_report_fields(&fields).map_err(|e| format!("returned {e}"))?;
     Ok(fields)
 }
 
@@ -482,4 +486,57 @@ pub fn open_folder(
             .map_err(|e| ScriptError::new(path, format!("{e:#}")))?;
         LineScript::load(path, source, &line, models, limits)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_with(fields: &str) -> Result<ParseOutcome, String> {
+        let source = format!("function parse(raw) return {{ id = raw, {fields} }} end");
+        let script = LineScript::load(
+            Path::new("line.lua"),
+            source.as_bytes(),
+            "line-1",
+            serde_json::json!({}),
+            Limits::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        script.parse("3012-000001").map_err(|e| e.to_string())
+    }
+
+    /// Extra fields reach the host as text; what a report to the station
+    /// cannot carry is refused at the scan, naming the field, before any
+    /// device is written.
+    #[test]
+    fn extra_fields_are_text_and_bounded_like_a_report() {
+        match parse_with("lot = \"L42\", bay = 7, ok = true").unwrap() {
+            ParseOutcome::Device(p) => {
+                assert_eq!(p.fields["lot"], "L42");
+                assert_eq!(p.fields["bay"], "7");
+                assert_eq!(p.fields["ok"], "true");
+                assert!(!p.fields.contains_key("id"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("f{i} = \"x\"")).collect();
+        let long = format!("lot = \"{}\"", "L".repeat(201));
+        for (fields, says) in [
+            ("lot = { 1 }", "gave field lot as a table"),
+            ("lot = print", "gave field lot as a function"),
+            (
+                many.join(", ").as_str(),
+                "returned 17 extra fields; at most 16",
+            ),
+            (long.as_str(), "gave field lot longer than 200 bytes"),
+            ("[\"lot number\"] = \"L42\"", "field name \"lot number\""),
+            (
+                "lot = \"L4\\n2\"",
+                "field lot: its value holds control characters",
+            ),
+        ] {
+            let err = parse_with(fields).unwrap_err();
+            assert!(err.contains(says), "{fields}: {err}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! What an administrator may change: discard the leftover packs of a model
-//! (their certificates revoked), authorise the rework of a written device
+//! What an administrator may change: discard the leftovers of a model (its
+//! stocked packs, their certificates revoked; for a model whose keys are born
+//! in the device, its planned ids not signed yet), authorise the rework of a written device
 //! (revoked and a fresh pack fetched), add another administrator. Who the
 //! administrator is, is [`super::login`]'s job.
 
@@ -7,6 +8,8 @@ use super::error::StationError;
 use super::failpoint::point;
 use super::Station;
 use crate::pki::id::DeviceId;
+use crate::pki::profile::Keygen;
+use crate::store::audit;
 use crate::store::stock::{apply, now_unix, Event, EventContext, Stock};
 use crate::wire::station::{codes, DiscardReport, ReworkReport};
 
@@ -27,16 +30,22 @@ impl Station {
             super::config::parse_day(day).map_err(StationError::bad_request)?;
         }
         let packs = self.stock.stocked_of_model(model, day)?;
-        if packs.is_empty() {
+        let unsigned = self.unsigned_of_model(model, day)?;
+        let planned_for = day.map(|d| format!(" planned for {d}")).unwrap_or_default();
+        if packs.is_empty() && unsigned.is_empty() {
             return Err(StationError::not_found(
                 codes::NOT_FOUND,
-                format!(
-                    "no stocked packs of model {model}{} to discard",
-                    day.map(|d| format!(" planned for {d}")).unwrap_or_default()
-                ),
+                if self.generates_in_device(model) {
+                    format!(
+                        "nothing of model {model}{planned_for} to discard: its keys are born in the device (keygen = \"device\") and every planned id is signed or discarded already"
+                    )
+                } else {
+                    format!("no stocked packs of model {model}{planned_for} to discard")
+                },
             ));
         }
         let now = now_unix();
+        let reason = "leftover discarded by an administrator";
         let tx = self.stock.transaction()?;
         for pack in &packs {
             apply(
@@ -46,19 +55,49 @@ impl Station {
                 &EventContext {
                     actor,
                     at: now,
-                    reason: Some("leftover discarded by an administrator"),
+                    reason: Some(reason),
                     ..Default::default()
                 },
             )?;
             Stock::mark_plan(&tx, &pack.id, true, false)?;
         }
+        for id in &unsigned {
+            // Never signed: nothing to revoke, only the plan is marked.
+            Stock::mark_plan(&tx, id, true, false)?;
+            audit::append(
+                &tx,
+                actor,
+                "discard",
+                &serde_json::json!({"id": id, "model": model, "signed": false, "reason": reason}),
+            )?;
+        }
         tx.commit()?;
         point("discard-after-commit");
         Ok(DiscardReport {
             model: model.to_string(),
-            discarded: packs.iter().map(|p| p.id.clone()).collect(),
+            discarded: packs.iter().map(|p| p.id.clone()).chain(unsigned).collect(),
             revocations_queued: packs.len(),
         })
+    }
+
+    fn generates_in_device(&self, model: &str) -> bool {
+        self.config.model(model).is_some() && self.config.keygen(model) == Keygen::Device
+    }
+
+    /// The leftovers of a model whose keys are born in the device: its
+    /// planned ids (of `day` when given) with no live certificate, not
+    /// discarded yet. Any other model has none (its leftovers are packs).
+    fn unsigned_of_model(&self, model: &str, day: Option<&str>) -> anyhow::Result<Vec<String>> {
+        if !self.generates_in_device(model) {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::new();
+        for row in self.stock.plan_of_model(model, day)? {
+            if !row.discarded && self.stock.live_pack(&row.id)?.is_none() {
+                ids.push(row.id);
+            }
+        }
+        Ok(ids)
     }
 
     pub fn rework(

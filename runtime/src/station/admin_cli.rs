@@ -47,7 +47,9 @@ pub struct AdminTarget {
 pub enum AdminCommand {
     /// Stock per model code: in stock, handed out, used today, failed today, replaced.
     Stock(AdminTarget),
-    /// Discard the leftover (stocked) packs of a model, revoking their certificates.
+    /// Discard the leftovers of a model: its stocked packs (their certificates
+    /// revoked) and, for a model whose keys are born in the device, its planned
+    /// ids not signed yet.
     Discard {
         #[command(flatten)]
         target: AdminTarget,
@@ -302,12 +304,22 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Discard { target, model, day } => {
             let report = with_admin(&target, |a| a.discard(&model, day.as_deref()))?;
             emit(target.json, &report, || {
-                println!(
-                    "discarded {} leftover pack(s) of model {}; {} revocation(s) queued for the CA",
-                    report.discarded.len(),
-                    report.model,
-                    report.revocations_queued
-                );
+                let unsigned = report
+                    .discarded
+                    .len()
+                    .saturating_sub(report.revocations_queued);
+                if report.revocations_queued > 0 || unsigned == 0 {
+                    println!(
+                        "discarded {} leftover pack(s) of model {}; {} revocation(s) queued for the CA",
+                        report.revocations_queued, report.model, report.revocations_queued
+                    );
+                }
+                if unsigned > 0 {
+                    println!(
+                        "discarded {unsigned} planned id(s) of model {} not signed yet: their CSRs will be refused",
+                        report.model
+                    );
+                }
             })
         }
         AdminCommand::Audit { target, last } => {

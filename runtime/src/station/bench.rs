@@ -269,6 +269,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                                 id,
                                 serial: pack.serial.clone(),
                                 fingerprint: pack.fingerprint.clone(),
+                                fields: Default::default(),
                             },
                         )
                         .await?;
@@ -386,6 +387,7 @@ async fn load_line(
             id: id.clone(),
             serial: pack.serial.clone(),
             fingerprint: pack.fingerprint.clone(),
+            fields: Default::default(),
         };
         let mut retried = false;
         loop {

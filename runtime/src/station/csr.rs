@@ -22,7 +22,7 @@ use base64::Engine;
 use super::error::{Kind, StationError};
 use super::failpoint::point;
 use super::fetch::{blocking, CaLink, Shared};
-use super::handout::already_written;
+use super::handout::{already_written, take};
 use super::Station;
 use crate::pki::csr;
 use crate::pki::id::DeviceId;
@@ -244,7 +244,7 @@ impl Station {
         replaced: Option<String>,
     ) -> Result<TakeResponse, StationError> {
         let now = now_unix();
-        let due = now + self.config.handout_timeout_secs as i64;
+        let due = self.result_due(now);
         let actor = format!("line:{line}");
         let tx = self.stock.transaction()?;
         if let Some(old) = &prepared.superseded {
@@ -282,18 +282,7 @@ impl Station {
             "sign",
         )?;
         let pack = Stock::pack_in(&tx, &signed.serial.to_ascii_lowercase())?;
-        apply(
-            &tx,
-            &pack,
-            Event::Take,
-            &EventContext {
-                actor: &actor,
-                at: now,
-                line: Some(line),
-                due_at: Some(due),
-                ..Default::default()
-            },
-        )?;
+        take(&tx, &pack, line, now, due)?;
         tx.commit()?;
         self.take_response(&pack, None, now, due, false)
     }

@@ -2,6 +2,7 @@
 //! written, failed) does. The sweeps beside it are in [`super::sweeps`].
 //! Every state change goes through [`crate::store::stock::apply`].
 
+use rusqlite::Transaction;
 use zeroize::Zeroizing;
 
 use super::config::day_text;
@@ -75,21 +76,9 @@ impl Station {
                         ));
                     }
                 };
-                let due = now + self.config.handout_timeout_secs as i64;
-                let actor = format!("line:{line}");
+                let due = self.result_due(now);
                 let tx = self.stock.transaction()?;
-                apply(
-                    &tx,
-                    &pack,
-                    Event::Take,
-                    &EventContext {
-                        actor: &actor,
-                        at: now,
-                        line: Some(line),
-                        due_at: Some(due),
-                        ..Default::default()
-                    },
-                )?;
+                take(&tx, &pack, line, now, due)?;
                 tx.commit()?;
                 point("take-after-commit");
                 self.take_response(&pack, Some(key), now, due, false)
@@ -188,7 +177,16 @@ impl Station {
         if plan.discarded {
             return Err(conflict(
                 codes::DISCARDED,
-                format!("the leftover pack of {id_text} was discarded by an administrator; re-plan it to build it"),
+                match keygen {
+                    Keygen::Ca => format!(
+                        "the leftover pack of {id_text} (model {}) was discarded by an administrator; re-plan it to build it",
+                        id.model()
+                    ),
+                    Keygen::Device => format!(
+                        "{id_text} of model {} was discarded by an administrator (station admin discard); nothing was signed; re-plan it to build it",
+                        id.model()
+                    ),
+                },
             ));
         }
         let today = day_text(self.today());
@@ -202,6 +200,11 @@ impl Station {
             ));
         }
         Ok(id)
+    }
+
+    /// When the result of a hand-out at `now` is due.
+    pub(super) fn result_due(&self, now: i64) -> i64 {
+        now + self.config.handout_timeout_secs as i64
     }
 
     pub(super) fn take_response(
@@ -317,7 +320,10 @@ impl Station {
         id: &str,
         serial: &str,
         fingerprint: &str,
+        fields: &std::collections::BTreeMap<String, String>,
     ) -> Result<ReportResponse, StationError> {
+        crate::wire::station::check_report_fields(fields)
+            .map_err(|e| StationError::bad_request(format!("the report's fields: {e}")))?;
         let pack = self.reported_pack(line, id, serial)?;
         match pack.state {
             PackState::HandedOut | PackState::Received => {}
@@ -372,6 +378,7 @@ impl Station {
                 actor: &actor,
                 at: now,
                 readback: Some(&readback),
+                fields: Some(fields),
                 ..Default::default()
             },
         )?;
@@ -454,6 +461,30 @@ fn report(pack: &PackRow, state: PackState, replacement: Option<String>) -> Repo
         state,
         replacement,
     }
+}
+
+/// The take of `pack` by `line` at `now`, its result due at `due`, in the
+/// caller's transaction: every hand-out (a stocked pack taken, a device's
+/// certificate just signed) goes through here.
+pub(super) fn take(
+    tx: &Transaction<'_>,
+    pack: &PackRow,
+    line: &str,
+    now: i64,
+    due: i64,
+) -> anyhow::Result<PackState> {
+    apply(
+        tx,
+        pack,
+        Event::Take,
+        &EventContext {
+            actor: &format!("line:{line}"),
+            at: now,
+            line: Some(line),
+            due_at: Some(due),
+            ..Default::default()
+        },
+    )
 }
 
 /// The refusal for an id whose certificate is already in its device.

@@ -333,7 +333,7 @@ async fn written(
     let result = state
         .run({
             let line = line.clone();
-            move |s| s.written(&line, &r.id, &r.serial, &r.fingerprint)
+            move |s| s.written(&line, &r.id, &r.serial, &r.fingerprint, &r.fields)
         })
         .await;
     state.seen(&line, &id, &result);

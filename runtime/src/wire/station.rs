@@ -12,6 +12,8 @@
 //!
 //! Every refusal is an [`super::ErrorBody`] whose `code` is one of [`codes`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -161,6 +163,53 @@ pub struct WrittenRequest {
     pub serial: String,
     /// Fingerprint of the certificate the line read back from the device.
     pub fingerprint: String,
+    /// Fields of the factory's own that came with the scan (what the line
+    /// script's `parse` returned beyond the id: a lot number...), text only,
+    /// at most [`MAX_REPORT_FIELDS`] of at most [`MAX_FIELD_TEXT`] bytes each;
+    /// the station records them in the audit entry of the write. Optional:
+    /// older lines send none (and a line sends the key only when it has some).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+/// At most this many fields in a report ([`WrittenRequest::fields`]).
+pub const MAX_REPORT_FIELDS: usize = 16;
+/// The longest field name or value in a report, in bytes.
+pub const MAX_FIELD_TEXT: usize = 200;
+
+/// Whether `fields` fit a report: at most [`MAX_REPORT_FIELDS`], names of
+/// 1 to [`MAX_FIELD_TEXT`] bytes of letters, digits, `_`, `-` and `.`, values
+/// of at most [`MAX_FIELD_TEXT`] bytes without control characters. The error
+/// names the first field that does not.
+pub fn check_report_fields(fields: &BTreeMap<String, String>) -> Result<(), String> {
+    if fields.len() > MAX_REPORT_FIELDS {
+        return Err(format!(
+            "{} fields; a report carries at most {MAX_REPORT_FIELDS}",
+            fields.len()
+        ));
+    }
+    for (name, value) in fields {
+        let shown = crate::text::excerpt(name, 40);
+        let name_ok = (1..=MAX_FIELD_TEXT).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_ok {
+            return Err(format!(
+                "field name {shown:?}: 1-{MAX_FIELD_TEXT} bytes of letters, digits, '_', '-' and '.'"
+            ));
+        }
+        if value.len() > MAX_FIELD_TEXT {
+            return Err(format!(
+                "field {shown}: its value is {} bytes; at most {MAX_FIELD_TEXT}",
+                value.len()
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!("field {shown}: its value holds control characters"));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

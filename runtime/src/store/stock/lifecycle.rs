@@ -211,6 +211,9 @@ pub struct EventContext<'a> {
     pub readback: Option<&'a str>,
     /// Failed, timed out, discard, quarantine, rework: why.
     pub reason: Option<&'a str>,
+    /// Written: the factory's own fields the line reported with it (a lot
+    /// number...), recorded in the audit entry.
+    pub fields: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// Moves one pack along the lifecycle, in the caller's transaction: checks the
@@ -304,6 +307,9 @@ pub fn apply(
     }
     if let Some(reason) = ctx.reason {
         detail["reason"] = reason.into();
+    }
+    if let Some(fields) = ctx.fields.filter(|f| !f.is_empty()) {
+        detail["fields"] = serde_json::json!(fields);
     }
     if let Some((kind, reason)) = event.ca_work().map(|(kind, reason)| match kind {
         // No replacement is made ahead for a key the device holds: its next

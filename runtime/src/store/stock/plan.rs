@@ -125,6 +125,15 @@ impl Stock {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The plan rows of a model (only those of `day` when given), by id.
+    pub fn plan_of_model(&self, model: &str, day: Option<&str>) -> anyhow::Result<Vec<PlanRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plan WHERE model = ?1 AND (?2 IS NULL OR day = ?2) ORDER BY id"
+        ))?;
+        let rows = stmt.query_map(params![model, day], plan_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn plan_counts(&self, day: &str) -> anyhow::Result<Vec<(String, usize)>> {
         let mut stmt = self
             .conn

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Device stub for model {{model}} ({{name}}): the device side of the plugin's
-line protocol (see src/lib.rs), to run under the simulator:
+line protocol (see {{plugin_source}}), to run under the simulator:
 
     certline device-sim --dir DIR --model {{model}} --serial 000001 \
         --credential device-link.pem --listen 127.0.0.1:0 --exec "python3 device.py"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tries the {{name}} plugin end to end, the way a line writes a device:
+# Tries the {{name}} plugin ({{lang}}) end to end, the way a line writes a device:
 # builds the plugin, checks it, makes a throw-away CA with a device-link and a
 # line credential and one pack for {{model}}-000001, runs device.py under the
 # simulator, and writes the pack with `certline plugin try` (extra arguments
@@ -17,9 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --target wasm32-wasip2
-target=${CARGO_TARGET_DIR:-target}
-wasm=$target/wasm32-wasip2/release/{{wasm}}
+{{build}}
 "$certline" plugin check "$wasm"
 
 "$certline" ca init --dir "$work/ca" >/dev/null
