@@ -416,6 +416,18 @@ impl Worker {
     fn run(mut self, shared: Arc<Shared>) {
         let mut last: Option<Instant> = None;
         loop {
+            // Within `crl_max_delay` of the last publication nothing can be
+            // signed: wait out the rest without looking at the ledger. (Each
+            // revocation wakes the thread; looking costs a read per stored
+            // CRL, which made every revoke of a storm pay for every partition.)
+            if let Some(since) = last.map(|t| t.elapsed()) {
+                if since < self.max_delay {
+                    if !shared.sleep(self.max_delay - since) {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let mut pause = POLL;
             let ageing = self.ageing(&shared.read());
             match is_behind(&self.ledger).map(|behind| behind || !ageing.is_empty()) {
