@@ -141,6 +141,16 @@ fn issue_detail(issued: &[(Serial, Vec<u8>)]) -> (Vec<String>, serde_json::Value
     (fingerprints, detail)
 }
 
+/// A revoked certificate as a CRL lists it, from a ledger row's serial,
+/// revocation time and reason (text in both stores).
+fn revoked_entry(serial: &str, revoked_at: &str, reason: &str) -> anyhow::Result<RevokedEntry> {
+    Ok(RevokedEntry {
+        serial: Serial::from_hex(serial).map_err(anyhow::Error::msg)?,
+        revoked_at: crate::store::db::parse_time(revoked_at)?,
+        reason: Reason::parse(reason).unwrap_or_default(),
+    })
+}
+
 /// Whether a device reservation may be made, given the id's valid
 /// certificate: none unless the item replaces it, and then exactly it.
 fn check_replaces(item: &Reservation, valid: Option<String>) -> Result<(), LedgerError> {

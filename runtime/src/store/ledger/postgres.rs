@@ -32,13 +32,13 @@ use postgres::{Row, Transaction};
 use time::OffsetDateTime;
 
 use super::{
-    check_replaces, crl_scope, issue_detail, reserve_detail, CrlStatus, Export, Ledger,
-    LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
+    check_replaces, crl_scope, issue_detail, reserve_detail, revoked_entry, CrlStatus, Export,
+    Ledger, LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
 };
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
 use crate::store::audit;
-use crate::store::db::{parse_time, time_text};
+use crate::store::db::time_text;
 use crate::store::pg::{self, Db, Target};
 use crate::wire::ca::{CertKind, CertRecord, CertStatus, LedgerCount};
 
@@ -864,16 +864,7 @@ impl LedgerStore for PgLedger {
             &[&after, &(upto as i64)],
         )?
         .iter()
-        .map(|row| {
-            let serial: String = row.get(0);
-            let at: String = row.get(1);
-            let reason: String = row.get(2);
-            Ok(RevokedEntry {
-                serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
-                revoked_at: parse_time(&at)?,
-                reason: Reason::parse(&reason).unwrap_or_default(),
-            })
-        })
+        .map(|row| revoked_entry(row.get(0), row.get(1), row.get(2)))
         .collect()
     }
 
@@ -917,16 +908,7 @@ impl LedgerStore for PgLedger {
             )?,
         };
         rows.iter()
-            .map(|row| {
-                let serial: String = row.get(0);
-                let at: String = row.get(1);
-                let reason: String = row.get(2);
-                Ok(RevokedEntry {
-                    serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
-                    revoked_at: parse_time(&at)?,
-                    reason: Reason::parse(&reason).unwrap_or_default(),
-                })
-            })
+            .map(|row| revoked_entry(row.get(0), row.get(1), row.get(2)))
             .collect()
     }
 

@@ -13,8 +13,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::{
-    check_replaces, crl_scope, issue_detail, reserve_detail, CrlStatus, Export, ExportedCert,
-    ExportedCrl, Ledger, LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
+    check_replaces, crl_scope, issue_detail, reserve_detail, revoked_entry, CrlStatus, Export,
+    ExportedCert, ExportedCrl, Ledger, LedgerError, LedgerStore, Reservation, CRL_SCOPE_ISSUING,
 };
 use crate::pki::crl::{Reason, RevokedEntry};
 use crate::pki::serial::Serial;
@@ -623,21 +623,14 @@ impl LedgerStore for SqliteLedger {
              ORDER BY revoked_seq, serial",
         )?;
         let after = after.map_or(-1, |a| a as i64);
-        let rows = stmt.query_map(params![after, upto as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let mut rows = stmt.query(params![after, upto as i64])?;
         let mut out = Vec::new();
-        for row in rows {
-            let (serial, at, reason) = row?;
-            out.push(RevokedEntry {
-                serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
-                revoked_at: db::parse_time(&at)?,
-                reason: Reason::parse(&reason).unwrap_or_default(),
-            });
+        while let Some(r) = rows.next()? {
+            out.push(revoked_entry(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+            )?);
         }
         Ok(out)
     }
@@ -668,21 +661,14 @@ impl LedgerStore for SqliteLedger {
             "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked_by_partition
              WHERE status = 'revoked' AND crl_partition IS ?1 ORDER BY serial",
         )?;
-        let rows = stmt.query_map(params![partition], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let mut rows = stmt.query(params![partition])?;
         let mut out = Vec::new();
-        for row in rows {
-            let (serial, at, reason) = row?;
-            out.push(RevokedEntry {
-                serial: Serial::from_hex(&serial).map_err(anyhow::Error::msg)?,
-                revoked_at: db::parse_time(&at)?,
-                reason: Reason::parse(&reason).unwrap_or_default(),
-            });
+        while let Some(r) = rows.next()? {
+            out.push(revoked_entry(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                &r.get::<_, String>(2)?,
+            )?);
         }
         Ok(out)
     }
