@@ -208,6 +208,19 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     })
 }
 
+/// The CRL entries of rows of (serial, revoked_at, reason).
+fn revoked_rows(mut rows: rusqlite::Rows<'_>) -> anyhow::Result<Vec<RevokedEntry>> {
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(revoked_entry(
+            &r.get::<_, String>(0)?,
+            &r.get::<_, String>(1)?,
+            &r.get::<_, String>(2)?,
+        )?);
+    }
+    Ok(out)
+}
+
 /// Makes the ledger and its WAL files readable by the CA's user only. A new
 /// database is created 0600 before SQLite opens it (SQLite gives `-wal` and
 /// `-shm` the mode of the database file); an older one is tightened.
@@ -623,16 +636,8 @@ impl LedgerStore for SqliteLedger {
              ORDER BY revoked_seq, serial",
         )?;
         let after = after.map_or(-1, |a| a as i64);
-        let mut rows = stmt.query(params![after, upto as i64])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(revoked_entry(
-                &r.get::<_, String>(0)?,
-                &r.get::<_, String>(1)?,
-                &r.get::<_, String>(2)?,
-            )?);
-        }
-        Ok(out)
+        let entries = revoked_rows(stmt.query(params![after, upto as i64])?)?;
+        Ok(entries)
     }
 
     /// The CRL partitions (None: the base CRL) of the certificates revoked
@@ -661,16 +666,8 @@ impl LedgerStore for SqliteLedger {
             "SELECT serial, revoked_at, reason FROM certs INDEXED BY certs_revoked_by_partition
              WHERE status = 'revoked' AND crl_partition IS ?1 ORDER BY serial",
         )?;
-        let mut rows = stmt.query(params![partition])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            out.push(revoked_entry(
-                &r.get::<_, String>(0)?,
-                &r.get::<_, String>(1)?,
-                &r.get::<_, String>(2)?,
-            )?);
-        }
-        Ok(out)
+        let entries = revoked_rows(stmt.query(params![partition])?)?;
+        Ok(entries)
     }
 
     /// Every scope of the issuing CA's CRLs (the base and each registered
