@@ -221,45 +221,11 @@ fn revoked_rows(mut rows: rusqlite::Rows<'_>) -> anyhow::Result<Vec<RevokedEntry
     Ok(out)
 }
 
-/// Makes the ledger and its WAL files readable by the CA's user only. A new
-/// database is created 0600 before SQLite opens it (SQLite gives `-wal` and
-/// `-shm` the mode of the database file); an older one is tightened.
-fn keep_private(path: &Path, create: bool) -> anyhow::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if create && !path.exists() {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
-    }
-    let mut names = vec![path.to_path_buf()];
-    for suffix in ["-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        names.push(name.into());
-    }
-    for name in names {
-        match std::fs::metadata(&name) {
-            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", name.display()))?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 impl SqliteLedger {
+    /// Opens (creating if `create`) the ledger; [`db::open`] keeps the
+    /// file and its `-wal`/`-shm` private to the CA's user (0600).
     pub fn open(path: &Path, create: bool) -> anyhow::Result<SqliteLedger> {
-        if create || path.exists() {
-            keep_private(path, create)?;
-        }
         let conn = db::open(path, create, &migrations())?;
-        // The WAL and shared-memory files exist now: make sure of them too.
-        keep_private(path, false)?;
         Ok(SqliteLedger { conn })
     }
 
