@@ -457,17 +457,7 @@ fn a_database_restart_fails_requests_clearly_then_serves_again() {
 fn migrate_ledger_copies_sqlite_with_its_audit_chain() {
     let Some(pg) = PgServer::start() else { return };
     let ca = Ca::init(&[]);
-    let ids_file = ca.ids_file("ids", &["3012-1", "3012-2", "3012-3"]);
-    ok(&[
-        "ca",
-        "issue",
-        "--dir",
-        ca.dir(),
-        "--ids",
-        path(&ids_file),
-        "--out",
-        path(&ca.file("packs")),
-    ]);
+    ca.issue("packs", &["3012-1", "3012-2", "3012-3"]);
     ok(&["ca", "revoke", "--dir", ca.dir(), "--id", "3012-2"]);
     let before = ok(&["ca", "audit", "verify", "--dir", ca.dir(), "--json"]);
     let counts = ca.counts();

@@ -179,18 +179,7 @@ fn on_postgresql_too_a_revoked_device_is_found_in_its_partition() {
 /// in the base, and `openssl verify -crl_check` given every CRL refuses the
 /// revoked device and accepts its neighbour.
 fn revoked_devices_are_found_in_their_partition(ca: &Ca) {
-    let ids = ca.ids_file("ids", &["3012-1", "3012-2"]);
-    let packs = ca.file("packs");
-    ok(&[
-        "ca",
-        "issue",
-        "--dir",
-        ca.dir(),
-        "--ids",
-        path(&ids),
-        "--out",
-        path(&packs),
-    ]);
+    let packs = ca.issue("packs", &["3012-1", "3012-2"]);
     let station = ca.enroll("station", "st1");
     ok(&["ca", "revoke", "--dir", ca.dir(), "--id", "3012-1"]);
     let station_serial = serial_of(&std::fs::read_to_string(&station).unwrap());
