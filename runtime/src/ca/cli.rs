@@ -1,6 +1,6 @@
 //! `certline ca …`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -619,10 +619,6 @@ fn crl(args: CrlArgs) -> anyhow::Result<()> {
     }
 }
 
-fn open_ledger_read_only(dir: &Path) -> anyhow::Result<crate::store::ledger::Ledger> {
-    dir::open_ledger(dir)
-}
-
 fn migrate_ledger(args: MigrateLedgerArgs) -> anyhow::Result<()> {
     let report = super::migrate::to_postgres(&args.dir, &args.to, args.password_file)?;
     emit(args.json, &report, || {
@@ -641,7 +637,7 @@ fn migrate_ledger(args: MigrateLedgerArgs) -> anyhow::Result<()> {
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
     match command {
         AuditCommand::Verify(args) => {
-            let ledger = open_ledger_read_only(&args.dir)?;
+            let ledger = dir::open_ledger(&args.dir)?;
             let verified = ledger.verify()?;
             emit(args.json, &verified, || {
                 println!(
@@ -651,7 +647,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
             })
         }
         AuditCommand::Show(args) => {
-            let ledger = open_ledger_read_only(&args.audit.dir)?;
+            let ledger = dir::open_ledger(&args.audit.dir)?;
             let entries = ledger.audit_tail(args.last)?;
             emit(args.audit.json, &entries, || {
                 for e in &entries {
@@ -671,7 +667,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let ledger = open_ledger_read_only(&args.dir)?;
+    let ledger = dir::open_ledger(&args.dir)?;
     match args.id {
         Some(id) => {
             let history = ledger.history(&id)?;
@@ -711,7 +707,7 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let ledger = open_ledger_read_only(&args.dir)?;
+    let ledger = dir::open_ledger(&args.dir)?;
     let record = match (&args.id, &args.serial) {
         (Some(id), _) => ledger
             .latest(id)?
@@ -774,7 +770,7 @@ fn parse_since(text: &str) -> anyhow::Result<time::OffsetDateTime> {
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
     let since = parse_since(&args.since)?;
-    let ledger = open_ledger_read_only(&args.dir)?;
+    let ledger = dir::open_ledger(&args.dir)?;
     let rows: Vec<crate::wire::ca::ExportRow> = ledger
         .changed_since(since)?
         .into_iter()

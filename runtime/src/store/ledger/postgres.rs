@@ -285,6 +285,29 @@ impl<'a> Write<'a> {
     }
 }
 
+/// Why one write transaction did not commit.
+enum Attempt<F> {
+    /// The connection was found lost when the transaction began: nothing
+    /// was written, and the work is handed back to be tried again.
+    Lost(postgres::Error, F),
+    Failed(anyhow::Error),
+}
+
+/// One try of a write transaction on `db`.
+fn attempt<T, F: FnOnce(&mut Write<'_>) -> anyhow::Result<T>>(
+    db: &mut Db,
+    work: F,
+) -> Result<T, Attempt<F>> {
+    let mut write = match Write::begin(db) {
+        Ok(write) => write,
+        Err(err) if pg::is_connection_lost(&err) => return Err(Attempt::Lost(err, work)),
+        Err(err) => return Err(Attempt::Failed(err.into())),
+    };
+    let out = work(&mut write).map_err(Attempt::Failed)?;
+    write.commit().map_err(|e| Attempt::Failed(e.into()))?;
+    Ok(out)
+}
+
 /// Renews this process's lease every third of it until the ledger is dropped.
 fn heartbeat(target: Target, owner: String, lease: Duration, stop: mpsc::Receiver<()>) {
     let seconds = lease.as_secs_f64();
@@ -365,26 +388,27 @@ impl PgLedger {
     /// Runs `work` in one write transaction (holding the audit head) and commits.
     /// A connection found dead when the transaction begins (the database was
     /// restarted since the last call) is made again once: nothing was written.
-    fn write<T>(
+    fn write<T, F: FnOnce(&mut Write<'_>) -> anyhow::Result<T>>(
         &self,
-        work: impl FnOnce(&mut Write<'_>) -> anyhow::Result<T>,
+        work: F,
     ) -> anyhow::Result<T> {
         let mut guard = self.db()?;
-        if let Err(err) = guard.get().client().simple_query("") {
-            if !pg::is_connection_lost(&err) {
-                return Err(self.failed(&mut guard, err.into()));
+        let result = match attempt(guard.get(), work) {
+            Err(Attempt::Lost(_, work)) => {
+                *guard.0 = None;
+                drop(guard);
+                guard = self.db()?;
+                attempt(guard.get(), work)
             }
-            drop(guard);
-            *self.db.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            guard = self.db()?;
-        }
-        let result = (|| -> anyhow::Result<T> {
-            let mut write = Write::begin(guard.get())?;
-            let out = work(&mut write)?;
-            write.commit()?;
-            Ok(out)
-        })();
-        result.map_err(|err| self.failed(&mut guard, err))
+            other => other,
+        };
+        result.map_err(|failed| {
+            let err = match failed {
+                Attempt::Lost(err, _) => err.into(),
+                Attempt::Failed(err) => err,
+            };
+            self.failed(&mut guard, err)
+        })
     }
 
     /// Runs a read; a read that found the connection lost is tried once more
